@@ -1,0 +1,3 @@
+"""slimface: compress face-frontalization GANs into small, fast students."""
+
+__version__ = "0.1.0"

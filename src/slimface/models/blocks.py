@@ -1,0 +1,127 @@
+"""Building blocks shared by every generator and discriminator (teachers and students alike).
+
+All convolutions are super layers, so the same block serves a teacher (full widths), a once-for-all
+student (``set_widths``) and an exported sub-network (built with the chosen widths). ``separable=True``
+swaps the block's k x k convs for depthwise-separable ones: the paper's cheap design for layers that
+are insensitive to it (residual blocks); up-sampling stays normal convs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Mapping
+
+from torch import Tensor, nn
+
+from slimface.nn.channels import Chans, ch, scale
+from slimface.nn.super_layers import SeparableConv2d, SuperBatchNorm2d, SuperConv2d, SuperConvTranspose2d
+
+Act = Literal["lrelu", "relu", "none"]
+
+
+def activation(kind: Act) -> nn.Module:
+    if kind == "lrelu":
+        return nn.LeakyReLU(0.2)
+    if kind == "relu":
+        return nn.ReLU()
+    return nn.Identity()
+
+
+class Widths:
+    """Channel widths for one model instance.
+
+    ``Widths(mult)(group, full)`` gives the layout of a layer whose official width is ``full``: scaled
+    by the preset's width multiplier, or overridden by a sub-network config ``sub`` (group -> width)
+    when building the static student that export materialises. ``fixed`` layouts (image channels,
+    identity features) ignore both.
+    """
+
+    def __init__(self, mult: float = 1.0, sub: Mapping[str, int] | None = None) -> None:
+        if not 0 < mult <= 4:
+            raise ValueError(f"width multiplier must be in (0, 4], got {mult}")
+        self.mult = mult
+        self.sub = dict(sub or {})
+
+    def __call__(self, group: str, full: int) -> Chans:
+        width = self.sub.get(group, scale(full, self.mult))
+        return ch(width, group)
+
+    @staticmethod
+    def fixed(width: int) -> Chans:
+        return ch(width)
+
+
+def conv(
+    in_c: Chans, out_c: Chans, k: int, stride: int = 1, separable: bool = False, bias: bool = True
+) -> nn.Module:
+    """A k x k conv, depthwise-separable when asked (1 x 1 convs are never split)."""
+    if separable and k > 1:
+        return SeparableConv2d(in_c, out_c, k, stride, bias=bias)
+    return SuperConv2d(in_c, out_c, k, stride, bias=bias)
+
+
+class ConvBlock(nn.Sequential):
+    """conv -> (batch norm) -> activation."""
+
+    def __init__(
+        self, in_c: Chans, out_c: Chans, k: int = 3, stride: int = 1, norm: bool = True,
+        act: Act = "lrelu", separable: bool = False,
+    ) -> None:
+        layers: list[nn.Module] = [conv(in_c, out_c, k, stride, separable, bias=not norm)]
+        if norm:
+            layers.append(SuperBatchNorm2d(out_c))
+        layers.append(activation(act))
+        super().__init__(*layers)
+
+
+class UpBlock(nn.Sequential):
+    """Transposed conv (x2) -> batch norm -> activation; kept as normal convs (sensitive layers)."""
+
+    def __init__(self, in_c: Chans, out_c: Chans, k: int = 4, act: Act = "lrelu") -> None:
+        pad = (k - 2) // 2 if k % 2 == 0 else k // 2
+        out_pad = 0 if k % 2 == 0 else 1
+        super().__init__(
+            SuperConvTranspose2d(in_c, out_c, k, stride=2, padding=pad, output_padding=out_pad, bias=False),
+            SuperBatchNorm2d(out_c),
+            activation(act),
+        )
+
+
+class ResBlock(nn.Module):
+    """conv-BN-act-conv-BN + input, then act (TP-GAN's residual block).
+
+    The trunk layout is kept (residual addition couples input and output widths); only the inner
+    width ``mid`` is free, which is what makes the block prunable.
+    """
+
+    def __init__(
+        self, trunk: Chans, mid: Chans, k: int = 3, act: Act = "lrelu", separable: bool = False,
+        post_act: bool = True,
+    ) -> None:
+        super().__init__()
+        self.conv1 = conv(trunk, mid, k, separable=separable, bias=False)
+        self.bn1 = SuperBatchNorm2d(mid)
+        self.act1 = activation(act)
+        self.conv2 = conv(mid, trunk, k, separable=separable, bias=False)
+        self.bn2 = SuperBatchNorm2d(trunk)
+        self.act2 = activation(act) if post_act else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.act1(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return self.act2(x + y)
+
+
+def res_stack(
+    w: Widths, trunk: Chans, prefix: str, n: int, mid_full: int, k: int = 3, act: Act = "lrelu",
+    separable: bool = False,
+) -> nn.Sequential:
+    """``n`` residual blocks on ``trunk``; block i's inner width (official ``mid_full``) is the
+    prunable group ``{prefix}.{i}.mid``."""
+    return nn.Sequential(
+        *[ResBlock(trunk, w(f"{prefix}.{i}.mid", mid_full), k, act, separable) for i in range(n)]
+    )
+
+
+__all__ = [
+    "Act", "activation", "Widths", "conv", "ConvBlock", "UpBlock", "ResBlock", "res_stack", "ch",
+]

@@ -1,0 +1,298 @@
+"""Super (dynamic-width) layers that only slice weights.
+
+Each layer is a subclass of the matching ``torch.nn`` layer, built at its *full* width, and knows the
+channel layout (:class:`~slimface.nn.channels.Chans`) of its input and output. With no active widths
+it is exactly the plain layer (same state_dict keys, same speed), so a teacher, a supernet and an
+exported sub-network are all built from one model definition. ``set_widths(widths)`` activates a
+sub-network: the layer then computes with the weight rows/columns of the active channels only, which
+are views (or gathers, after concatenations) of the full weights, so training a sub-network updates
+the shared weights in place.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from slimface.nn.channels import Chans, ch
+
+Index = slice | Tensor
+
+
+def _take(t: Tensor, dim: int, idx: Index | None) -> Tensor:
+    if idx is None:
+        return t
+    if isinstance(idx, slice):
+        return t.narrow(dim, idx.start, idx.stop - idx.start)
+    return t.index_select(dim, idx.to(t.device))
+
+
+def _as_chans(c: Chans | int) -> Chans:
+    return c if isinstance(c, Chans) else ch(c)
+
+
+class SuperMixin:
+    """Bookkeeping shared by all super layers: layouts and the active channel indices."""
+
+    in_chans: Chans
+    out_chans: Chans
+    _in_idx: Index | None = None
+    _out_idx: Index | None = None
+    _widths: Mapping[str, int] | None = None
+
+    def _init_layouts(self, in_chans: Chans | int, out_chans: Chans | int) -> None:
+        self.in_chans = _as_chans(in_chans)
+        self.out_chans = _as_chans(out_chans)
+
+    def set_widths(self, widths: Mapping[str, int] | None) -> None:
+        """Activate the sub-network with these group widths (None: the full layer)."""
+        self._widths = dict(widths) if widths else None
+        self._in_idx = self._index(self.in_chans, widths)
+        self._out_idx = self._index(self.out_chans, widths)
+
+    @staticmethod
+    def _index(layout: Chans, widths: Mapping[str, int] | None) -> Index | None:
+        if not widths or layout.active_total(widths) == layout.total:
+            return None
+        return layout.active_index(widths)
+
+    def active_in(self) -> int:
+        return self.in_chans.active_total(self._widths)
+
+    def active_out(self) -> int:
+        return self.out_chans.active_total(self._widths)
+
+    def groups(self) -> set[str]:
+        return self.in_chans.groups() | self.out_chans.groups()
+
+    def sliced_state(self) -> dict[str, Tensor]:
+        """This layer's parameters and buffers restricted to the active channels (for export)."""
+        raise NotImplementedError
+
+
+class SuperConv2d(SuperMixin, nn.Conv2d):
+    """Conv2d (normal or depthwise) whose in/out channels follow the active widths."""
+
+    def __init__(
+        self,
+        in_chans: Chans | int,
+        out_chans: Chans | int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int | None = None,
+        bias: bool = True,
+        depthwise: bool = False,
+    ) -> None:
+        in_c, out_c = _as_chans(in_chans), _as_chans(out_chans)
+        if depthwise and in_c != out_c:
+            raise ValueError("a depthwise conv keeps its channel layout")
+        padding = kernel_size // 2 if padding is None else padding
+        nn.Conv2d.__init__(
+            self, in_c.total, out_c.total, kernel_size, stride, padding, bias=bias,
+            groups=in_c.total if depthwise else 1,
+        )
+        self.depthwise = depthwise
+        self._init_layouts(in_c, out_c)
+
+    def sliced_state(self) -> dict[str, Tensor]:
+        w = _take(self.weight, 0, self._out_idx)
+        if not self.depthwise:
+            w = _take(w, 1, self._in_idx)
+        state = {"weight": w}
+        if self.bias is not None:
+            state["bias"] = _take(self.bias, 0, self._out_idx)
+        return state
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self._in_idx is None and self._out_idx is None:
+            return super().forward(x)
+        s = self.sliced_state()
+        groups = s["weight"].shape[0] if self.depthwise else 1
+        return F.conv2d(x, s["weight"], s.get("bias"), self.stride, self.padding, self.dilation, groups)
+
+
+class SuperConvTranspose2d(SuperMixin, nn.ConvTranspose2d):
+    """ConvTranspose2d (weight layout in x out x k x k) following the active widths."""
+
+    def __init__(
+        self,
+        in_chans: Chans | int,
+        out_chans: Chans | int,
+        kernel_size: int,
+        stride: int = 2,
+        padding: int = 1,
+        output_padding: int = 0,
+        bias: bool = True,
+    ) -> None:
+        in_c, out_c = _as_chans(in_chans), _as_chans(out_chans)
+        nn.ConvTranspose2d.__init__(
+            self, in_c.total, out_c.total, kernel_size, stride, padding, output_padding, bias=bias
+        )
+        self._init_layouts(in_c, out_c)
+
+    def sliced_state(self) -> dict[str, Tensor]:
+        state = {"weight": _take(_take(self.weight, 0, self._in_idx), 1, self._out_idx)}
+        if self.bias is not None:
+            state["bias"] = _take(self.bias, 0, self._out_idx)
+        return state
+
+    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:  # type: ignore[override]
+        if self._in_idx is None and self._out_idx is None:
+            return super().forward(x, output_size)
+        s = self.sliced_state()
+        return F.conv_transpose2d(
+            x, s["weight"], s.get("bias"), self.stride, self.padding, self.output_padding, 1,
+            self.dilation,
+        )
+
+
+class SuperBatchNorm2d(SuperMixin, nn.BatchNorm2d):
+    """BatchNorm2d over the active channels; running statistics are shared slices."""
+
+    def __init__(self, chans: Chans | int, momentum: float | None = 0.1) -> None:
+        c = _as_chans(chans)
+        nn.BatchNorm2d.__init__(self, c.total, momentum=momentum)
+        self._init_layouts(c, c)
+
+    def sliced_state(self) -> dict[str, Tensor]:
+        idx = self._out_idx
+        state = {
+            "weight": _take(self.weight, 0, idx),
+            "bias": _take(self.bias, 0, idx),
+            "running_mean": _take(self.running_mean, 0, idx),  # type: ignore[arg-type]
+            "running_var": _take(self.running_var, 0, idx),  # type: ignore[arg-type]
+        }
+        if self.num_batches_tracked is not None:
+            state["num_batches_tracked"] = self.num_batches_tracked
+        return state
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self._out_idx is None:
+            return super().forward(x)
+        if not isinstance(self._out_idx, slice):
+            raise RuntimeError("SuperBatchNorm2d needs a contiguous channel layout")
+        s = self.sliced_state()
+        use_batch = self.training or not self.track_running_stats
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.momentum is None and self.num_batches_tracked is not None:
+            momentum = 1.0 / float(self.num_batches_tracked)
+        return F.batch_norm(
+            x, s["running_mean"], s["running_var"], s["weight"], s["bias"], use_batch, momentum,
+            self.eps,
+        )
+
+
+class SuperLinear(SuperMixin, nn.Linear):
+    """Linear layer; ``in_chans`` may be a flattened conv layout (see Chans.repeat_spatial)."""
+
+    def __init__(self, in_chans: Chans | int, out_chans: Chans | int, bias: bool = True) -> None:
+        in_c, out_c = _as_chans(in_chans), _as_chans(out_chans)
+        nn.Linear.__init__(self, in_c.total, out_c.total, bias=bias)
+        self._init_layouts(in_c, out_c)
+
+    def sliced_state(self) -> dict[str, Tensor]:
+        state = {"weight": _take(_take(self.weight, 0, self._out_idx), 1, self._in_idx)}
+        if self.bias is not None:
+            state["bias"] = _take(self.bias, 0, self._out_idx)
+        return state
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self._in_idx is None and self._out_idx is None:
+            return super().forward(x)
+        s = self.sliced_state()
+        return F.linear(x, s["weight"], s.get("bias"))
+
+
+class SeparableConv2d(nn.Module):
+    """Depthwise k x k conv followed by a pointwise 1 x 1 conv (the paper's cheap conv)."""
+
+    def __init__(
+        self, in_chans: Chans | int, out_chans: Chans | int, kernel_size: int, stride: int = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        in_c = _as_chans(in_chans)
+        self.depthwise = SuperConv2d(in_c, in_c, kernel_size, stride, bias=False, depthwise=True)
+        self.pointwise = SuperConv2d(in_c, out_chans, 1, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pointwise(self.depthwise(x))
+
+
+SUPER_TYPES = (SuperConv2d, SuperConvTranspose2d, SuperBatchNorm2d, SuperLinear)
+
+
+def super_layers(model: nn.Module) -> Iterator[tuple[str, SuperMixin]]:
+    for name, module in model.named_modules():
+        if isinstance(module, SuperMixin):
+            yield name, module
+
+
+def width_groups(model: nn.Module) -> dict[str, int]:
+    """Every width group used by the model's super layers and its full width.
+
+    A group must have one full width everywhere it appears (a residual chain, a concatenation
+    partner); a mismatch is a bug in the model definition and fails here.
+    """
+    groups: dict[str, int] = {}
+    for name, layer in super_layers(model):
+        for seg in layer.in_chans.segments + layer.out_chans.segments:
+            if seg.group is None:
+                continue
+            if groups.setdefault(seg.group, seg.width) != seg.width:
+                raise ValueError(
+                    f"group {seg.group!r} has width {seg.width} at {name} but "
+                    f"{groups[seg.group]} elsewhere"
+                )
+    return groups
+
+
+def set_widths(model: nn.Module, widths: Mapping[str, int] | None) -> None:
+    """Activate a sub-network on every super layer of ``model`` (None: the full network)."""
+    if widths:
+        known = width_groups(model)
+        unknown = sorted(set(widths) - set(known))
+        if unknown:
+            raise KeyError(f"unknown width group {unknown[0]!r}")
+        for g, c in widths.items():
+            if not 0 < c <= known[g]:
+                raise ValueError(f"group {g!r}: width {c} outside 1..{known[g]}")
+    for _, layer in super_layers(model):
+        layer.set_widths(widths)
+
+
+def load_subnet_weights(supernet: nn.Module, subnet: nn.Module) -> None:
+    """Copy the active slices of ``supernet`` (after set_widths) into a static ``subnet``.
+
+    ``subnet`` is the same model definition built with the sub-network's widths, so module names
+    match one to one; every parameter and buffer of ``subnet`` must be filled exactly once.
+    """
+    sup_modules = dict(supernet.named_modules())
+    target = subnet.state_dict()
+    filled: set[str] = set()
+    with torch.no_grad():
+        for name, module in subnet.named_modules():
+            src = sup_modules.get(name)
+            if src is None:
+                continue
+            if isinstance(src, SuperMixin):
+                tensors = src.sliced_state()
+            else:
+                tensors = dict(src.named_parameters(recurse=False)) | dict(src.named_buffers(recurse=False))
+            for key, value in tensors.items():
+                full = f"{name}.{key}" if name else key
+                if full not in target:
+                    continue
+                if target[full].shape != value.shape:
+                    raise ValueError(f"{full}: sub-network shape {tuple(target[full].shape)} "
+                                     f"!= slice {tuple(value.shape)}")
+                target[full].copy_(value)
+                filled.add(full)
+    missing = sorted(set(target) - filled)
+    if missing:
+        raise ValueError(f"sub-network tensor {missing[0]!r} has no source in the supernet")

@@ -1,0 +1,80 @@
+"""Loss functions shared by the teachers' objectives and by distillation (one copy of each)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def gan_loss_d(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """Non-saturating cGAN discriminator loss: -log D(real) - log(1 - D(fake))."""
+    return (
+        F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+        + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    ) * 0.5
+
+
+def gan_loss_g(fake_logits: Tensor) -> Tensor:
+    """Non-saturating generator loss: -log D(fake)."""
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+def wgan_loss_d(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
+    return fake_scores.mean() - real_scores.mean()
+
+
+def wgan_loss_g(fake_scores: Tensor) -> Tensor:
+    return -fake_scores.mean()
+
+
+def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor) -> Tensor:
+    """WGAN-GP: (||grad critic(x_hat)||_2 - 1)^2 on random interpolates of real and fake."""
+    alpha = torch.rand(real.size(0), 1, 1, 1, device=real.device)
+    x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
+    scores = critic(x_hat)
+    (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
+    return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+
+
+def symmetry_loss(image: Tensor) -> Tensor:
+    """L1 between a frontal face and its mirror (TP-GAN's symmetry loss)."""
+    return (image - image.flip(-1)).abs().mean()
+
+
+def total_variation(image: Tensor) -> Tensor:
+    return (image[..., 1:, :] - image[..., :-1, :]).abs().mean() + (
+        image[..., :, 1:] - image[..., :, :-1]
+    ).abs().mean()
+
+
+def identity_loss(embed: Callable[[Tensor], Tensor], fake: Tensor, real: Tensor) -> Tensor:
+    """L1 between recognizer features of the output and of the ground truth (frozen recognizer)."""
+    with torch.no_grad():
+        target = embed(real)
+    return (embed(fake) - target).abs().mean()
+
+
+def resize_to(image: Tensor, size: int) -> Tensor:
+    if image.shape[-1] == size:
+        return image
+    return F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=True)
+
+
+def multiscale_l1(outputs: dict[int, Tensor], target: Tensor, weights: dict[int, float]) -> Tensor:
+    """Pixel L1 of each output scale against the ground truth resized to it."""
+    total = target.new_zeros(())
+    for size, out in outputs.items():
+        total = total + weights.get(size, 1.0) * (out - resize_to(target, out.shape[-1])).abs().mean()
+    return total
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Eval mode, no grads: for teachers and recognizers used as fixed judges."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module

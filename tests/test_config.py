@@ -1,0 +1,69 @@
+"""Strict config loading: unknown keys and wrong types fail with a one-line message."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import pytest
+
+from slimface.config import check, from_dict, load_config, to_dict
+from slimface.errors import ConfigError
+
+
+@dataclass
+class Inner:
+    lr: float = 2e-4
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+
+
+@dataclass
+class Outer:
+    name: Literal["tpgan", "crgan"] = "tpgan"
+    steps: int = 10
+    out: Path = Path("runs")
+    budget: Optional[str] = None
+    inner: Inner = field(default_factory=Inner)
+
+    def validate(self) -> None:
+        check(self.steps > 0, f"steps must be positive, got {self.steps}")
+
+
+def test_round_trip() -> None:
+    cfg = from_dict(Outer, {"name": "crgan", "steps": 5, "inner": {"lr": 1}})
+    assert cfg.inner.lr == 1.0 and isinstance(cfg.inner.lr, float) and cfg.name == "crgan"
+    assert from_dict(Outer, to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ({"stepz": 3}, "unknown key 'stepz'"),
+        ({"steps": "3"}, "config.steps: expected an integer"),
+        ({"steps": True}, "expected an integer"),
+        ({"name": "pix2pix"}, "not one of"),
+        ({"inner": {"lr": "fast"}}, "config.inner.lr: expected a number"),
+        ({"inner": {"betas": 0.5}}, "expected a list"),
+        ({"steps": 0}, "steps must be positive"),
+    ],
+)
+def test_bad_values(data: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        from_dict(Outer, data)
+
+
+def test_load_yaml_file_and_overrides(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("steps: 4\ninner:\n  lr: 0.1\n")
+    cfg = load_config(Outer, p, {"inner.lr": 0.5})
+    assert cfg.steps == 4 and cfg.inner.lr == 0.5
+
+
+def test_missing_and_broken_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(Outer, tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(Outer, bad)

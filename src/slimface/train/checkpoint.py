@@ -1,0 +1,318 @@
+"""Atomic, checksummed checkpoints that load with ``torch.load(weights_only=True)`` only.
+
+Why each piece exists:
+
+* **Atomic**: a checkpoint is written to a hidden temp file in the same directory, flushed and
+  fsynced, then ``os.replace``-d onto its final name, so a crash (SIGKILL, power loss) leaves either the
+  old set of checkpoints or the old set plus one complete new file -- never a half-written
+  ``ckpt_*.pt``. Stale temp files from a killed writer are removed by the next save.
+* **Checksummed**: ``ckpt_000100.pt`` gets a sidecar ``ckpt_000100.pt.sha256`` (written after the
+  checkpoint itself). A mismatching checksum or a file that fails to load (truncated, bit-rot) is
+  reported in one log line and :func:`load_latest` falls back to the previous checkpoint. A checkpoint
+  without a sidecar (killed between the two writes) is still accepted if it loads: torch's zip format
+  carries its own CRCs.
+* **Safe to load**: :func:`safe_load` uses ``weights_only=True`` exclusively, so a file that would need
+  arbitrary unpickling (and could therefore run code) is refused with :class:`CheckpointError`. States
+  therefore hold only tensors and plain Python types (see :func:`capture_rng`).
+* **Bounded**: only the newest ``keep_last`` checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import pickle
+import random
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from slimface.errors import CheckpointError
+
+log = logging.getLogger("slimface.train")
+
+CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
+SUFFIX_SHA = ".sha256"
+_TMP_PREFIX = ".tmp-"
+
+
+def checkpoint_name(step: int) -> str:
+    """File name of the checkpoint taken after ``step`` completed steps."""
+    return f"ckpt_{step:06d}.pt"
+
+
+def list_checkpoints(path_dir: str | Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every ``ckpt_*.pt`` in ``path_dir``, oldest first."""
+    path_dir = Path(path_dir)
+    if not path_dir.is_dir():
+        return []
+    found = []
+    for p in path_dir.iterdir():
+        m = CKPT_RE.match(p.name)
+        if m and p.is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in chunks so big checkpoints do not need to fit in memory twice."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_checksum(path: str | Path) -> bool | None:
+    """True/False if the sidecar checksum matches/does not; None if there is no sidecar."""
+    side = Path(str(path) + SUFFIX_SHA)
+    if not side.is_file():
+        return None
+    try:
+        expected = side.read_text().split()[0].strip().lower()
+    except (OSError, IndexError):
+        return False
+    return file_sha256(path) == expected
+
+
+def _fsync_dir(path_dir: Path) -> None:
+    """Make a rename durable (best effort: not every platform/filesystem allows opening a dir)."""
+    try:
+        fd = os.open(path_dir, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_error(target: Path, exc: BaseException) -> CheckpointError:
+    """One-line CheckpointError for a failed write (ENOSPC gets its own hint)."""
+    code = getattr(exc, "errno", None)
+    text = str(exc)
+    if code == errno.ENOSPC or "No space left" in text:
+        return CheckpointError(
+            f"could not write checkpoint {target}: no space left on device; free disk space or use "
+            "another --out (earlier checkpoints are intact)"
+        )
+    reason = getattr(exc, "strerror", None) or (text.splitlines()[0] if text else type(exc).__name__)
+    return CheckpointError(
+        f"could not write checkpoint {target}: {reason}; check the output directory "
+        "(earlier checkpoints are intact)"
+    )
+
+
+def _atomic_write(target: Path, write: Any) -> None:
+    """Call ``write(fileobj)`` on a temp file next to ``target``, fsync, then rename onto ``target``."""
+    tmp = target.with_name(f"{_TMP_PREFIX}{target.name}.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except (OSError, RuntimeError) as exc:
+        # RuntimeError: torch's zip writer wraps I/O failures ("file write failed").
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        if isinstance(exc, RuntimeError) and "write" not in str(exc).lower():
+            raise
+        raise _write_error(target, exc) from exc
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _remove_stale_temps(path_dir: Path) -> None:
+    """Delete temp files left by a writer that was killed mid-save."""
+    for p in path_dir.glob(f"{_TMP_PREFIX}*"):
+        try:
+            p.unlink()
+        except OSError:
+            pass
+
+
+def save_checkpoint(path_dir: str | Path, step: int, state: dict[str, Any], keep_last: int) -> Path:
+    """Atomically write ``state`` as ``path_dir/ckpt_{step:06d}.pt`` (+ ``.sha256``); keep the last K.
+
+    Raises CheckpointError (one line) if the disk is full or unwritable; the temp file is removed and
+    earlier checkpoints are left untouched.
+    """
+    if keep_last < 1:
+        raise ValueError("keep_last must be >= 1")
+    path_dir = Path(path_dir)
+    try:
+        path_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _write_error(path_dir / checkpoint_name(step), exc) from exc
+    _remove_stale_temps(path_dir)
+    target = path_dir / checkpoint_name(step)
+    _atomic_write(target, lambda f: torch.save(state, f))
+    digest = file_sha256(target)
+    sidecar = Path(str(target) + SUFFIX_SHA)
+    _atomic_write(sidecar, lambda f: f.write(f"{digest}  {target.name}\n".encode()))
+    _fsync_dir(path_dir)
+    for _, old in list_checkpoints(path_dir)[:-keep_last]:
+        for p in (old, Path(str(old) + SUFFIX_SHA)):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+    return target
+
+
+def safe_load(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint/exported model with ``weights_only=True``; anything else is CheckpointError.
+
+    A file that needs arbitrary unpickling (custom classes, ``__reduce__`` tricks) is refused without
+    executing it; a truncated or corrupt file is reported as such.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc) or "Weights only load failed" in str(exc):
+            raise CheckpointError(
+                f"checkpoint {path} contains arbitrary Python objects and was not loaded "
+                "(only tensors and plain data are allowed); re-export it with slimface"
+            ) from exc
+        raise CheckpointError(f"checkpoint {path} is corrupt ({_first_line(exc)}); delete it") from exc
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated ({_first_line(exc)}); delete it"
+        ) from exc
+    if not isinstance(obj, dict):
+        raise CheckpointError(
+            f"checkpoint {path} holds a {type(obj).__name__}, not a state dict; "
+            "pass a slimface checkpoint"
+        )
+    return obj
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0][:160] if text else type(exc).__name__) or type(exc).__name__
+
+
+def load_checked(path: str | Path) -> dict[str, Any]:
+    """:func:`safe_load` after verifying the sidecar checksum (if there is one)."""
+    ok = verify_checksum(path)
+    if ok is False:
+        raise CheckpointError(f"checkpoint {path} does not match its .sha256 checksum; delete it")
+    return safe_load(path)
+
+
+def load_latest(path_dir: str | Path) -> tuple[dict[str, Any], Path] | None:
+    """Newest loadable checkpoint in ``path_dir`` as ``(state, path)``; None if there is none.
+
+    A newest checkpoint that is corrupt (checksum mismatch, truncated) is reported in one log line and
+    the previous one is tried. If checkpoints exist but none loads, raise CheckpointError rather than
+    silently starting over.
+    """
+    ckpts = list_checkpoints(path_dir)
+    if not ckpts:
+        return None
+    for _, path in reversed(ckpts):
+        try:
+            return load_checked(path), path
+        except CheckpointError as exc:
+            log.warning("skipping unusable checkpoint: %s; trying the previous one", exc)
+    raise CheckpointError(
+        f"no usable checkpoint in {path_dir}: all {len(ckpts)} are corrupt; delete them or use "
+        "another --out"
+    )
+
+
+def check_fingerprint(state: dict[str, Any], expected: str, path: str | Path) -> None:
+    """Refuse a checkpoint written for another architecture/resolution."""
+    got = state.get("fingerprint")
+    if got != expected:
+        raise CheckpointError(
+            f"checkpoint {path} was written for {got}, this run is {expected}; "
+            "use another --out or delete it"
+        )
+
+
+# --------------------------------------------------------------------------- RNG state
+def capture_rng() -> dict[str, Any]:
+    """All global RNG states as tensors/plain types (so they survive ``weights_only`` loading)."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": int(version), "state": list(internal), "gauss": gauss},
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng`."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"]), py["gauss"]))
+    npst = state["numpy"]
+    np.random.set_state(
+        (
+            npst["name"],
+            npst["keys"].numpy().astype(np.uint32),
+            npst["pos"],
+            npst["has_gauss"],
+            npst["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+@contextmanager
+def preserve_rng() -> Iterator[None]:
+    """Run a block (sampling, evaluation) without disturbing the training RNG streams."""
+    saved = capture_rng()
+    try:
+        yield
+    finally:
+        restore_rng(saved)
+
+
+__all__ = [
+    "checkpoint_name",
+    "list_checkpoints",
+    "file_sha256",
+    "verify_checksum",
+    "save_checkpoint",
+    "safe_load",
+    "load_checked",
+    "load_latest",
+    "check_fingerprint",
+    "capture_rng",
+    "restore_rng",
+    "preserve_rng",
+]

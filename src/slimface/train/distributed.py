@@ -1,0 +1,225 @@
+"""Multi-process training on ``torch.distributed`` (launched with ``torchrun``).
+
+Conventions every stage follows (see also :class:`slimface.train.loop.Trainer`):
+
+* **Launch**: ``torchrun --nproc_per_node N -m slimface ...``. :func:`init_distributed` reads the
+  torchrun environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``) and
+  picks ``nccl`` on CUDA, ``gloo`` on CPU. Without those variables everything here degrades to
+  single-process no-ops, so the same code runs both ways.
+* **Batch size**: ``TrainConfig.batch_size`` is the *global* batch; each rank gets
+  ``batch_size // world_size`` samples (a disjoint slice of the same global batch), so changing the
+  number of processes does not change the optimisation (up to float rounding) and a run can be resumed
+  with a different process count.
+* **Wrapping**: the Trainer wraps every net with trainable parameters in
+  ``DistributedDataParallel`` and puts the wrapper back into ``task.nets``; tasks must call nets via
+  ``self.nets[name]`` and use :func:`unwrap` to reach attributes of the inner module. Forward hooks
+  registered on the inner module (or its submodules) keep firing, because DDP calls the inner module's
+  ``__call__`` (unlike the old DataParallel, which runs replicas).
+* **GAN steps**: calling a wrapped D several times before one backward is fine. Do **not** toggle
+  ``requires_grad`` on a wrapped net to freeze it for the G step (DDP registers its gradient hooks once);
+  detach the inputs or zero D's gradients before its own step instead. Set
+  ``TrainConfig.find_unused_parameters = True`` when some trainable parameters of a net get no
+  gradient in a step (e.g. a supernet that runs a sub-network, or a branch skipped by a condition);
+  leaving it False is faster and DDP raises a clear error if it was needed.
+* **Shared randomness**: per-rank RNGs differ (seeded ``seed + rank``) so data augmentation and
+  dropout are independent across ranks. Choices that must be identical on every rank (a supernet's
+  channel configuration, a random loss weight) should come from :func:`shared_generator(seed, step)`,
+  which is seeded from ``(seed, step)`` only.
+* **Rank 0 only**: logging, checkpoints, sample grids and ``on_eval`` run on rank 0; the other ranks
+  wait at a barrier.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from slimface.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"environment variable {name}={raw!r} is not an integer; fix the launcher") from exc
+
+
+def is_dist() -> bool:
+    """True inside an initialised multi-process group."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def local_rank() -> int:
+    return _env_int("LOCAL_RANK", 0) if is_dist() else 0
+
+
+def is_main() -> bool:
+    """Rank 0 (or a single process): the one that logs, checkpoints and writes samples."""
+    return rank() == 0
+
+
+def default_device() -> torch.device:
+    """``cuda:LOCAL_RANK`` when CUDA is available, else CPU: build task nets on this device."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", _env_int("LOCAL_RANK", 0))
+    return torch.device("cpu")
+
+
+def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> DistInfo:
+    """Join the torchrun process group if the environment asks for one (idempotent).
+
+    Returns this process's :class:`DistInfo`; with no ``WORLD_SIZE`` (or ``WORLD_SIZE=1``) nothing is
+    initialised and the info describes a single process.
+    """
+    world = _env_int("WORLD_SIZE", 1)
+    if world > 1 and not is_dist():
+        for var in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+            if var not in os.environ:
+                raise ConfigError(
+                    f"WORLD_SIZE={world} but {var} is not set; launch with torchrun --nproc_per_node N"
+                )
+        use_cuda = torch.cuda.is_available()
+        if use_cuda:
+            torch.cuda.set_device(_env_int("LOCAL_RANK", 0))
+        dist.init_process_group(
+            backend=backend or ("nccl" if use_cuda else "gloo"),
+            init_method="env://",
+            timeout=timedelta(seconds=timeout_s),
+        )
+    return DistInfo(rank(), world_size(), local_rank(), default_device())
+
+
+def cleanup() -> None:
+    """Leave the process group (call once at program exit)."""
+    if is_dist():
+        dist.destroy_process_group()
+
+
+def _collective_device() -> torch.device:
+    """NCCL collectives need CUDA tensors; gloo uses CPU."""
+    if is_dist() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (``[obj]`` in a single process)."""
+    if not is_dist():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` from rank ``src`` on every rank."""
+    if not is_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def any_rank(flag: bool) -> bool:
+    """True if ``flag`` is True on any rank (e.g. 'a stop signal arrived'), agreed by all ranks."""
+    if not is_dist():
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def mean_across_ranks(metrics: dict[str, float]) -> dict[str, float]:
+    """Average scalar metrics over ranks (keys missing on some ranks are averaged where present)."""
+    if not is_dist():
+        return dict(metrics)
+    gathered = all_gather_object(dict(metrics))
+    keys = list(dict.fromkeys(k for m in gathered for k in m))  # rank 0's order first
+    return {
+        k: sum(float(m[k]) for m in gathered if k in m) / sum(1 for m in gathered if k in m)
+        for k in keys
+    }
+
+
+def shared_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator seeded from ``(seed, step)`` only: identical random draws on every rank."""
+    g = torch.Generator(device=device)
+    g.manual_seed((int(seed) * 1_000_003 + int(step) * 7_919 + 0x5EED) % (2**63 - 1))
+    return g
+
+
+def has_trainable_params(net: nn.Module) -> bool:
+    return any(p.requires_grad for p in net.parameters())
+
+
+def wrap_ddp(net: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
+    """Wrap ``net`` in DDP if we are distributed and it has trainable parameters, else return it."""
+    if not is_dist() or isinstance(net, DistributedDataParallel) or not has_trainable_params(net):
+        return net
+    device = next(net.parameters()).device
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(
+        net, device_ids=device_ids, find_unused_parameters=find_unused_parameters
+    )
+
+
+def unwrap(net: nn.Module) -> nn.Module:
+    """The module inside a DDP/DataParallel wrapper (or ``net`` itself)."""
+    while isinstance(net, (DistributedDataParallel, nn.DataParallel)):
+        net = net.module
+    return net
+
+
+__all__ = [
+    "DistInfo",
+    "init_distributed",
+    "cleanup",
+    "is_dist",
+    "rank",
+    "world_size",
+    "local_rank",
+    "is_main",
+    "default_device",
+    "barrier",
+    "all_gather_object",
+    "broadcast_object",
+    "any_rank",
+    "mean_across_ranks",
+    "shared_generator",
+    "has_trainable_params",
+    "wrap_ddp",
+    "unwrap",
+]

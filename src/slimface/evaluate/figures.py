@@ -1,0 +1,178 @@
+"""Figures for the report: image grids (paper Figs. 3–4), rank-1 vs yaw, and the MACs/identity Pareto plot.
+
+Grids are composed with PIL so their pixel size is exact and predictable (cells are shown at native
+resolution, times ``scale``); plots use matplotlib's Agg backend, saved without tight cropping so
+``figsize × dpi`` is the output size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+GRID_PAD = 2
+GRID_BACKGROUND = (255, 255, 255)
+
+
+def tensor_to_pil(image: Tensor) -> Image.Image:
+    """``(C, H, W)`` in [-1, 1] (C = 1 or 3) -> an RGB PIL image."""
+    if image.dim() != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"expected a (1|3, H, W) image tensor, got {tuple(image.shape)}")
+    x = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    if x.shape[0] == 1:
+        x = x.expand(3, -1, -1)
+    return Image.fromarray(np.ascontiguousarray(x.permute(1, 2, 0).numpy()), mode="RGB")
+
+
+def _text_size(draw: ImageDraw.ImageDraw, text: str, font: Any) -> tuple[int, int]:
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    return int(right - left), int(bottom - top)
+
+
+def image_grid(
+    rows: Sequence[Sequence[Tensor | None]],
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    out: str | Path = "grid.png",
+    scale: int = 1,
+) -> Path:
+    """Write a PNG grid: one row per example (e.g. input | ground truth | each model's output).
+
+    Every cell is ``(C, H, W)`` in [-1, 1]; ``None`` leaves a blank cell. Cells are ``max H × max W``
+    (times ``scale``, nearest-neighbour), separated by ``GRID_PAD`` pixels; labels add a left column
+    and/or a top row just wide/high enough for the text. Returns the written path.
+    """
+    if not rows or not any(len(r) for r in rows):
+        raise ValueError("image_grid needs at least one non-empty row")
+    if row_labels is not None and len(row_labels) != len(rows):
+        raise ValueError(f"{len(row_labels)} row labels for {len(rows)} rows")
+    ncols = max(len(r) for r in rows)
+    if col_labels is not None and len(col_labels) != ncols:
+        raise ValueError(f"{len(col_labels)} column labels for {ncols} columns")
+    cells = [img for r in rows for img in r if img is not None]
+    if not cells:
+        raise ValueError("image_grid got only empty cells")
+    cell_h = max(int(c.shape[-2]) for c in cells) * scale
+    cell_w = max(int(c.shape[-1]) for c in cells) * scale
+
+    font = ImageFont.load_default()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = (max(_text_size(probe, t, font)[0] for t in row_labels) + 2 * GRID_PAD) if row_labels else 0
+    label_h = (max(_text_size(probe, t, font)[1] for t in col_labels) + 2 * GRID_PAD + 2) if col_labels else 0
+    width = label_w + ncols * cell_w + (ncols + 1) * GRID_PAD
+    height = label_h + len(rows) * cell_h + (len(rows) + 1) * GRID_PAD
+    canvas = Image.new("RGB", (width, height), GRID_BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+
+    for j in range(ncols if col_labels else 0):
+        x = label_w + GRID_PAD + j * (cell_w + GRID_PAD)
+        draw.text((x + GRID_PAD, GRID_PAD), col_labels[j], fill=(0, 0, 0), font=font)  # type: ignore[index]
+    for i, row in enumerate(rows):
+        y = label_h + GRID_PAD + i * (cell_h + GRID_PAD)
+        if row_labels:
+            th = _text_size(draw, row_labels[i], font)[1]
+            draw.text((GRID_PAD, y + (cell_h - th) // 2), row_labels[i], fill=(0, 0, 0), font=font)
+        for j, img in enumerate(row):
+            if img is None:
+                continue
+            pil = tensor_to_pil(img)
+            if scale != 1:
+                pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+            x = label_w + GRID_PAD + j * (cell_w + GRID_PAD)
+            canvas.paste(pil, (x, y))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out, format="PNG")
+    return out
+
+
+def plot_rank1_vs_yaw(
+    results: Mapping[str, Mapping[Any, float]],
+    out: str | Path,
+    figsize: tuple[float, float] = (6.4, 4.0),
+    dpi: int = 100,
+    title: str = "Rank-1 vs yaw",
+) -> Path:
+    """Line plot of rank-1 (%) against |yaw| for each model; non-numeric groups (``avg``) are skipped."""
+    fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
+    try:
+        for model, per_group in results.items():
+            pts = sorted((float(k), float(v)) for k, v in per_group.items() if isinstance(k, (int, float)))
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, marker="o", label=model)
+        ax.set_xlabel("|yaw| (degrees)")
+        ax.set_ylabel("rank-1 (%)")
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        if results:
+            ax.legend(loc="lower left", fontsize="small")
+        return _save(fig, out, dpi)
+    finally:
+        plt.close(fig)
+
+
+def pareto_front(points: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Indices of the points not dominated in (fewer ``macs``, higher ``metric``), by increasing MACs."""
+    order = sorted(range(len(points)), key=lambda i: (float(points[i]["macs"]), -float(points[i]["metric"])))
+    front: list[int] = []
+    best = -float("inf")
+    for i in order:
+        m = float(points[i]["metric"])
+        if m > best:
+            front.append(i)
+            best = m
+    return front
+
+
+def plot_pareto(
+    points: Sequence[Mapping[str, Any]],
+    out: str | Path,
+    figsize: tuple[float, float] = (6.4, 4.8),
+    dpi: int = 100,
+    metric_label: str = "identity metric",
+    budget: float | None = None,
+) -> Path:
+    """Scatter of candidate sub-networks (``macs`` vs ``metric``) with the Pareto front drawn as a
+    step line and ``chosen`` points starred; an optional MACs ``budget`` is a vertical dashed line.
+    Each point is a dict with ``macs``, ``metric``, optional ``config`` and ``chosen``."""
+    if not points:
+        raise ValueError("plot_pareto needs at least one point")
+    macs = np.array([float(p["macs"]) for p in points])
+    metric = np.array([float(p["metric"]) for p in points])
+    unit, div = ("GMACs", 1e9) if macs.max() >= 1e8 else ("MMACs", 1e6) if macs.max() >= 1e5 else ("MACs", 1.0)
+    fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
+    try:
+        ax.scatter(macs / div, metric, s=14, c="tab:gray", alpha=0.6, label="candidates")
+        front = pareto_front(points)
+        ax.step(macs[front] / div, metric[front], where="post", c="tab:blue", lw=1.5, label="Pareto front")
+        ax.scatter(macs[front] / div, metric[front], s=22, c="tab:blue")
+        chosen = [i for i, p in enumerate(points) if p.get("chosen")]
+        if chosen:
+            ax.scatter(macs[chosen] / div, metric[chosen], s=160, marker="*", c="tab:red", zorder=5, label="chosen")
+        if budget is not None:
+            ax.axvline(budget / div, ls="--", c="tab:red", lw=1, label="budget")
+        ax.set_xlabel(unit)
+        ax.set_ylabel(metric_label)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="lower right", fontsize="small")
+        return _save(fig, out, dpi)
+    finally:
+        plt.close(fig)
+
+
+def _save(fig: Any, out: str | Path, dpi: int) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi, format="png")
+    return out

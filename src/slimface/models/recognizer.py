@@ -1,0 +1,152 @@
+"""The common face-recognizer interface used by identity losses and rank-1 evaluation.
+
+Every judge takes images in the project's convention (``(B, C, H, W)`` float in [-1, 1], RGB or gray,
+any size) and does its own conversion to what it was trained on, so callers never need to know whether
+the judge is a grayscale 128×128 LightCNN or dlib's RGB 150×150 ResNet. ``embed`` returns
+L2-normalised descriptors, so rank-1 matching is a plain dot product (cosine similarity).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from slimface.errors import ConfigError
+from slimface.models.lightcnn import (
+    VARIANTS,
+    LightCNN,
+    Variant,
+    checkpoint_num_classes,
+    load_lightcnn_state,
+    read_state_dict,
+)
+
+RECOGNIZERS: tuple[str, ...] = (*VARIANTS, "dlib")
+_LIGHTCNN_ONLY = ("input_size", "width_mult", "num_classes", "channels", "feature_dim")
+
+#: ITU-R BT.601 luma weights, the usual RGB->gray conversion (PIL's "L" mode uses the same).
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def check_images(images: Tensor) -> None:
+    """Raise ``ValueError`` for a tensor that is not ``(B, 1|3, H, W)`` floating point."""
+    if images.dim() != 4 or images.shape[1] not in (1, 3) or not images.is_floating_point():
+        raise ValueError(f"recognizer expects float (B, 1|3, H, W) images in [-1, 1], got {tuple(images.shape)} "
+                         f"{images.dtype}")
+
+
+def to_gray01(images: Tensor) -> Tensor:
+    """``(B, 1|3, H, W)`` in [-1, 1] -> ``(B, 1, H, W)`` luma in [0, 1] (differentiable)."""
+    check_images(images)
+    x = (images.clamp(-1, 1) + 1) * 0.5
+    if x.shape[1] == 3:
+        w = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        x = (x * w).sum(dim=1, keepdim=True)
+    return x
+
+
+def resize_square(x: Tensor, size: int) -> Tensor:
+    """Bilinear resize to ``size``×``size`` (anti-aliased when shrinking, so small judges see no aliasing)."""
+    if x.shape[-2:] == (size, size):
+        return x
+    shrink = x.shape[-1] > size or x.shape[-2] > size
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
+
+
+class Recognizer(nn.Module):
+    """A face recognizer: ``embed(images in [-1, 1]) -> (B, D)`` unit-norm descriptors."""
+
+    #: Descriptor length D.
+    embedding_dim: int = 0
+    #: Whether ``embed`` is differentiable w.r.t. the images (usable in an identity loss).
+    differentiable: bool = False
+
+    def embed(self, images: Tensor) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class LightCNNRecognizer(Recognizer):
+    """A LightCNN judge. ``forward(images)`` returns ``(logits, feature)`` for training;
+    ``embed`` the L2-normalised feature. Input conversion (gray, resize, [0, 1]) is differentiable,
+    so the same object serves as TP-GAN's identity-preserving loss network."""
+
+    differentiable = True
+
+    def __init__(
+        self,
+        variant: Variant = "lightcnn29v2",
+        input_size: int = 128,
+        width_mult: float = 1.0,
+        num_classes: int = 0,
+        feature_dim: int = 256,
+        channels: int = 3,
+    ) -> None:
+        super().__init__()
+        if channels not in (1, 3):
+            raise ConfigError(f"recognizer channels {channels} must be 1 (gray) or 3 (RGB)")
+        # ``channels`` only documents what the caller feeds: conversion to gray happens per batch.
+        self.channels = channels
+        self.net = LightCNN(variant, num_classes=num_classes, input_size=input_size, width_mult=width_mult,
+                            feature_dim=feature_dim)
+        self.variant = variant
+        self.input_size = input_size
+        self.embedding_dim = feature_dim
+
+    def preprocess(self, images: Tensor) -> Tensor:
+        """[-1, 1] RGB/gray at any size -> the net's ``(B, 1, S, S)`` gray in [0, 1]."""
+        return resize_square(to_gray01(images), self.input_size)
+
+    def forward(self, images: Tensor) -> tuple[Tensor | None, Tensor]:
+        return self.net(self.preprocess(images))
+
+    def features(self, images: Tensor) -> Tensor:
+        """Unnormalised identity features (what TP-GAN's identity loss compares)."""
+        return self.net.feature(self.preprocess(images))
+
+    def embed(self, images: Tensor) -> Tensor:
+        return F.normalize(self.features(images), dim=1)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        variant: Variant = "lightcnn29v2",
+        num_classes: int | None = None,
+        input_size: int = 128,
+        width_mult: float = 1.0,
+        channels: int = 3,
+    ) -> LightCNNRecognizer:
+        """Load an official-format LightCNN checkpoint (safe ``weights_only`` read; see
+        :func:`slimface.models.lightcnn.load_lightcnn_checkpoint`)."""
+        state = read_state_dict(path)
+        n = checkpoint_num_classes(state) if num_classes is None else num_classes
+        rec = cls(variant, input_size=input_size, width_mult=width_mult, num_classes=n, channels=channels)
+        load_lightcnn_state(rec.net, state, source=str(path))
+        return rec
+
+
+def build_recognizer(name: str, checkpoint: str | Path | None = None, **kw: Any) -> Recognizer:
+    """Build a judge by name: ``lightcnn9``, ``lightcnn29``, ``lightcnn29v2`` or ``dlib``.
+
+    For LightCNN, ``checkpoint`` loads official-format weights and ``kw`` go to
+    :class:`LightCNNRecognizer`; for ``dlib`` they go to ``DlibRecognizer``, except the LightCNN
+    shape settings (``input_size``, ``width_mult``, ``num_classes``, ``channels``, ``feature_dim``),
+    which callers pass generically and which have no meaning for dlib's fixed pretrained model.
+    """
+    if name in VARIANTS:
+        if checkpoint is not None:
+            return LightCNNRecognizer.from_checkpoint(checkpoint, variant=name, **kw)  # type: ignore[arg-type]
+        return LightCNNRecognizer(name, **kw)  # type: ignore[arg-type]
+    if name == "dlib":
+        if checkpoint is not None:
+            raise ConfigError("the dlib recognizer uses its packaged model; drop the checkpoint setting")
+        from slimface.models.dlib_recognizer import DlibRecognizer
+
+        for key in _LIGHTCNN_ONLY:
+            kw.pop(key, None)
+        return DlibRecognizer(**kw)
+    raise ConfigError(f"recognizer {name!r} is unknown; use one of {', '.join(RECOGNIZERS)}")

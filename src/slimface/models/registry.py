@@ -117,7 +117,7 @@ def _load_builtin() -> None:
 
 
 def get_family(name: str) -> Family:
-    if not _FAMILIES:
+    if name not in _FAMILIES:
         _load_builtin()
     if name not in _FAMILIES:
         raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(sorted(_FAMILIES))}")
@@ -125,8 +125,7 @@ def get_family(name: str) -> Family:
 
 
 def families() -> list[str]:
-    if not _FAMILIES:
-        _load_builtin()
+    _load_builtin()
     return sorted(_FAMILIES)
 
 

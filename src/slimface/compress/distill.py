@@ -1,0 +1,268 @@
+"""Distillation objective: reconstruction + conditional GAN + intermediate-feature matching.
+
+Features are tapped by module NAME (the family's ``StudentSpec.distill``): teacher and student share
+one model definition, so ``"decoder.s16"`` names the same layer in both. A student layer's channel
+count changes with the sampled sub-network, so each mapping (student -> teacher channels, a 1x1 conv
+as in the reference implementation) is a :class:`SuperConv2d` whose *input layout* is the student
+module's output layout; ``set_widths`` makes it use exactly the weight columns of the active
+channels, also when that layout is a concatenation of several groups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from slimface.config import check
+from slimface.errors import ConfigError
+from slimface.nn.channels import Chans, ch
+from slimface.nn.super_layers import SuperConv2d, SuperMixin, super_layers
+from slimface.train import losses as L
+from slimface.train.distributed import unwrap
+
+
+@dataclass
+class DistillConfig:
+    """Loss weights of the compression objective (reference defaults, reference.md §1):
+    λ_recon = ``recon_weight``, λ_distill = ``distill_weight``, λ_gan = ``gan_weight``.
+
+    ``gan_mode``: ``"bce"`` is the paper's cGAN (non-saturating -log D(x, G(x)) for G); ``"wgan-gp"``
+    suits a teacher critic trained with WGAN-GP (CR-GAN). ``identity_weight`` (λ_id) > 0 adds the identity-preserving
+    L1 on frozen recognizer features (needs a recognizer).
+    """
+
+    recon_weight: float = 100.0
+    distill_weight: float = 1.0
+    gan_weight: float = 1.0
+    identity_weight: float = 0.0
+    gan_mode: Literal["bce", "wgan-gp"] = "bce"
+    gp_weight: float = 10.0
+
+    def validate(self) -> None:
+        for name in ("recon_weight", "distill_weight", "gan_weight", "identity_weight", "gp_weight"):
+            v = getattr(self, name)
+            check(v >= 0, f"distill.{name} must be >= 0, got {v}")
+        check(self.gan_mode in ("bce", "wgan-gp"), f"distill.gan_mode {self.gan_mode!r}: use 'bce' or 'wgan-gp'")
+
+
+# -------------------------------------------------------------------- taps
+def resolve_module(model: nn.Module, name: str, what: str = "generator") -> nn.Module:
+    """The submodule called ``name`` of the (unwrapped) model; a bad name is a one-line ConfigError."""
+    inner = unwrap(model)
+    try:
+        return inner.get_submodule(name)
+    except AttributeError:
+        tops = ", ".join(n for n, _ in inner.named_children())
+        raise ConfigError(
+            f"distill layer {name!r} is not a module of the {what} (top-level modules: {tops}); "
+            f"fix StudentSpec.distill"
+        ) from None
+
+
+def _first_tensor(out: Any) -> Tensor:
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    if isinstance(out, dict):
+        for v in out.values():
+            if isinstance(v, Tensor):
+                return v
+    raise TypeError(f"cannot tap a module output of type {type(out).__name__}")
+
+
+class FeatureTaps:
+    """Forward hooks on named modules that keep their latest outputs.
+
+    Hooks sit on the inner module, so they keep firing when the Trainer wraps the model in DDP.
+    """
+
+    def __init__(self, model: nn.Module, names: Sequence[str], what: str = "generator") -> None:
+        self.names = list(names)
+        self.outputs: dict[str, Tensor] = {}
+        self._handles = []
+        for name in self.names:
+            module = resolve_module(model, name, what)
+            self._handles.append(module.register_forward_hook(self._hook(name)))
+
+    def _hook(self, name: str) -> Callable[..., None]:
+        def fn(_m: nn.Module, _inp: Any, out: Any) -> None:
+            self.outputs[name] = _first_tensor(out)
+
+        return fn
+
+    def clear(self) -> None:
+        self.outputs = {}
+
+    def collect(self) -> dict[str, Tensor]:
+        """The outputs of the last forward, in ``names`` order; every tap must have fired."""
+        missing = [n for n in self.names if n not in self.outputs]
+        if missing:
+            raise RuntimeError(f"distill layer {missing[0]!r} did not run in the last forward pass")
+        out = {n: self.outputs[n] for n in self.names}
+        self.clear()
+        return out
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self) -> "FeatureTaps":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+
+def output_layout(model: nn.Module, name: str) -> Chans:
+    """Channel layout of module ``name``'s output: its last super layer's ``out_chans``.
+
+    True for the project's blocks (conv/BN last, residual additions keep the trunk layout); a module
+    that ends in a concatenation must be tapped at a submodule instead.
+    """
+    module = resolve_module(model, name)
+    layers = [layer for _, layer in super_layers(module)]
+    if not layers:
+        raise ConfigError(f"distill layer {name!r} contains no conv/BN layer; tap a block with convolutions")
+    return layers[-1].out_chans
+
+
+# -------------------------------------------------------------------- mappers
+def _key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+class Mapper(nn.Module):
+    """One learnable 1x1 conv per tapped layer, student channels -> teacher channels.
+
+    ``forward`` is the only entry point (so DDP sees the computation when the Trainer wraps it).
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, names: Sequence[str]) -> None:
+        super().__init__()
+        self.names = list(names)
+        self.convs = nn.ModuleDict()
+        for name in self.names:
+            s_layout = output_layout(student, name)
+            t_total = output_layout(teacher, name).total
+            conv = SuperConv2d(s_layout, ch(t_total), 1, bias=True)
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="linear")
+            nn.init.zeros_(conv.bias)
+            self.convs[_key(name)] = conv
+
+    def conv(self, name: str) -> SuperConv2d:
+        return self.convs[_key(name)]  # type: ignore[return-value]
+
+    def set_widths(self, widths: Mapping[str, int] | None) -> None:
+        """Slice every mapping's input to the student's active channels."""
+        for conv in self.convs.values():
+            assert isinstance(conv, SuperMixin)
+            conv.set_widths(widths)
+
+    def forward(self, feats: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {n: self.conv(n)(feats[n]) for n in self.names}
+
+
+def distill_loss(mapped: Mapping[str, Tensor], teacher: Mapping[str, Tensor]) -> Tensor:
+    """Sum over layers of the MSE between mapped student features and teacher features."""
+    total: Tensor | None = None
+    for name, s in mapped.items():
+        t = teacher[name]
+        if s.shape != t.shape:
+            raise RuntimeError(f"distill layer {name!r}: mapped student {tuple(s.shape)} != teacher {tuple(t.shape)}")
+        term = F.mse_loss(s, t)
+        total = term if total is None else total + term
+    if total is None:
+        raise RuntimeError("no distillation layers")
+    return total
+
+
+# -------------------------------------------------------------------- discriminator plumbing
+def disc_logits(out: Any) -> Tensor:
+    """A discriminator's realness scores: the tensor itself, the first of a tuple (critic heads with
+    auxiliary outputs), or the ``"score"``/``"logits"``/``"critic"`` entry of a dict."""
+    if isinstance(out, dict):
+        for k in ("score", "logits", "critic", "adv"):
+            if k in out:
+                return out[k]
+    return _first_tensor(out)
+
+
+def is_conditional(disc: nn.Module, image_channels: int) -> bool:
+    """Whether D judges (profile, frontal) pairs: its boolean ``conditional`` attribute, else whether
+    its first conv takes 2x the image channels. A conditional D is called ``disc(profile, image)``."""
+    inner = unwrap(disc)
+    flag = getattr(inner, "conditional", None)
+    if isinstance(flag, bool):
+        return flag
+    for m in inner.modules():
+        if isinstance(m, nn.Conv2d):
+            if m.in_channels == 2 * image_channels:
+                return True
+            if m.in_channels == image_channels:
+                return False
+            break
+    raise ConfigError(
+        f"cannot tell whether the discriminator is conditional: its first conv does not take "
+        f"{image_channels} or {2 * image_channels} channels; set a boolean `conditional` attribute on it"
+    )
+
+
+class DistillLoss:
+    """The full student objective of reference.md §1, parts returned for logging."""
+
+    def __init__(self, config: DistillConfig | None = None, conditional: bool = True,
+                 recognizer: nn.Module | None = None) -> None:
+        self.cfg = config or DistillConfig()
+        self.cfg.validate()
+        self.conditional = conditional
+        self.recognizer = recognizer
+        if self.cfg.identity_weight > 0 and recognizer is None:
+            raise ConfigError("distill.identity_weight > 0 needs a recognizer; pass --recognizer or set identity_weight: 0")
+
+    def score(self, disc: nn.Module, profile: Tensor, image: Tensor) -> Tensor:
+        """D's realness scores for ``image``: ``disc(profile, image)`` for a conditional D (the
+        project's convention; it concatenates the pair itself), ``disc(image)`` otherwise."""
+        out = disc(profile, image) if self.conditional else disc(image)
+        return disc_logits(out)
+
+    def generator_loss(
+        self, disc: nn.Module, profile: Tensor, fake: Tensor, target: Tensor,
+        mapped: Mapping[str, Tensor] | None, teacher_feats: Mapping[str, Tensor] | None,
+    ) -> tuple[Tensor, dict[str, float]]:
+        """L = λ_gan·L_G + λ_recon·||y - G(x)||_1 + λ_distill·Σ MSE + λ_id·L_id."""
+        c = self.cfg
+        parts: dict[str, Tensor] = {}
+        parts["recon"] = (fake - target).abs().mean()
+        if c.gan_weight > 0:
+            logits = self.score(disc, profile, fake)
+            parts["gan_g"] = L.gan_loss_g(logits) if c.gan_mode == "bce" else L.wgan_loss_g(logits)
+        if c.distill_weight > 0 and mapped:
+            assert teacher_feats is not None
+            parts["distill"] = distill_loss(mapped, teacher_feats)
+        if c.identity_weight > 0:
+            assert self.recognizer is not None
+            parts["id"] = L.identity_loss(self.recognizer.embed, fake, target)  # type: ignore[operator]
+        weights = {"recon": c.recon_weight, "gan_g": c.gan_weight, "distill": c.distill_weight, "id": c.identity_weight}
+        total = sum(weights[k] * v for k, v in parts.items())
+        assert isinstance(total, Tensor)
+        return total, {k: float(v.detach()) for k, v in parts.items()}
+
+    def discriminator_loss(self, disc: nn.Module, profile: Tensor, real: Tensor, fake: Tensor) -> Tensor:
+        """cGAN D loss on real pairs (x, y) vs generated pairs (x, G(x)); ``fake`` must be detached."""
+        real_s = self.score(disc, profile, real)
+        fake_s = self.score(disc, profile, fake)
+        if self.cfg.gan_mode == "bce":
+            return L.gan_loss_d(real_s, fake_s)
+        gp = L.gradient_penalty(lambda z: self.score(disc, profile, z), real, fake)
+        return L.wgan_loss_d(real_s, fake_s) + self.cfg.gp_weight * gp
+
+
+__all__ = [
+    "DistillConfig", "DistillLoss", "FeatureTaps", "Mapper", "distill_loss", "disc_logits", "is_conditional",
+    "output_layout", "resolve_module",
+]

@@ -1,0 +1,350 @@
+"""Once-for-all supernet training: every step trains a randomly sampled sub-network by distillation.
+
+The supernet is the family's student (separable convs) at full width; each step samples a channel
+config from a generator seeded by ``(seed, step)`` only (identical on every DDP rank), activates it,
+and updates the shared weight slices with the objective of :mod:`slimface.compress.distill`. The
+student's D starts as a copy of the teacher's D (the reference found random init unstable).
+
+BatchNorm: all sub-networks share one set of running statistics, which are right for none of them in
+particular, so any sub-network is evaluated after :func:`recalibrate_bn` (fresh cumulative statistics
+from a few training batches), inside :func:`preserve_bn` so the supernet's own buffers are untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from slimface.compress.distill import DistillConfig, DistillLoss, FeatureTaps, Mapper, is_conditional
+from slimface.compress.space import Config, ConfigSpace, active_config
+from slimface.config import check
+from slimface.errors import CheckpointError
+from slimface.train.distributed import shared_generator, unwrap
+from slimface.train.losses import freeze
+
+Batch = Mapping[str, Tensor]
+
+
+@dataclass
+class OFAConfig:
+    """Supernet training settings (reference defaults: Adam 2e-4, betas (0.5, 0.999), constant lr
+    then linear decay to 0 over the last ``decay_steps`` of ``steps``)."""
+
+    steps: int = 10000
+    decay_steps: int = 5000
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    sampling: Literal["uniform", "sandwich"] = "uniform"
+    seed: int = 0
+    bn_batches: int = 4
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+    def validate(self) -> None:
+        check(self.steps > 0, f"ofa.steps must be > 0, got {self.steps}")
+        check(0 <= self.decay_steps <= self.steps, f"ofa.decay_steps must be in [0, steps={self.steps}], got {self.decay_steps}")
+        check(self.lr > 0, f"ofa.lr must be > 0, got {self.lr}")
+        check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "ofa.beta1/beta2 must be in [0, 1)")
+        check(self.sampling in ("uniform", "sandwich"), f"ofa.sampling {self.sampling!r}: use 'uniform' or 'sandwich'")
+        check(self.seed >= 0, f"ofa.seed must be >= 0, got {self.seed}")
+        check(self.bn_batches >= 1, f"ofa.bn_batches must be >= 1, got {self.bn_batches}")
+        self.distill.validate()
+
+
+def linear_decay(steps: int, decay_steps: int) -> Callable[[int], float]:
+    """LR factor: 1 for ``steps - decay_steps`` steps, then linearly down to 0 at ``steps``."""
+    start = steps - decay_steps
+
+    def fn(step: int) -> float:
+        if decay_steps <= 0 or step < start:
+            return 1.0
+        return max(0.0, (steps - step) / decay_steps)
+
+    return fn
+
+
+# -------------------------------------------------------------------- BatchNorm recalibration
+def _bns(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in unwrap(model).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@contextmanager
+def preserve_bn(model: nn.Module) -> Iterator[None]:
+    """Restore every BN's running statistics and momentum on exit (evaluate without side effects)."""
+    saved = [
+        (bn, {k: v.clone() for k, v in bn.named_buffers(recurse=False) if v is not None}, bn.momentum)
+        for bn in _bns(model)
+    ]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for bn, buffers, momentum in saved:
+                for k, v in buffers.items():
+                    getattr(bn, k).copy_(v)
+                bn.momentum = momentum
+
+
+def default_forward(model: nn.Module, batch: Batch) -> Tensor:
+    return model(batch["profile"], batch.get("landmarks"))
+
+
+def recalibrate_bn(model: nn.Module, batches: Iterable[Batch], cfg: Mapping[str, int] | None = None,
+                   forward: Callable[[nn.Module, Batch], Any] = default_forward) -> int:
+    """Reset BN running stats and re-estimate them for sub-network ``cfg`` (None: whatever widths are
+    active now); the new statistics stay in the model (e.g. right before export).
+
+    Cumulative averaging (momentum None) over ``batches``, forward in train mode under no_grad;
+    the model's training flag, widths and BN momenta are restored. Returns the number of batches used.
+    """
+    if cfg is not None:
+        with active_config(model, cfg) as inner_net:
+            return recalibrate_bn(inner_net, batches, None, forward)
+    inner = unwrap(model)
+    bns = _bns(inner)
+    momenta = [bn.momentum for bn in bns]
+    was_training = inner.training
+    n = 0
+    try:
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+        inner.train()
+        with torch.no_grad():
+            for batch in batches:
+                forward(inner, batch)
+                n += 1
+    finally:
+        for bn, m in zip(bns, momenta):
+            bn.momentum = m
+        inner.train(was_training)
+    if n == 0:
+        raise ValueError("recalibrate_bn needs at least one batch")
+    return n
+
+
+# -------------------------------------------------------------------- the task
+class OFATask:
+    """TrainTask for the once-for-all student.
+
+    nets: ``student`` (supernet), ``disc`` (copy of the teacher's D), ``mappers`` (:class:`Mapper`).
+    Optimisers: ``student`` (generator + mappers, trained together) and ``disc``. Sub-networks leave
+    some supernet weights without gradient, so DDP runs need ``find_unused_parameters=True``
+    (``self.find_unused_parameters`` says so).
+    """
+
+    find_unused_parameters = True
+
+    def __init__(
+        self,
+        family: Any,
+        supernet: nn.Module,
+        teacher: nn.Module,
+        teacher_disc: nn.Module,
+        config: OFAConfig | None = None,
+        space: ConfigSpace | None = None,
+        recognizer: nn.Module | None = None,
+        val_batches: Sequence[Batch] | None = None,
+        bn_batches: Sequence[Batch] | None = None,
+        *,
+        distill: DistillConfig | None = None,
+        lr: float | None = None,
+        total_steps: int | None = None,
+        seed: int | None = None,
+        sandwich: bool | None = None,
+        fixed_config: Mapping[str, int] | str | None = None,
+    ) -> None:
+        """Settings come from ``config``; the keyword overrides (``distill``, ``lr``, ``total_steps``
+        -- decay over its second half --, ``seed``, ``sandwich``) replace single fields of it.
+        ``fixed_config`` trains that one sub-network every step (fine-tuning)."""
+        c = copy.deepcopy(config) if config is not None else OFAConfig()
+        if distill is not None:
+            c.distill = distill
+        if lr is not None:
+            c.lr = lr
+        if total_steps is not None:
+            c.steps, c.decay_steps = total_steps, total_steps // 2
+        if seed is not None:
+            c.seed = seed
+        if sandwich is not None:
+            c.sampling = "sandwich" if sandwich else "uniform"
+        self.cfg = c
+        self.cfg.validate()
+        self.family = family
+        self.space = space or ConfigSpace.from_supernet(family, supernet)
+        self.fixed: Config | None = None
+        if fixed_config is not None:
+            self.fixed = self.space.decode(fixed_config) if isinstance(fixed_config, str) else dict(fixed_config)
+            self.space.validate(self.fixed)
+        names = list(family.student_spec.distill)
+        self.teacher = freeze(teacher)
+        device = next(supernet.parameters()).device
+        disc = copy.deepcopy(unwrap(teacher_disc))
+        for p in disc.parameters():
+            p.requires_grad_(True)
+        disc.train()
+        mappers = Mapper(supernet, self.teacher, names).to(device)
+        self.channels = int(getattr(unwrap(supernet), "channels", 3))
+        self.loss = DistillLoss(self.cfg.distill, is_conditional(disc, self.channels),
+                                freeze(recognizer) if recognizer is not None else None)
+        self.nets: dict[str, nn.Module] = {"student": supernet, "disc": disc.to(device), "mappers": mappers}
+        c = self.cfg
+        betas = (c.beta1, c.beta2)
+        self.optimizers: dict[str, torch.optim.Optimizer] = {
+            "student": torch.optim.Adam(list(supernet.parameters()) + list(mappers.parameters()), lr=c.lr, betas=betas),
+            "disc": torch.optim.Adam(disc.parameters(), lr=c.lr, betas=betas),
+        }
+        decay = linear_decay(c.steps, c.decay_steps)
+        self.schedulers: dict[str, Any] = {
+            k: torch.optim.lr_scheduler.LambdaLR(o, decay) for k, o in self.optimizers.items()
+        }
+        self.student_taps = FeatureTaps(supernet, names, "student")
+        self.teacher_taps = FeatureTaps(self.teacher, names, "teacher")
+        self.recognizer = self.loss.recognizer
+        self.val_batches = list(val_batches or [])
+        self.bn_batches = list(bn_batches or [])
+        self.last_config = ""
+        res = getattr(unwrap(supernet), "resolution", "?")
+        mult = getattr(unwrap(supernet), "width_mult", "?")
+        self.fingerprint = f"{type(self).__name__}:{getattr(family, 'name', family)}@{res} w{mult}"
+        if self.fixed is not None:
+            self.fingerprint += f" cfg={self.space.encode(self.fixed)}"
+
+    # ---------------------------------------------------------------- config choice
+    def configs_for_step(self, step: int) -> list[Config]:
+        """The sub-networks trained at ``step`` (same on every rank: seeded by (seed, step))."""
+        if self.fixed is not None:
+            return [dict(self.fixed)]
+        gen = shared_generator(self.cfg.seed, step)
+        if self.cfg.sampling == "sandwich":
+            return [self.space.largest(), self.space.smallest(), self.space.sample(gen)]
+        return [self.space.sample(gen)]
+
+    def _activate(self, cfg: Config | None) -> None:
+        from slimface.nn.super_layers import set_widths
+
+        set_widths(unwrap(self.nets["student"]), cfg)
+        unwrap(self.nets["mappers"]).set_widths(cfg)  # type: ignore[operator]
+
+    # ---------------------------------------------------------------- one step
+    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+        student, disc, mappers = self.nets["student"], self.nets["disc"], self.nets["mappers"]
+        opt_g, opt_d = self.optimizers["student"], self.optimizers["disc"]
+        profile, target = batch["profile"], batch["frontal"]
+        landmarks = batch.get("landmarks")
+        configs = self.configs_for_step(step)
+        student.train()
+        disc.train()
+
+        with torch.no_grad():
+            self.teacher_taps.clear()
+            self.teacher(profile, landmarks)
+            t_feats = self.teacher_taps.collect()
+
+        opt_g.zero_grad(set_to_none=True)
+        fakes: list[Tensor] = []
+        sums: dict[str, float] = {}
+        for cfg in configs:
+            self._activate(cfg)
+            self.student_taps.clear()
+            fake = student(profile, landmarks)
+            s_feats = self.student_taps.collect()
+            mapped = mappers(s_feats) if self.cfg.distill.distill_weight > 0 else None
+            total, parts = self.loss.generator_loss(disc, profile, fake, target, mapped, t_feats)
+            (total / len(configs)).backward()
+            fakes.append(fake.detach())
+            for k, v in {"loss_g": float(total.detach()), **parts}.items():
+                sums[k] = sums.get(k, 0.0) + v / len(configs)
+        opt_g.step()
+
+        opt_d.zero_grad(set_to_none=True)  # drops the grads the G step left on D
+        loss_d = sum(self.loss.discriminator_loss(disc, profile, target, f) for f in fakes) / len(fakes)
+        assert isinstance(loss_d, Tensor)
+        loss_d.backward()
+        opt_d.step()
+        for s in self.schedulers.values():
+            s.step()
+
+        self.last_config = self.space.encode(configs[-1])
+        self._activate(None)
+        largest = self.space.largest()
+        frac = sum(configs[-1][g] / largest[g] for g in self.space.groups) / len(self.space.groups)
+        return {**sums, "loss_d": float(loss_d.detach()), "width_frac": frac}
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate_config(self, cfg: Config, metric: Callable[[nn.Module, Config], float] | None = None) -> float:
+        """Validation metric of one sub-network (BN recalibrated, supernet state unchanged).
+
+        Default metric: identity similarity with a recognizer, else the negative L1 to the ground
+        truth, both on ``val_batches``.
+        """
+        from slimface.compress.search import identity_metric, recon_metric
+
+        student = unwrap(self.nets["student"])
+        if metric is not None:
+            return float(metric(student, cfg))
+        bn = self.bn_batches[: self.cfg.bn_batches] or self.val_batches[: self.cfg.bn_batches]
+        if self.recognizer is not None:
+            return identity_metric(student, cfg, self.val_batches, self.recognizer, bn)
+        return recon_metric(student, cfg, self.val_batches, bn)
+
+    def evaluate_extremes(self) -> dict[str, float]:
+        """Metric of the largest and smallest sub-networks (the reference tracks both in training);
+        with a fixed config, of that sub-network only."""
+        if not self.val_batches:
+            return {}
+        if self.fixed is not None:
+            return {"chosen": self.evaluate_config(self.fixed)}
+        return {
+            "largest": self.evaluate_config(self.space.largest()),
+            "smallest": self.evaluate_config(self.space.smallest()),
+        }
+
+    def on_eval(self, step: int) -> dict[str, float]:
+        return self.evaluate_extremes()
+
+    def sample_configs(self) -> list[Config]:
+        if self.fixed is not None:
+            return [dict(self.fixed)]
+        return [self.space.largest(), self.space.smallest()]
+
+    @torch.no_grad()
+    def sample(self, batch: Batch) -> Tensor:
+        """Rows of profile, teacher, the :meth:`sample_configs` sub-networks (largest, smallest) and
+        ground truth, for the first 4 faces."""
+        n = min(4, batch["profile"].shape[0])
+        profile, target = batch["profile"][:n], batch["frontal"][:n]
+        lm = batch.get("landmarks")
+        lm = lm[:n] if lm is not None else None
+        student = unwrap(self.nets["student"])
+        rows = [profile, self.teacher(profile, lm)]
+        for cfg in self.sample_configs():
+            with active_config(student, cfg):
+                rows.append(student(profile, lm))
+        rows.append(target)
+        return torch.cat(rows, dim=0).clamp(-1, 1)
+
+    # ---------------------------------------------------------------- checkpoint extras
+    def extra_state(self) -> dict[str, Any]:
+        return {"space": json.dumps(self.space.to_dict(), sort_keys=True), "sampling": self.cfg.sampling}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        saved = state.get("space")
+        mine = json.dumps(self.space.to_dict(), sort_keys=True)
+        if saved is not None and saved != mine:
+            raise CheckpointError(
+                "checkpoint was trained with another search space (different family, width or StudentSpec); "
+                "resume with the same model settings or start a new run directory"
+            )
+
+    state_dict = extra_state
+    load_state_dict = load_extra_state
+
+
+__all__ = ["OFAConfig", "OFATask", "linear_decay", "preserve_bn", "recalibrate_bn", "default_forward"]

@@ -1,0 +1,289 @@
+"""Search the trained supernet for the best sub-network under a MACs budget (no retraining).
+
+Exhaustive when the space is small, evolutionary otherwise (reference defaults: population 100,
+parent ratio 0.25, mutation ratio 0.5). Only configs with MACs < budget are candidates: initial
+samples are drawn with rejection, and mutation/crossover retry until their child is feasible.
+
+Every evaluated config is cached (in memory and appended to ``cache_path`` as JSON lines, so an
+interrupted or repeated search skips what it already knows; the cache belongs to one supernet
+checkpoint and one validation set -- keep it in that run's directory) and written to ``out_jsonl``
+for Pareto plots. Under ``torch.distributed`` every generation's new candidates are split into
+disjoint shards per rank and the results all-gathered, so each rank ends with the same answer as a
+single process (candidate generation only depends on the seed and on gathered results).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from slimface.compress.ofa import Batch, default_forward, preserve_bn, recalibrate_bn
+from slimface.compress.space import Config, ConfigSpace, active_config, macs_of, params_of
+from slimface.errors import ConfigError
+from slimface.nn.profile import format_count, parse_count
+from slimface.train import distributed as D
+
+EvaluateFn = Callable[..., float]  # fn(cfg) or fn(supernet, cfg) -> metric (higher is better)
+
+
+def _takes_two(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` wants ``(supernet, cfg)`` rather than ``(cfg)``."""
+    try:
+        params = [p for p in inspect.signature(fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    except (TypeError, ValueError):
+        return False
+    return len(params) >= 2
+
+
+@dataclass
+class SearchResult:
+    best_cfg: Config
+    best_config: str
+    best_metric: float
+    best_macs: int
+    best_params: int
+    evaluated: list[dict[str, Any]] = field(default_factory=list)
+    new_evaluations: int = 0
+    method: str = ""
+
+
+# -------------------------------------------------------------------- metrics
+def _eval_outputs(model: nn.Module, cfg: Config, val_batches: Sequence[Batch], bn_batches: Sequence[Batch],
+                  fn: Callable[[Tensor, Batch], Tensor]) -> float:
+    """Mean of ``fn(output, batch)`` per sample over ``val_batches`` for sub-network ``cfg``."""
+    if not val_batches:
+        raise ConfigError("the validation split is empty; hold out some training identities for search")
+    inner = D.unwrap(model)
+    was_training = inner.training
+    total, count = 0.0, 0
+    with active_config(inner, cfg), preserve_bn(inner), torch.no_grad():
+        recalibrate_bn(inner, bn_batches or val_batches)
+        inner.eval()
+        try:
+            for batch in val_batches:
+                values = fn(default_forward(inner, batch), batch)
+                total += float(values.sum())
+                count += values.numel()
+        finally:
+            inner.train(was_training)
+    return total / max(count, 1)
+
+
+def identity_metric(supernet: nn.Module, cfg: Config, val_batches: Sequence[Batch], recognizer: Any,
+                    bn_batches: Sequence[Batch] | None = None) -> float:
+    """Mean cosine similarity between recognizer features of the sub-network's output and of the
+    ground-truth frontal, on a validation split of TRAINING identities (never test identities),
+    after BN recalibration on ``bn_batches`` (default: the validation batches)."""
+
+    def fn(out: Tensor, batch: Batch) -> Tensor:
+        a = recognizer.embed(out)
+        b = recognizer.embed(batch["frontal"])
+        return F.cosine_similarity(a, b, dim=1)
+
+    return _eval_outputs(supernet, cfg, val_batches, bn_batches or [], fn)
+
+
+def recon_metric(supernet: nn.Module, cfg: Config, val_batches: Sequence[Batch],
+                 bn_batches: Sequence[Batch] | None = None) -> float:
+    """Negative mean L1 to the ground truth (higher is better): the metric without a recognizer."""
+    return _eval_outputs(
+        supernet, cfg, val_batches, bn_batches or [],
+        lambda out, b: -(out - b["frontal"]).abs().flatten(1).mean(1),
+    )
+
+
+# -------------------------------------------------------------------- pareto
+def pareto_front(points: Sequence[Mapping[str, Any]], cost: str = "macs", value: str = "metric") -> list[dict[str, Any]]:
+    """Points not dominated by another (lower-or-equal cost and strictly higher value, or lower cost
+    and equal value), sorted by cost."""
+    ordered = sorted(points, key=lambda p: (p[cost], -p[value]))
+    front: list[dict[str, Any]] = []
+    best = -math.inf
+    for p in ordered:
+        if p[value] > best:
+            front.append(dict(p))
+            best = p[value]
+    return front
+
+
+# -------------------------------------------------------------------- cache
+def _read_cache(path: Path | None, space: ConfigSpace) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    if path is None or not path.is_file():
+        return out
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+            space.decode(rec["config"])
+            out[rec["config"]] = {"config": rec["config"], "macs": int(rec["macs"]),
+                                  "params": int(rec["params"]), "metric": float(rec["metric"])}
+        except (ValueError, KeyError, TypeError, ConfigError):
+            continue  # a torn last line from a killed run, or a record of another space
+    return out
+
+
+def _write_jsonl_atomic(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    with open(tmp, "w") as f:
+        for r in records:
+            f.write(json.dumps(r, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# -------------------------------------------------------------------- search
+class _Searcher:
+    def __init__(self, space: ConfigSpace, budget: float, evaluate_fn: EvaluateFn,
+                 cost_fn: Callable[[Config], tuple[int, int]], cache_path: Path | None) -> None:
+        self.space, self.budget, self.evaluate_fn, self.cost_fn = space, budget, evaluate_fn, cost_fn
+        self.cache_path = cache_path
+        self.cache = _read_cache(cache_path, space)
+        self.order: list[str] = []  # configs touched by this search, in order
+        self.new = 0
+        self._costs: dict[str, tuple[int, int]] = {k: (r["macs"], r["params"]) for k, r in self.cache.items()}
+
+    def cost(self, cfg: Config) -> tuple[int, int]:
+        key = self.space.encode(cfg)
+        if key not in self._costs:
+            self._costs[key] = self.cost_fn(cfg)
+        return self._costs[key]
+
+    def feasible(self, cfg: Config) -> bool:
+        return self.cost(cfg)[0] < self.budget
+
+    def evaluate(self, cfgs: Sequence[Config]) -> list[dict[str, Any]]:
+        """Records for ``cfgs``; unknown ones are evaluated (sharded over ranks) and cached."""
+        keys = list(dict.fromkeys(self.space.encode(c) for c in cfgs))
+        todo = [k for k in keys if k not in self.cache]
+        rank, world = D.rank(), D.world_size()
+        mine = [(k, float(self.evaluate_fn(self.space.decode(k)))) for k in todo[rank::world]]
+        results = dict(item for part in D.all_gather_object(mine) for item in part)
+        new_records = []
+        for k in todo:  # keep the single-process order
+            macs, params = self.cost(self.space.decode(k))
+            rec = {"config": k, "macs": int(macs), "params": int(params), "metric": results[k]}
+            self.cache[k] = rec
+            new_records.append(rec)
+        self.new += len(new_records)
+        if new_records and self.cache_path is not None and D.is_main():
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.cache_path, "a") as f:
+                for rec in new_records:
+                    f.write(json.dumps(rec, sort_keys=True) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        for k in keys:
+            if k not in self.order:
+                self.order.append(k)
+        return [self.cache[k] for k in keys]
+
+
+def search(
+    supernet: nn.Module | None,
+    space: ConfigSpace,
+    budget_macs: float | str,
+    evaluate_fn: EvaluateFn,
+    method: Literal["auto", "exhaustive", "evolution"] = "auto",
+    population: int = 100,
+    parent_ratio: float = 0.25,
+    mutation_ratio: float = 0.5,
+    mutate_prob: float = 0.1,
+    generations: int = 20,
+    seed: int = 0,
+    cache_path: str | Path | None = None,
+    out_jsonl: str | Path | None = None,
+    exhaustive_limit: int = 1000,
+    max_tries: int = 1000,
+    cost_fn: Callable[[Config], tuple[int, int]] | None = None,
+    resolution: int | None = None,
+) -> SearchResult:
+    """Best sub-network (highest ``evaluate_fn``) with MACs < ``budget_macs``.
+
+    ``evaluate_fn`` is called as ``fn(cfg)`` or, if it takes two arguments, ``fn(supernet, cfg)``.
+    ``cost_fn(cfg) -> (macs, params)`` defaults to counting on ``supernet`` (at ``resolution``, which
+    must be the supernet's own if given)
+    (:func:`~slimface.compress.space.macs_of`). Evolution: ``population`` feasible random configs,
+    then per generation the best ``parent_ratio`` survive, ``mutation_ratio`` of the population is
+    made by mutating parents (each group resampled with ``mutate_prob``) and the rest by crossover.
+    """
+    try:
+        budget = parse_count(budget_macs)
+    except ValueError:
+        raise ConfigError(f"budget {budget_macs!r} is not a number of MACs; use e.g. 4G, 500M or 4e9") from None
+    if cost_fn is None:
+        if supernet is None:
+            raise ValueError("search needs a supernet or a cost_fn")
+        net = supernet
+        cost_fn = lambda c: (macs_of(net, c, resolution), params_of(net, c))  # noqa: E731
+    if _takes_two(evaluate_fn):
+        two, net2 = evaluate_fn, supernet
+        evaluate_fn = lambda c: two(net2, c)  # noqa: E731
+    if method not in ("auto", "exhaustive", "evolution"):
+        raise ConfigError(f"search method {method!r} is unknown; use auto, exhaustive or evolution")
+    if not (0 < parent_ratio <= 1 and 0 <= mutation_ratio <= 1 and population >= 2 and generations >= 0):
+        raise ConfigError("search: need population >= 2, 0 < parent_ratio <= 1, 0 <= mutation_ratio <= 1, generations >= 0")
+
+    s = _Searcher(space, budget, evaluate_fn, cost_fn, Path(cache_path) if cache_path else None)
+    smallest = s.cost(space.smallest())[0]
+    if smallest >= budget:
+        raise ConfigError(
+            f"budget {format_count(budget)} is below the smallest sub-network ({format_count(smallest)}); "
+            f"raise --budget above {format_count(smallest)}"
+        )
+    if method == "auto":
+        method = "exhaustive" if space.size() <= exhaustive_limit else "evolution"
+
+    if method == "exhaustive":
+        cands = [c for c in space.enumerate(max(exhaustive_limit, space.size())) if s.feasible(c)]
+        s.evaluate(cands)
+    else:
+        gen = torch.Generator().manual_seed(int(seed))
+        n_parents = max(1, int(round(population * parent_ratio)))
+        n_mut = int(round(population * mutation_ratio))
+
+        def retry(make: Callable[[], Config]) -> Config:
+            for _ in range(max_tries):
+                c = make()
+                if s.feasible(c):
+                    return c
+            return space.smallest()  # always feasible here (checked above)
+
+        pop = [retry(lambda: space.sample(gen)) for _ in range(population)]
+        records = s.evaluate(pop)
+        for _ in range(generations):
+            records = sorted({r["config"]: r for r in records}.values(), key=lambda r: (-r["metric"], r["config"]))
+            parents = [space.decode(r["config"]) for r in records[:n_parents]]
+
+            def pick() -> Config:
+                return parents[int(torch.randint(len(parents), (1,), generator=gen))]
+
+            children = [retry(lambda: space.mutate(pick(), mutate_prob, gen)) for _ in range(n_mut)]
+            children += [retry(lambda: space.crossover(pick(), pick(), gen))
+                         for _ in range(population - n_parents - n_mut)]
+            records = records[:n_parents] + s.evaluate(children)
+
+    evaluated = [s.cache[k] for k in s.order]
+    best = max(evaluated, key=lambda r: (r["metric"], -r["macs"], r["config"]))
+    if out_jsonl is not None and D.is_main():
+        _write_jsonl_atomic(Path(out_jsonl), evaluated)
+    D.barrier()
+    return SearchResult(
+        best_cfg=space.decode(best["config"]), best_config=best["config"], best_metric=best["metric"],
+        best_macs=best["macs"], best_params=best["params"], evaluated=evaluated, new_evaluations=s.new,
+        method=method,
+    )
+
+
+__all__ = ["SearchResult", "search", "identity_metric", "recon_metric", "pareto_front", "recalibrate_bn"]

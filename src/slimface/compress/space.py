@@ -1,0 +1,213 @@
+"""The search space of a once-for-all student: one list of allowed widths per prunable width group.
+
+A *config* is a plain ``dict[group, width]`` over the prunable groups (groups outside the space keep
+their full width, which is what :func:`slimface.nn.super_layers.set_widths` does for missing keys).
+Groups are kept **sorted by name**, so the compact string encoding (``"48_32_40"``) of a config does
+not depend on module registration order and stays stable when a model definition is refactored
+without renaming groups. The string is what logs, search caches and ``arch.json`` store.
+
+MACs/params of a config are measured (torchprofile on the supernet with the widths active), not
+modelled, and cached per supernet, so search can test feasibility of thousands of candidates cheaply.
+"""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from slimface.errors import ConfigError
+from slimface.nn.profile import count_macs, count_params
+from slimface.nn.super_layers import set_widths, super_layers, width_groups
+
+Config = dict[str, int]
+
+
+class ConfigSpace:
+    """Allowed widths per group; groups in sorted-name order (see the module docstring)."""
+
+    def __init__(self, choices: Mapping[str, Sequence[int]]) -> None:
+        if not choices:
+            raise ConfigError("the student has no prunable width groups; check the family's StudentSpec.prunable")
+        self.groups: list[str] = sorted(choices)
+        self.choices: dict[str, list[int]] = {}
+        for g in self.groups:
+            vals = sorted({int(v) for v in choices[g]})
+            if not vals or vals[0] <= 0:
+                raise ValueError(f"group {g!r} needs positive width choices, got {list(choices[g])}")
+            self.choices[g] = vals
+
+    @classmethod
+    def from_supernet(cls, family: Any, supernet: nn.Module) -> "ConfigSpace":
+        """The space a family's StudentSpec allows on this supernet's width groups."""
+        return cls(family.student_spec.choices(width_groups(_unwrap(supernet))))
+
+    # ---------------------------------------------------------------- encoding
+    def encode(self, cfg: Mapping[str, int]) -> str:
+        """``{"a": 48, "b": 32}`` -> ``"48_32"`` (groups in sorted order)."""
+        self.validate(cfg)
+        return "_".join(str(int(cfg[g])) for g in self.groups)
+
+    def decode(self, text: str) -> Config:
+        """Inverse of :meth:`encode`; a malformed string is a one-line ConfigError."""
+        parts = str(text).strip().split("_")
+        if len(parts) != len(self.groups):
+            raise ConfigError(
+                f"config {text!r} has {len(parts)} widths but this supernet has {len(self.groups)} "
+                f"prunable groups ({', '.join(self.groups)}); pass a config string from this model's search"
+            )
+        cfg: Config = {}
+        for g, p in zip(self.groups, parts):
+            try:
+                v = int(p)
+            except ValueError:
+                raise ConfigError(f"config {text!r}: width {p!r} for group {g!r} is not an integer") from None
+            if v not in self.choices[g]:
+                raise ConfigError(
+                    f"config {text!r}: width {v} is not allowed for group {g!r} "
+                    f"(choices {self.choices[g]})"
+                )
+            cfg[g] = v
+        return cfg
+
+    def validate(self, cfg: Mapping[str, int]) -> None:
+        missing = [g for g in self.groups if g not in cfg]
+        extra = sorted(set(cfg) - set(self.groups))
+        if missing or extra:
+            what = f"lacks group {missing[0]!r}" if missing else f"has unknown group {extra[0]!r}"
+            raise ConfigError(f"config {dict(cfg)} {what}; a config must set exactly {self.groups}")
+        for g in self.groups:
+            if int(cfg[g]) not in self.choices[g]:
+                raise ConfigError(f"config: width {cfg[g]} not allowed for group {g!r} (choices {self.choices[g]})")
+
+    # ---------------------------------------------------------------- members
+    def largest(self) -> Config:
+        return {g: self.choices[g][-1] for g in self.groups}
+
+    def smallest(self) -> Config:
+        return {g: self.choices[g][0] for g in self.groups}
+
+    def size(self) -> int:
+        n = 1
+        for g in self.groups:
+            n *= len(self.choices[g])
+        return n
+
+    def _pick(self, g: str, gen: torch.Generator) -> int:
+        i = int(torch.randint(len(self.choices[g]), (1,), generator=gen))
+        return self.choices[g][i]
+
+    def sample(self, gen: torch.Generator) -> Config:
+        """Uniform choice per group (every rank draws the same with a shared generator)."""
+        return {g: self._pick(g, gen) for g in self.groups}
+
+    def mutate(self, cfg: Mapping[str, int], prob: float, gen: torch.Generator) -> Config:
+        """Resample each group with probability ``prob`` (evolutionary search)."""
+        out = dict(cfg)
+        for g in self.groups:
+            if float(torch.rand((), generator=gen)) < prob:
+                out[g] = self._pick(g, gen)
+        return out
+
+    def crossover(self, a: Mapping[str, int], b: Mapping[str, int], gen: torch.Generator) -> Config:
+        """Each group's width from ``a`` or ``b`` with equal chance."""
+        return {g: (a[g] if float(torch.rand((), generator=gen)) < 0.5 else b[g]) for g in self.groups}
+
+    def enumerate(self, limit: int = 100_000) -> Iterator[Config]:
+        """Every config (for exhaustive search); refuses spaces larger than ``limit``."""
+        if self.size() > limit:
+            raise ValueError(f"space has {self.size()} configs, more than the enumeration limit {limit}")
+        for combo in itertools.product(*(self.choices[g] for g in self.groups)):
+            yield dict(zip(self.groups, combo))
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {g: list(self.choices[g]) for g in self.groups}
+
+    def __repr__(self) -> str:
+        return f"ConfigSpace({len(self.groups)} groups, {self.size()} configs)"
+
+
+# -------------------------------------------------------------------- widths and cost
+def _unwrap(net: nn.Module) -> nn.Module:
+    from slimface.train.distributed import unwrap
+
+    return unwrap(net)
+
+
+def current_widths(model: nn.Module) -> dict[str, int] | None:
+    """The widths currently active on ``model`` (None: full network)."""
+    for _, layer in super_layers(_unwrap(model)):
+        return dict(layer._widths) if layer._widths else None
+    return None
+
+
+@contextmanager
+def active_config(model: nn.Module, cfg: Mapping[str, int] | None) -> Iterator[nn.Module]:
+    """Run ``model`` as the sub-network ``cfg`` inside the block; the previous widths come back after."""
+    inner = _unwrap(model)
+    previous = current_widths(inner)
+    set_widths(inner, dict(cfg) if cfg else None)
+    try:
+        yield inner
+    finally:
+        set_widths(inner, previous)
+
+
+def _key(cfg: Mapping[str, int] | None) -> str:
+    return ",".join(f"{g}={int(v)}" for g, v in sorted((cfg or {}).items()))
+
+
+_COST_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, str], int]]" = weakref.WeakKeyDictionary()
+_FAMILY_NETS: dict[tuple[str, int, int, float], nn.Module] = {}
+
+
+def _supernet_for(target: Any, resolution: int | None, channels: int, width_mult: float) -> nn.Module:
+    """``target`` itself if it is a module, else a (cached) supernet built from the family."""
+    if isinstance(target, nn.Module):
+        return _unwrap(target)
+    from slimface.models.registry import Family, get_family
+
+    family = target if isinstance(target, Family) else get_family(str(target))
+    res = resolution or 128
+    key = (family.name, res, channels, float(width_mult))
+    if key not in _FAMILY_NETS:
+        _FAMILY_NETS[key] = family.build_generator(
+            resolution=res, channels=channels, width_mult=width_mult, separable=True, sub=None
+        ).eval()
+    return _FAMILY_NETS[key]
+
+
+def _cost(net: nn.Module, cfg: Mapping[str, int] | None, kind: str) -> int:
+    cache = _COST_CACHE.setdefault(net, {})
+    key = (kind, _key(cfg))
+    if key not in cache:
+        with active_config(net, cfg):
+            if kind == "macs":
+                cache[key] = count_macs(net, net.example_inputs(1))  # type: ignore[operator]
+            else:
+                cache[key] = count_params(net)
+    return cache[key]
+
+
+def macs_of(target: Any, cfg: Mapping[str, int] | None, resolution: int | None = None,
+            channels: int = 3, width_mult: float = 1.0) -> int:
+    """MACs of sub-network ``cfg`` (batch 1) measured on a supernet (or a family's supernet, built
+    at ``resolution``/``channels``/``width_mult``); cached per supernet and config."""
+    net = _supernet_for(target, resolution, channels, width_mult)
+    if resolution is not None and getattr(net, "resolution", resolution) != resolution:
+        raise ValueError(f"supernet is built for {net.resolution}px, not {resolution}px")
+    return _cost(net, cfg, "macs")
+
+
+def params_of(target: Any, cfg: Mapping[str, int] | None, resolution: int | None = None,
+              channels: int = 3, width_mult: float = 1.0) -> int:
+    """Parameters of sub-network ``cfg`` (the sliced weights), cached like :func:`macs_of`."""
+    net = _supernet_for(target, resolution, channels, width_mult)
+    return _cost(net, cfg, "params")
+
+
+__all__ = ["Config", "ConfigSpace", "active_config", "current_widths", "macs_of", "params_of"]

@@ -1,0 +1,284 @@
+"""Distillation taps/mappers, the OFA supernet task, BN recalibration and fine-tuning (toy family;
+real families at 64 px / width 0.125 when their modules exist)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from torch import nn
+
+from slimface.compress.distill import (DistillConfig, DistillLoss, FeatureTaps, Mapper, is_conditional,
+                                       output_layout)
+from slimface.compress.finetune import FinetuneTask
+from slimface.compress.ofa import OFAConfig, OFATask, linear_decay, preserve_bn, recalibrate_bn
+from slimface.compress.space import ConfigSpace, active_config
+from slimface.config import from_dict
+from slimface.errors import CheckpointError, ConfigError
+from slimface.nn.super_layers import set_widths
+from test_compress_space import (TOY_FAMILY, ToyDisc, _build_gen, single_thread, toy_batch, toy_space,  # noqa: F401
+                                 toy_supernet)
+
+
+def _teacher(res: int = 32) -> nn.Module:
+    torch.manual_seed(1)
+    return _build_gen(res, separable=False).eval()
+
+
+def _task(cfg: OFAConfig | None = None, **kw) -> OFATask:
+    torch.manual_seed(2)
+    teacher_d = ToyDisc()
+    return OFATask(TOY_FAMILY, toy_supernet(), _teacher(), teacher_d, cfg or OFAConfig(steps=10, decay_steps=5), **kw)
+
+
+def test_taps_and_mapper_shapes_follow_config() -> None:
+    student, teacher = toy_supernet(), _teacher()
+    names = TOY_FAMILY.student_spec.distill
+    mapper = Mapper(student, teacher, names)
+    assert mapper.conv("res").in_channels == 32 and mapper.conv("res").out_channels == 32
+    taps_s, taps_t = FeatureTaps(student, names), FeatureTaps(teacher, names)
+    x = toy_batch()["profile"]
+    with torch.no_grad():
+        teacher(x)
+    t = taps_t.collect()
+    space = toy_space(student)
+    cfg = dict(space.smallest(), enc2=16, fuse=8)
+    with active_config(student, cfg):
+        mapper.set_widths(cfg)
+        student(x)
+        s = taps_s.collect()
+        assert s["res"].shape[1] == 16 and s["fuse"].shape[1] == 8
+        m = mapper(s)
+    for n in names:
+        assert m[n].shape == t[n].shape
+    taps_s.remove()
+    student(x)
+    assert taps_s.outputs == {}
+
+
+def test_mapper_slices_its_input_weights() -> None:
+    student, teacher = toy_supernet(), _teacher()
+    mapper = Mapper(student, teacher, ["res"])
+    conv = mapper.conv("res")
+    feat = torch.randn(2, 16, 8, 8)
+    mapper.set_widths({"enc2": 16})
+    out = mapper({"res": feat})["res"]
+    ref = torch.nn.functional.conv2d(feat, conv.weight[:, :16], conv.bias)
+    assert torch.allclose(out, ref, atol=1e-6)
+    # a concatenated layout (dec1 ‖ enc1) gathers non-contiguous columns
+    layout = output_layout(student, "up")
+    assert [s.group for s in layout.segments] == ["dec1"]
+    fuse_in = student.fuse[0].depthwise.in_chans
+    assert [s.group for s in fuse_in.segments] == ["dec1", "enc1"]
+
+
+def test_bad_distill_name_is_config_error() -> None:
+    with pytest.raises(ConfigError, match="nope"):
+        FeatureTaps(toy_supernet(), ["nope"])
+    with pytest.raises(ConfigError):
+        from_dict(DistillConfig, {"recon_weight": -1.0})
+    with pytest.raises(ConfigError):
+        DistillLoss(DistillConfig(identity_weight=1.0), recognizer=None)
+
+
+def test_conditional_detection() -> None:
+    assert is_conditional(ToyDisc(3), 3)
+    assert not is_conditional(nn.Sequential(nn.Conv2d(3, 4, 3)), 3)
+
+
+def test_ofa_task_steps_train_everything_and_d_starts_as_teacher() -> None:
+    torch.manual_seed(2)
+    teacher_d = ToyDisc()
+    task = OFATask(TOY_FAMILY, toy_supernet(), _teacher(), teacher_d, OFAConfig(steps=10, decay_steps=5, sampling="sandwich"))
+    d = task.nets["disc"]
+    assert d is not teacher_d
+    for (k, a), b in zip(d.state_dict().items(), teacher_d.state_dict().values()):
+        assert torch.equal(a, b), k
+    teacher_before = {k: v.clone() for k, v in task.teacher.state_dict().items()}
+    before = {n: {k: v.clone() for k, v in net.state_dict().items()} for n, net in task.nets.items()}
+    batch = toy_batch()
+    out = task.train_step(batch, 0)
+    for key in ("loss_g", "recon", "gan_g", "distill", "loss_d", "width_frac"):
+        assert key in out and torch.isfinite(torch.tensor(out[key])), key
+    assert all(isinstance(v, float) for v in out.values())
+    for n, net in task.nets.items():
+        changed = any(not torch.equal(v, before[n][k]) for k, v in net.state_dict().items())
+        assert changed, n
+    for k, v in task.teacher.state_dict().items():
+        assert torch.equal(v, teacher_before[k]), k
+    assert all(not p.requires_grad for p in task.teacher.parameters())
+    assert task.space.decode(task.last_config)
+    # the supernet is left at full width after a step
+    x = batch["profile"][:1]
+    assert task.nets["student"](x).shape == x.shape
+    # configs are a function of (seed, step): same on every rank / after resume
+    assert task.configs_for_step(5) == task.configs_for_step(5)
+    assert task.configs_for_step(0)[0] == task.space.largest()
+
+
+def test_uniform_sampling_varies_and_lr_decays() -> None:
+    task = _task(OFAConfig(steps=4, decay_steps=2))
+    cfgs = [task.space.encode(task.configs_for_step(s)[0]) for s in range(10)]
+    assert len(set(cfgs)) > 5
+    lrs = []
+    for step in range(4):
+        lrs.append(task.optimizers["student"].param_groups[0]["lr"])
+        task.train_step(toy_batch(seed=step), step)
+    assert lrs[:3] == [pytest.approx(2e-4)] * 3 and lrs[3] == pytest.approx(1e-4)
+    assert task.optimizers["disc"].param_groups[0]["lr"] == pytest.approx(0.0)
+    assert linear_decay(10, 0)(9) == 1.0
+    assert linear_decay(10, 4)(8) == pytest.approx(0.5)
+
+
+def test_recalibrate_bn_changes_stats_and_preserve_restores() -> None:
+    net = toy_supernet()
+    bn = net.enc1[1]
+    assert torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
+    batches = [toy_batch(seed=s) for s in range(3)]
+    with preserve_bn(net):
+        n = recalibrate_bn(net, batches)
+        assert n == 3
+        assert not torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
+        assert int(bn.num_batches_tracked) == 3
+        assert bn.momentum is not None  # restored
+        recal = bn.running_mean.clone()
+    assert torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
+    assert not net.training or net.training  # flag restored (no exception)
+    # cumulative average == stats of the three batches' stem outputs (momentum None)
+    with torch.no_grad():
+        means = [net.enc1[0](b["profile"]).mean(dim=(0, 2, 3)) for b in batches]
+    assert torch.allclose(recal, torch.stack(means).mean(0), atol=1e-5)
+    # narrow sub-network: only the active slice is recalibrated
+    space = toy_space(net)
+    with active_config(net, space.smallest()), preserve_bn(net):
+        recalibrate_bn(net, batches)
+        bn2 = net.res[0].bn1
+        assert torch.count_nonzero(bn2.running_mean[8:]) == 0 and torch.count_nonzero(bn2.running_mean[:8]) > 0
+
+
+def test_evaluate_extremes_and_sample() -> None:
+    val = [toy_batch(seed=10), toy_batch(seed=11)]
+    task = _task(val_batches=val)
+    net = task.nets["student"]
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    metrics = task.on_eval(0)
+    assert set(metrics) == {"largest", "smallest"} and metrics["largest"] != metrics["smallest"]
+    assert all(m < 0 for m in metrics.values())  # negative L1 without a recognizer
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k  # BN buffers untouched by evaluation
+    img = task.sample(val[0])
+    assert img.shape == (5 * 4, 3, 32, 32)
+
+
+def test_extra_state_refuses_other_space() -> None:
+    task = _task()
+    state = task.extra_state()
+    task.load_extra_state(state)
+    other = ConfigSpace({"enc2": [8, 32]})
+    with pytest.raises(CheckpointError):
+        task.load_extra_state({"space": str(other.to_dict())})
+
+
+def test_finetune_uses_fixed_config() -> None:
+    space = toy_space()
+    cfg = dict(space.smallest(), enc2=24)
+    torch.manual_seed(2)
+    task = FinetuneTask(TOY_FAMILY, toy_supernet(), _teacher(), ToyDisc(), space.encode(cfg),
+                        OFAConfig(steps=2, decay_steps=0), val_batches=[toy_batch(seed=4)])
+    assert all(task.configs_for_step(s) == [cfg] for s in range(5))
+    net = task.nets["student"]
+    w = net.enc2[0].pointwise.weight
+    before = w.detach().clone()
+    task.train_step(toy_batch(), 0)
+    # only the kept output rows of enc2's pointwise conv moved
+    assert not torch.equal(w[:24], before[:24]) and torch.equal(w[24:], before[24:])
+    assert set(task.on_eval(1)) == {"chosen"}
+    with pytest.raises(ConfigError):
+        FinetuneTask(TOY_FAMILY, toy_supernet(), _teacher(), ToyDisc(), "1_2_3", OFAConfig(steps=2, decay_steps=0))
+
+
+# ---------------------------------------------------------------------- real families
+REAL = [f for f in ("tpgan", "pim", "crgan") if importlib.util.find_spec(f"slimface.models.{f}") is not None]
+
+
+def _real(name: str):
+    """(family, teacher, student supernet) at 64 px, width 0.125; skipped until the module exists."""
+    if name not in REAL:
+        pytest.skip(f"slimface.models.{name} is not in the tree yet")
+    importlib.import_module(f"slimface.models.{name}")  # registers the family
+    from slimface.models.registry import get_family
+
+    family = get_family(name)
+    torch.manual_seed(0)
+    kw = dict(resolution=64, channels=3, width_mult=0.125, sub=None)
+    teacher = family.build_generator(separable=False, **kw).eval()
+    student = family.build_generator(separable=True, **kw)
+    return family, teacher, student
+
+
+@pytest.mark.parametrize("name", ["tpgan", "pim", "crgan"])
+def test_real_family_mapping_shapes(name: str) -> None:
+    family, teacher, student = _real(name)
+    names = family.student_spec.distill
+    mapper = Mapper(student, teacher, names)
+    taps_s, taps_t = FeatureTaps(student, names), FeatureTaps(teacher, names)
+    x, lm = student.example_inputs(2)
+    space = ConfigSpace.from_supernet(family, student)
+    assert space.size() > 1
+    with torch.no_grad():
+        teacher(x, lm)
+        t = taps_t.collect()
+        for cfg in (space.largest(), space.smallest()):
+            with active_config(student, cfg):
+                mapper.set_widths(cfg)
+                student(x, lm)
+                m = mapper(taps_s.collect())
+            for n in names:
+                assert m[n].shape == t[n].shape, (name, n)
+    set_widths(student, None)
+
+
+@pytest.mark.parametrize("name", ["tpgan", "pim", "crgan"])
+def test_real_family_ofa_step(name: str) -> None:
+    family, teacher, student = _real(name)
+    torch.manual_seed(1)
+    teacher_d = family.build_discriminator(resolution=64, channels=3, width_mult=0.125)
+    gan_mode = "wgan-gp" if name == "crgan" else "bce"
+    cfg = OFAConfig(steps=4, decay_steps=0, distill=DistillConfig(gan_mode=gan_mode))
+    batch = toy_batch(2, 64)
+    x, lm = student.example_inputs(2)
+    batch["landmarks"] = lm
+    task = OFATask(family, student, teacher, teacher_d, cfg, val_batches=[batch])
+    assert task.loss.conditional == (name != "crgan")
+    out = task.train_step(batch, 1)
+    assert all(torch.isfinite(torch.tensor(v)) for v in out.values()), out
+    metrics = task.on_eval(1)
+    assert set(metrics) == {"largest", "smallest"}
+
+
+def test_keyword_overrides_and_fixed_config_as_the_pipeline_calls_them() -> None:
+    dcfg = from_dict(DistillConfig, {"recon_weight": 10.0, "distill_weight": 2.0, "gan_weight": 1.0,
+                                     "identity_weight": 0.0})
+    space = toy_space()
+    fixed = dict(space.smallest(), enc2=16)
+    torch.manual_seed(2)
+    task = OFATask(family=TOY_FAMILY, supernet=toy_supernet(), teacher=_teacher(), teacher_disc=ToyDisc(),
+                   space=space, distill=dcfg, recognizer=None, lr=1e-3, total_steps=8, seed=3, sandwich=True,
+                   fixed_config=fixed)
+    assert task.cfg.lr == 1e-3 and task.cfg.steps == 8 and task.cfg.decay_steps == 4 and task.cfg.seed == 3
+    assert task.cfg.sampling == "sandwich" and task.loss.cfg.recon_weight == 10.0
+    assert task.configs_for_step(0) == [fixed] and "cfg=" in task.fingerprint
+    plain = OFATask(TOY_FAMILY, toy_supernet(), _teacher(), ToyDisc(), sandwich=True)
+    assert len(plain.configs_for_step(0)) == 3
+
+
+def test_recalibrate_bn_for_a_config_keeps_its_stats() -> None:
+    net = toy_supernet()
+    cfg = toy_space(net).smallest()
+    recalibrate_bn(net, [toy_batch(seed=1)], cfg)
+    bn = net.res[0].bn1
+    assert torch.count_nonzero(bn.running_mean[:8]) > 0 and torch.count_nonzero(bn.running_mean[8:]) == 0
+    from slimface.compress.space import current_widths
+
+    assert current_widths(net) is None  # widths restored

@@ -1,0 +1,246 @@
+"""The ``slimface`` command.
+
+Every sub-command turns user mistakes (SlimfaceError) into one line on stderr and exit code 2;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from slimface.errors import ConfigError, SlimfaceError
+
+DEFAULT_CONFIG = Path("configs/quick.yaml")
+
+
+def _parse_set(items: Sequence[str]) -> dict[str, Any]:
+    """``--set a.b=3`` overrides; values are parsed as YAML scalars (3, 0.5, true, "x")."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set teacher.train.steps=50")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _load_pipeline_config(args: argparse.Namespace):  # noqa: ANN202
+    from slimface.config import load_config
+    from slimface.pipeline_config import PipelineConfig
+
+    overrides = _parse_set(getattr(args, "set", []) or [])
+    if getattr(args, "out", None):
+        overrides["out_dir"] = str(args.out)
+    return load_config(PipelineConfig, args.config, overrides)
+
+
+# ---------------------------------------------------------------------------------- commands
+def cmd_run(args: argparse.Namespace) -> int:
+    from slimface.pipeline import Pipeline
+
+    cfg = _load_pipeline_config(args)
+    Pipeline(cfg, progress=not args.no_progress).run(only=args.only, force=args.force)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from slimface.pipeline import Pipeline
+
+    if args.budget:
+        args.set = list(args.set or []) + [f"search.budget={args.budget}"]
+    cfg = _load_pipeline_config(args)
+    Pipeline(cfg, progress=not args.no_progress).run(only=["search"], force=True)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from slimface.pipeline import Pipeline
+
+    cfg = _load_pipeline_config(args)
+    Pipeline(cfg, progress=not args.no_progress).run(only=["evaluate", "report"], force=True)
+    return 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from slimface.data.synth import SynthConfig, render_dataset
+    from slimface.config import from_dict
+
+    cfg = from_dict(
+        SynthConfig,
+        {
+            "subjects": args.subjects,
+            "train_subjects": min(args.train_subjects, args.subjects - 1),
+            "resolution": args.resolution,
+            "illuminations": args.illuminations,
+            "pitch": args.pitch,
+            "gray": args.gray,
+            "seed": args.seed,
+        },
+        where="data synth",
+    )
+    out = render_dataset(cfg, Path(args.out), progress=not args.no_progress)
+    print(f"dataset ready: {out}")
+    return 0
+
+
+def cmd_data_preview(args: argparse.Namespace) -> int:
+    from slimface.data.preview import make_preview
+
+    out = make_preview(Path(args.root), Path(args.out), subjects=args.subjects)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from slimface.compress.profile_cli import profile_report
+
+    report = profile_report(
+        args.model, resolution=args.resolution, width_mult=args.width_mult, student=args.student,
+        channels=args.channels,
+    )
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        from slimface.nn.profile import format_count
+
+        for key in ("teacher", "student"):
+            if key in report:
+                r = report[key]
+                print(f"{key:8s} {format_count(r['params']):>9s} params  {format_count(r['macs']):>9s} MACs"
+                      + (f"  config {r['config']}" if r.get("config") else ""))
+        if "mac_reduction" in report:
+            print(f"reduction: {report['mac_reduction']:.1f}x MACs, {report['param_reduction']:.1f}x params")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from slimface.compress.profile_cli import bench_report
+
+    report = bench_report(
+        args.model, resolution=args.resolution, width_mult=args.width_mult, student=args.student,
+        warmup=args.warmup, runs=args.runs, threads=args.threads, device=args.device,
+    )
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        t, s = report["teacher"], report.get("student")
+        print(f"teacher  {t['latency_ms']:.2f} ms  {t['peak_memory_mb']:.1f} MB")
+        if s:
+            print(f"student  {s['latency_ms']:.2f} ms  {s['peak_memory_mb']:.1f} MB")
+            print(f"speedup {report['speedup']:.2f}x  memory reduction {report['memory_reduction']:.2f}x")
+    return 0
+
+
+def cmd_frontalize(args: argparse.Namespace) -> int:
+    from slimface.deploy.frontalize import frontalize_files
+
+    results = frontalize_files(
+        [Path(p) for p in args.images], Path(args.model), Path(args.out),
+        landmarks_file=Path(args.landmarks) if args.landmarks else None,
+    )
+    ok = sum(1 for r in results if getattr(r, "ok", False))
+    print(f"frontalized {ok}/{len(results)} images into {args.out}")
+    return 0 if ok else 2
+
+
+# ---------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="slimface", description=__doc__.splitlines()[0] if __doc__ else "")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="preset YAML (default: %(default)s)")
+        sp.add_argument("--out", type=Path, help="output directory (overrides out_dir)")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set teachers.tpgan.train.steps=50")
+        sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    r = sub.add_parser("run", help="run the whole pipeline (data, recognizer, teacher, supernet, search, "
+                                   "fine-tune, export, evaluate, benchmark, report)")
+    with_config(r)
+    r.add_argument("--only", nargs="+", help="run only these stages (see the report's stage list)")
+    r.add_argument("--force", action="store_true", help="re-run stages even if their outputs are complete")
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("search", help="search the trained supernet under a MACs budget")
+    with_config(s)
+    s.add_argument("--budget", help="MACs budget: 2.5G, 300M, or a reduction factor like 10x")
+    s.set_defaults(func=cmd_search)
+
+    e = sub.add_parser("evaluate", help="rank-1 per yaw, image quality and figures for a finished run")
+    with_config(e)
+    e.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser("data", help="built-in synthetic data")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    ds = dsub.add_parser("synth", help="render the synthetic multi-pose face dataset")
+    ds.add_argument("--out", required=True)
+    ds.add_argument("--subjects", type=int, default=337)
+    ds.add_argument("--train-subjects", type=int, default=200)
+    ds.add_argument("--resolution", type=int, default=128, choices=[64, 128])
+    ds.add_argument("--illuminations", type=int, default=5)
+    ds.add_argument("--pitch", action="store_true", help="also pitch -15/0/+15 (CAS-PEAL-like names)")
+    ds.add_argument("--gray", action="store_true")
+    ds.add_argument("--seed", type=int, default=0)
+    ds.add_argument("--no-progress", action="store_true")
+    ds.set_defaults(func=cmd_data_synth)
+    dp = dsub.add_parser("preview", help="a grid of identities x yaws")
+    dp.add_argument("root")
+    dp.add_argument("--out", required=True)
+    dp.add_argument("--subjects", type=int, default=8)
+    dp.set_defaults(func=cmd_data_preview)
+
+    pr = sub.add_parser("profile", help="params and MACs of a teacher and (optionally) a student")
+    pr.add_argument("model", help="tpgan, crgan or pim")
+    pr.add_argument("--resolution", type=int, default=128, choices=[64, 128])
+    pr.add_argument("--width-mult", type=float, default=1.0)
+    pr.add_argument("--channels", type=int, default=3, choices=[1, 3])
+    pr.add_argument("--student", help="a config string, 'smallest' or 'largest'")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=cmd_profile)
+
+    b = sub.add_parser("bench", help="latency and peak memory, teacher vs student, batch 1")
+    b.add_argument("model", help="tpgan, crgan or pim")
+    b.add_argument("--resolution", type=int, default=128, choices=[64, 128])
+    b.add_argument("--width-mult", type=float, default=1.0)
+    b.add_argument("--student", help="a config string, 'smallest' or 'largest'")
+    b.add_argument("--warmup", type=int, default=100)
+    b.add_argument("--runs", type=int, default=100)
+    b.add_argument("--threads", type=int)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench)
+
+    f = sub.add_parser("frontalize", help="frontalize your own photos with an exported model")
+    f.add_argument("images", nargs="+")
+    f.add_argument("--model", required=True, help="exported model (.onnx, TorchScript .pt, or export dir)")
+    f.add_argument("--out", required=True)
+    f.add_argument("--landmarks", help="CSV with file,lex,ley,rex,rey,nx,ny,mlx,mly,mrx,mry")
+    f.set_defaults(func=cmd_frontalize)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SlimfaceError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""The run's report: the paper's four tables for our run, figures, and results.json.
+
+Everything here is read back from what the stages wrote (evaluate/results.json, bench/bench.json,
+search results, stage markers), so the report can be rebuilt without re-running anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from slimface.evaluate.rank1 import table1_markdown, table2_markdown
+from slimface.nn.profile import format_count
+
+if TYPE_CHECKING:
+    from slimface.pipeline import Pipeline
+
+YAW_COLUMNS = (90, 75, 60, 45, 30, 15)
+
+
+def _read(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _rank1(entry: dict[str, Any]) -> dict[str, float]:
+    """Per-yaw rank-1 with ``avg`` recomputed over the six yaw groups of Table 1."""
+    r = {str(k): float(v) for k, v in entry["rank1"].items() if k != "avg"}
+    vals = [r[str(y)] for y in YAW_COLUMNS if str(y) in r]
+    r["avg"] = sum(vals) / len(vals) if vals else float("nan")
+    return r
+
+
+def _pitch_yaw(entry: dict[str, Any]) -> dict[tuple[int, int], float]:
+    out = {}
+    for key, v in entry.get("rank1_pitch_yaw", {}).items():
+        if key == "avg":
+            continue
+        p, y = key.split("/")
+        out[(int(p), int(y))] = float(v)
+    return out
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_report(pipe: "Pipeline") -> Path:
+    from slimface.evaluate.figures import plot_pareto
+
+    out = pipe.out / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    ev = _read(pipe.out / "evaluate" / "results.json") or {"models": {}}
+    bench = _read(pipe.out / "bench" / "bench.json") or {}
+    models = ev["models"]
+    fams = pipe.cfg.families
+    stage_times = {}
+    for stage in pipe.stages():
+        marker = pipe.out / "stages" / f"{stage}.json"
+        if marker.is_file():
+            stage_times[stage] = round(float(json.loads(marker.read_text())["wall_s"]), 1)
+
+    results: dict[str, Any] = {"name": pipe.cfg.name, "families": {}, "stages_wall_s": stage_times,
+                               "probes": ev.get("probes"), "gallery": ev.get("gallery")}
+    if "no frontalization" in models:
+        results["baseline"] = {"rank1": _rank1(models["no frontalization"])}
+    lines = [f"# slimface report: {pipe.cfg.name}", ""]
+    lines += [
+        f"Data: {pipe.cfg.data.kind} at {pipe.cfg.data.resolution}x{pipe.cfg.data.resolution}, "
+        f"{ev.get('probes', '?')} test probes against a gallery of {ev.get('gallery', '?')} identities. "
+        "Rank-1 uses the run's recognizer (cosine nearest gallery identity); ± yaws are pooled.",
+        "",
+    ]
+    # ---- Table 1
+    t1 = {name: {int(k) if k.isdigit() else k: v for k, v in _rank1(e).items()} for name, e in models.items()}
+    lines += ["## Table 1 — rank-1 (%) per yaw", "", table1_markdown(t1), ""]
+    if any("rank1_pitch_yaw" in e for e in models.values()):
+        t2 = {name: _pitch_yaw(e) for name, e in models.items() if "ONNX" not in name}
+        lines += ["## Table 2 — rank-1 (%) per pitch × yaw", "", table2_markdown(t2), ""]
+    # ---- Table 3 and 4
+    lines += ["## Table 3 — compression", "",
+              "| model | size | teacher params | teacher MACs | compressed params | compressed MACs | config |",
+              "|---|---|---|---|---|---|---|"]
+    t4 = ["## Table 4 — measured latency and memory (batch 1)", "",
+          "| model | size | teacher latency | compressed latency | speedup | teacher peak memory | "
+          "compressed peak memory | memory reduction | threads |",
+          "|---|---|---|---|---|---|---|---|---|"]
+    deploy = ["## Deployment runtimes (compressed model, run size)", "",
+              "| model | runtime | latency (ms) | speedup vs PyTorch | rank-1 avg | Δ rank-1 vs PyTorch |",
+              "|---|---|---|---|---|---|"]
+    size_label = f"{pipe.cfg.data.resolution}² ×{{w}}"
+    for fam in fams:
+        b = bench.get(fam, {})
+        search = _read(pipe.family_dir(fam) / "search" / "result.json") or {}
+        fam_res: dict[str, Any] = {}
+        for role, key in (("teacher", f"{fam} teacher"), ("student", f"{fam} compressed")):
+            rs = b.get("run_size", {}).get(role, {})
+            fam_res[role] = {
+                "params": rs.get("params"), "macs": rs.get("macs"),
+                "rank1": _rank1(models[key]) if key in models else None,
+                "quality": models.get(key, {}).get("quality"),
+                "latency_ms": {"cpu": rs.get("latency_ms")},
+                "latency_median_ms": {"cpu": rs.get("latency_median_ms")},
+                "peak_memory_mb": rs.get("peak_memory_mb"),
+            }
+        fam_res["student"]["config"] = search.get("config")
+        for label, key in (("run_size", "run_size"), ("full_size", "full_size")):
+            r = b.get(key)
+            if not r:
+                continue
+            t, s = r["teacher"], r["student"]
+            tp, tm = t.get("params") or (r.get("teacher_params")), t.get("macs")
+            size = (size_label.format(w=pipe.cfg.teacher(fam).width_mult) if key == "run_size"
+                    else "128² ×1.0 (official widths)")
+            if key == "full_size":
+                tp, tm = r.get("teacher_counts", {}).get("params"), r.get("teacher_counts", {}).get("macs")
+                sp, sm = r.get("student_counts", {}).get("params"), r.get("student_counts", {}).get("macs")
+                fam_res["full_size"] = r
+            else:
+                sp, sm = s.get("params"), s.get("macs")
+            if tp and sp and tm and sm:
+                lines.append(f"| {fam} | {size} | {format_count(tp)} | {format_count(tm)} | {format_count(sp)} "
+                             f"({tp / sp:.1f}×) | {format_count(sm)} ({tm / sm:.1f}×) | "
+                             f"`{r.get('student_config') or search.get('config', '')}` |")
+            t4.append(f"| {fam} | {size} | {t['latency_ms']:.2f} ms | {s['latency_ms']:.2f} ms | "
+                      f"{r['speedup']:.2f}× | {t.get('peak_memory_mb', float('nan')):.1f} MB | "
+                      f"{s.get('peak_memory_mb', float('nan')):.1f} MB | {r.get('memory_reduction', float('nan')):.2f}× | "
+                      f"{r.get('threads', t.get('threads', ''))} |")
+        if b.get("run_size"):
+            fam_res["speedup"] = b["run_size"]["speedup"]
+            fam_res["memory_reduction"] = b["run_size"].get("memory_reduction")
+            fam_res["mac_reduction"] = (fam_res["teacher"]["macs"] or 0) / max(fam_res["student"]["macs"] or 1, 1)
+        runtimes = b.get("runtimes", {})
+        base_ms = runtimes.get("PyTorch fp32", {}).get("latency_ms")
+        base_r1 = fam_res["student"]["rank1"]["avg"] if fam_res["student"]["rank1"] else None
+        fam_res["runtimes"] = {}
+        for label, key in (("PyTorch fp32", f"{fam} compressed"), ("ONNX Runtime fp32", f"{fam} compressed (ONNX fp32)"),
+                           ("ONNX Runtime int8", f"{fam} compressed (ONNX int8)")):
+            rt = runtimes.get(label)
+            r1 = _rank1(models[key])["avg"] if key in models else None
+            if rt is None:
+                continue
+            fam_res["runtimes"][label] = {"latency_ms": rt["latency_ms"], "rank1_avg": r1}
+            speed = f"{base_ms / rt['latency_ms']:.2f}×" if base_ms else "–"
+            delta = f"{r1 - base_r1:+.2f}" if (r1 is not None and base_r1 is not None) else "–"
+            deploy.append(f"| {fam} | {label} | {rt['latency_ms']:.2f} | {speed} | "
+                          f"{r1:.2f} | {delta} |" if r1 is not None else
+                          f"| {fam} | {label} | {rt['latency_ms']:.2f} | {speed} | – | – |")
+        results["families"][fam] = fam_res
+        # Pareto figure of the search
+        evaluated = pipe.family_dir(fam) / "search" / "evaluated.jsonl"
+        if evaluated.is_file():
+            pts = [json.loads(l) for l in evaluated.read_text().splitlines() if l.strip()]
+            for p in pts:
+                p["chosen"] = p.get("config") == search.get("config")
+            if pts:
+                plot_pareto(pts, out / f"pareto_{fam}.png")
+    lines += [""] + t4 + [""] + deploy + [""]
+    if fams and fams[0] in results["families"]:
+        results["teacher"] = results["families"][fams[0]]["teacher"]
+        results["student"] = results["families"][fams[0]]["student"]
+    # ---- figures and timings
+    lines += ["## Figures", ""]
+    for fig, title in (("frontalization_grid.png", "Input / ground truth / teacher / compressed per yaw"),
+                       ("rank1_vs_yaw.png", "Rank-1 versus yaw")):
+        src = pipe.out / "evaluate" / fig
+        if src.is_file():
+            (out / fig).write_bytes(src.read_bytes())
+            lines += [f"### {title}", "", f"![{title}]({fig})", ""]
+    for fam in fams:
+        if (out / f"pareto_{fam}.png").is_file():
+            lines += [f"### Search: MACs vs identity similarity ({fam})", "", f"![pareto {fam}](pareto_{fam}.png)", ""]
+    lines += ["## Stage wall times", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in stage_times.items()]
+    _write_atomic(out / "results.json", json.dumps(results, indent=2, default=float))
+    _write_atomic(out / "report.md", "\n".join(lines) + "\n")
+    return out / "report.md"

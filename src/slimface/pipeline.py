@@ -1,0 +1,537 @@
+"""`slimface run`: every stage from data to report, resumable and skipping finished work.
+
+Stages (in order): ``data``, ``recognizer``, then per family ``teacher``, ``supernet``, ``search``,
+``finetune``, ``export``; then ``evaluate``, ``bench`` and ``report``. A finished stage writes
+``OUT/stages/<stage>.json`` (wall time, outputs, a fingerprint of the settings it used); re-running
+skips it while the fingerprint matches, and an interrupted training stage resumes from its last
+checkpoint through the Trainer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from slimface.config import to_dict
+from slimface.errors import CheckpointError, ConfigError, DataError
+from slimface.pipeline_config import PipelineConfig, TrainSettings
+
+log = logging.getLogger("slimface")
+
+TRAIN_STAGES = ("teacher", "supernet", "search", "finetune", "export")
+ALL_STAGES = ("data", "recognizer", *TRAIN_STAGES, "evaluate", "bench", "report")
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def save_weights(module: nn.Module, path: Path) -> Path:
+    """state_dict as safetensors, written atomically (temp file + rename)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+    save_file(state, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def load_weights(module: nn.Module, path: Path, what: str) -> nn.Module:
+    """Load safetensors weights; a file of another architecture is a one-line CheckpointError."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise CheckpointError(f"{what} weights {path} do not exist; run the stage that writes them")
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - any decode failure means a broken file
+        raise CheckpointError(f"{what} weights {path} are not a readable safetensors file ({exc})") from exc
+    own = module.state_dict()
+    for key, value in own.items():
+        if key not in state:
+            raise CheckpointError(f"{what} weights {path} lack {key!r}: they belong to another architecture")
+        if state[key].shape != value.shape:
+            raise CheckpointError(
+                f"{what} weights {path}: {key!r} has shape {tuple(state[key].shape)}, this model needs "
+                f"{tuple(value.shape)} (another architecture, width or resolution)"
+            )
+    module.load_state_dict({k: state[k] for k in own})
+    return module
+
+
+@dataclass
+class DataBundle:
+    """The splits every stage uses: training pairs (minus validation identities), validation pairs
+    (held-out training identities, for search), test probes and gallery (test identities)."""
+
+    train_pairs: list
+    val_pairs: list
+    test_pairs: list
+    gallery: list
+    recognizer_records: list
+    subject_labels: dict[str, int]
+    has_pitch: bool
+
+
+class Pipeline:
+    def __init__(self, cfg: PipelineConfig, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.progress = progress
+        self.out = Path(cfg.out_dir)
+        self.stage_dir = self.out / "stages"
+        self._data: DataBundle | None = None
+        self._recognizer: nn.Module | None = None
+        self.timings: dict[str, float] = {}
+        torch.manual_seed(cfg.seed)
+
+    # ------------------------------------------------------------------ stage bookkeeping
+    def _marker(self, stage: str) -> Path:
+        return self.stage_dir / f"{stage}.json"
+
+    def _stage_settings(self, stage: str) -> Any:
+        c = self.cfg
+        base = {"data": to_dict(c.data), "seed": c.seed}
+        if stage == "data":
+            return base
+        rec = {**base, "recognizer": to_dict(c.recognizer)}
+        if stage == "recognizer":
+            return rec
+        kind, _, fam = stage.partition(".")
+        if fam:
+            fam_settings = {**rec, "teacher": to_dict(c.teacher(fam))}
+            order = TRAIN_STAGES.index(kind)
+            parts = {"supernet": to_dict(c.student), "search": to_dict(c.search),
+                     "finetune": to_dict(c.finetune), "export": to_dict(c.deploy)}
+            for name in TRAIN_STAGES[1 : order + 1]:
+                fam_settings[name] = parts[name]
+            return fam_settings
+        return {**rec, "families": c.families, "all": to_dict(c)}
+
+    def done(self, stage: str) -> dict[str, Any] | None:
+        marker = self._marker(stage)
+        if not marker.is_file():
+            return None
+        try:
+            info = json.loads(marker.read_text())
+        except json.JSONDecodeError:
+            return None
+        if info.get("fingerprint") != _fingerprint(self._stage_settings(stage)):
+            return None
+        return info
+
+    def _run_stage(self, stage: str, fn: Callable[[], dict[str, Any]], force: bool) -> dict[str, Any]:
+        info = None if force else self.done(stage)
+        if info is not None:
+            _say(f"[{stage}] up to date ({info['wall_s']:.1f} s earlier run), skipped")
+            self.timings[stage] = info["wall_s"]
+            return info["outputs"]
+        _say(f"[{stage}] running")
+        t0 = time.perf_counter()
+        outputs = fn() or {}
+        wall = time.perf_counter() - t0
+        self.timings[stage] = wall
+        self.stage_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self._marker(stage).with_suffix(".tmp")
+        tmp.write_text(json.dumps({"stage": stage, "wall_s": wall, "outputs": outputs,
+                                   "fingerprint": _fingerprint(self._stage_settings(stage))}, indent=2,
+                                  default=str))
+        os.replace(tmp, self._marker(stage))
+        _say(f"[{stage}] done in {wall:.1f} s")
+        return outputs
+
+    def stages(self) -> list[str]:
+        names = ["data", "recognizer"]
+        for fam in self.cfg.families:
+            names += [f"{kind}.{fam}" for kind in TRAIN_STAGES]
+        return names + ["evaluate", "bench", "report"]
+
+    def run(self, only: Iterable[str] | None = None, force: bool = False) -> dict[str, Any]:
+        selected = self.stages()
+        if only:
+            wanted = set(only)
+            unknown = wanted - set(ALL_STAGES) - set(selected)
+            if unknown:
+                raise ConfigError(f"unknown stage {sorted(unknown)[0]!r}; stages: {', '.join(selected)}")
+            selected = [s for s in selected if s in wanted or s.partition(".")[0] in wanted]
+        _say(f"slimface run '{self.cfg.name}' -> {self.out}  (stages: {', '.join(selected)})")
+        self.out.mkdir(parents=True, exist_ok=True)
+        results: dict[str, Any] = {}
+        t0 = time.perf_counter()
+        for stage in selected:
+            kind, _, fam = stage.partition(".")
+            fn = getattr(self, f"stage_{kind}")
+            results[stage] = self._run_stage(stage, (lambda f=fn, a=fam: f(a) if a else f()), force)
+        _say(f"all stages finished in {time.perf_counter() - t0:.1f} s; report: {self.out / 'report' / 'report.md'}")
+        return results
+
+    # ------------------------------------------------------------------ shared helpers
+    def train_config(self, settings: TrainSettings, out_dir: Path, seed_offset: int = 0):  # noqa: ANN201
+        from slimface.train.loop import TrainConfig
+
+        return TrainConfig(
+            steps=settings.steps, batch_size=settings.batch_size, log_every=settings.log_every,
+            ckpt_every=settings.ckpt_every, sample_every=max(settings.steps // 2, 1),
+            keep_last=settings.keep_last, seed=self.cfg.seed + seed_offset, out_dir=out_dir,
+            progress=self.progress,
+        )
+
+    @property
+    def data(self) -> DataBundle:
+        if self._data is None:
+            self._data = self._load_data()
+        return self._data
+
+    def _dataset_root(self) -> Path:
+        d = self.cfg.data
+        if d.kind != "synth":
+            return Path(d.root)
+        s = d.synth
+        tag = f"n{s.subjects}_r{d.resolution}_i{s.illuminations}{'_p' if s.pitch else ''}{'_g' if s.gray else ''}_s{s.seed}"
+        return Path(d.root) / tag
+
+    def _load_data(self) -> DataBundle:
+        from slimface.data.loaders import load_dataset
+        from slimface.data.torch_data import subject_labels
+
+        d = self.cfg.data
+        index = load_dataset(d.kind, self._dataset_root(), policy=d.policy)
+        train_index, test_index = index.split(d.train_subjects)
+        train_subjects = train_index.subjects()
+        if len(train_subjects) <= d.val_subjects:
+            raise DataError(
+                f"{len(train_subjects)} training identities cannot spare {d.val_subjects} for validation; "
+                "lower data.val_subjects or add identities"
+            )
+        val_set = set(train_subjects[-d.val_subjects:])
+        fit_index = train_index.filter(subjects=[s for s in train_subjects if s not in val_set])
+        val_index = train_index.filter(subjects=sorted(val_set))
+        has_pitch = any(r.pitch != 0 for r in index)
+        train_pairs = fit_index.pairs(include_frontal=True)
+        val_pairs = [p for p in val_index.pairs() if p[0].yaw != 0]
+        test_pairs = [p for p in test_index.pairs() if p[0].yaw != 0 or p[0].pitch != 0]
+        gallery = test_index.gallery()
+        rec_records = [r for r in fit_index if abs(r.yaw) <= self.cfg.recognizer.max_abs_yaw and r.pitch == 0]
+        labels = subject_labels(list(fit_index))
+        return DataBundle(train_pairs, val_pairs, test_pairs, gallery, rec_records, labels, has_pitch)
+
+    def pair_dataset(self, pairs: list):  # noqa: ANN201
+        from slimface.data.torch_data import PairDataset
+
+        d = self.cfg.data
+        labels = self.data.subject_labels
+        if any(p[0].subject not in labels for p in pairs):
+            labels = {**labels, **{s: -1 for s in {p[0].subject for p in pairs} - set(labels)}}
+        return PairDataset(pairs, d.resolution, d.channels, labels, cache=d.cache_images, policy=d.policy)
+
+    def batches(self, pairs: list, batch_size: int, limit: int | None = None) -> list[dict[str, torch.Tensor]]:
+        """Fixed, ordered batches (evaluation/search); ``limit`` caps the number of batches."""
+        from torch.utils.data import DataLoader
+
+        ds = self.pair_dataset(pairs)
+        out = []
+        for i, batch in enumerate(DataLoader(ds, batch_size=batch_size, shuffle=False)):
+            if limit is not None and i >= limit:
+                break
+            out.append(batch)
+        return out
+
+    def family_dir(self, family: str) -> Path:
+        return self.out / family
+
+    @property
+    def recognizer(self) -> nn.Module:
+        if self._recognizer is None:
+            from slimface.train.losses import freeze
+
+            r = self.cfg.recognizer
+            if r.checkpoint:
+                from slimface.models.recognizer import build_recognizer
+
+                rec = build_recognizer(r.variant, checkpoint=r.checkpoint, channels=self.cfg.data.channels)
+            else:
+                rec = self._build_recognizer(len(self.data.subject_labels))
+                load_weights(rec, self.out / "recognizer" / "recognizer.safetensors", "recognizer")
+            self._recognizer = freeze(rec)
+        return self._recognizer
+
+    def _build_recognizer(self, num_classes: int) -> nn.Module:
+        from slimface.models.recognizer import build_recognizer
+
+        r = self.cfg.recognizer
+        return build_recognizer(r.variant, input_size=self.cfg.data.resolution, width_mult=r.width_mult,
+                                num_classes=num_classes, channels=self.cfg.data.channels)
+
+    def teacher_generator(self, family: str) -> nn.Module:
+        from slimface.models.registry import build_generator
+        from slimface.train.losses import freeze
+
+        t = self.cfg.teacher(family)
+        d = self.cfg.data
+        gen = build_generator(family, d.resolution, d.channels, t.width_mult)
+        path = Path(t.checkpoint) if t.checkpoint else self.family_dir(family) / "teacher" / "generator.safetensors"
+        return freeze(load_weights(gen, path, f"{family} teacher"))
+
+    # ------------------------------------------------------------------ stages
+    def stage_data(self) -> dict[str, Any]:
+        d = self.cfg.data
+        root = self._dataset_root()
+        if d.kind == "synth":
+            from slimface.config import from_dict
+            from slimface.data.synth import SynthConfig, render_dataset
+
+            s = d.synth
+            synth_cfg = from_dict(SynthConfig, {
+                "subjects": s.subjects, "train_subjects": s.train_subjects, "resolution": d.resolution,
+                "illuminations": s.illuminations, "pitch": s.pitch, "gray": s.gray, "seed": s.seed,
+            }, where="data.synth")
+            render_dataset(synth_cfg, root, progress=self.progress)
+        b = self.data
+        info = {
+            "root": str(root), "train_pairs": len(b.train_pairs), "val_pairs": len(b.val_pairs),
+            "test_probes": len(b.test_pairs), "gallery": len(b.gallery),
+            "train_identities": len(b.subject_labels), "recognizer_images": len(b.recognizer_records),
+        }
+        _say("  " + ", ".join(f"{k} {v}" for k, v in info.items() if k != "root"))
+        return info
+
+    def stage_recognizer(self) -> dict[str, Any]:
+        from slimface.data.torch_data import ImageDataset
+        from slimface.train.loop import Trainer
+        from slimface.train.recognizer_task import RecognizerTask
+
+        r = self.cfg.recognizer
+        out = self.out / "recognizer"
+        labels = self.data.subject_labels
+        if r.checkpoint:
+            self.recognizer  # noqa: B018 - loads and validates the official file
+            return {"source": str(r.checkpoint)}
+        model = self._build_recognizer(len(labels))
+        d = self.cfg.data
+        ds = ImageDataset(self.data.recognizer_records, d.resolution, d.channels, labels, cache=d.cache_images,
+                          policy=d.policy)
+        task = RecognizerTask(model, lr=r.train.lr, total_steps=r.train.steps)
+        metrics = Trainer(task, ds, self.train_config(r.train, out, 1)).fit()
+        save_weights(model, out / "recognizer.safetensors")
+        return {"final": metrics}
+
+    def stage_teacher(self, family: str) -> dict[str, Any]:
+        from slimface.models.registry import get_family
+        from slimface.train.loop import Trainer
+
+        t = self.cfg.teacher(family)
+        d = self.cfg.data
+        out = self.family_dir(family) / "teacher"
+        if t.checkpoint:
+            self.teacher_generator(family)  # validates the given file against the architecture
+            return {"source": str(t.checkpoint)}
+        fam = get_family(family)
+        gen = fam.build_generator(resolution=d.resolution, channels=d.channels, width_mult=t.width_mult,
+                                  separable=False, sub=None)
+        disc = fam.build_discriminator(resolution=d.resolution, channels=d.channels, width_mult=t.width_mult)
+        task = fam.make_teacher_task(gen, disc, recognizer=self.recognizer,
+                                     num_subjects=len(self.data.subject_labels), loss=t.loss, lr=t.train.lr)
+        metrics = Trainer(task, self.pair_dataset(self.data.train_pairs), self.train_config(t.train, out, 2)).fit()
+        save_weights(gen, out / "generator.safetensors")
+        save_weights(disc, out / "discriminator.safetensors")
+        return {"final": metrics}
+
+    def _teacher_disc(self, family: str) -> nn.Module:
+        from slimface.models.registry import get_family
+
+        t = self.cfg.teacher(family)
+        d = self.cfg.data
+        disc = get_family(family).build_discriminator(resolution=d.resolution, channels=d.channels,
+                                                      width_mult=t.width_mult)
+        path = self.family_dir(family) / "teacher" / "discriminator.safetensors"
+        if path.is_file():
+            load_weights(disc, path, f"{family} teacher discriminator")
+        return disc
+
+    def _supernet(self, family: str) -> nn.Module:
+        from slimface.models.registry import build_generator
+
+        d = self.cfg.data
+        return build_generator(family, d.resolution, d.channels, self.cfg.teacher(family).width_mult, separable=True)
+
+    def _ofa_task(self, family: str, supernet: nn.Module, fixed: dict[str, int] | None = None):  # noqa: ANN202
+        from slimface.compress.distill import DistillConfig
+        from slimface.compress.ofa import OFATask
+        from slimface.compress.space import ConfigSpace
+        from slimface.config import from_dict
+        from slimface.models.registry import get_family
+
+        s = self.cfg.student
+        fam = get_family(family)
+        dcfg = from_dict(DistillConfig, {"recon_weight": s.recon_weight, "distill_weight": s.distill_weight,
+                                         "gan_weight": s.gan_weight, "identity_weight": s.identity_weight})
+        settings = self.cfg.finetune.train if fixed else s.train
+        return OFATask(
+            family=fam, supernet=supernet, teacher=self.teacher_generator(family),
+            teacher_disc=self._teacher_disc(family), space=ConfigSpace.from_supernet(fam, supernet),
+            distill=dcfg, recognizer=self.recognizer if s.identity_weight > 0 else None,
+            lr=settings.lr, total_steps=settings.steps, seed=self.cfg.seed, sandwich=s.sandwich,
+            fixed_config=fixed,
+        )
+
+    def stage_supernet(self, family: str) -> dict[str, Any]:
+        from slimface.train.loop import Trainer
+
+        out = self.family_dir(family) / "supernet"
+        supernet = self._supernet(family)
+        task = self._ofa_task(family, supernet)
+        metrics = Trainer(task, self.pair_dataset(self.data.train_pairs),
+                          self.train_config(self.cfg.student.train, out, 3)).fit()
+        save_weights(supernet, out / "supernet.safetensors")
+        save_weights(task.nets["mappers"], out / "mappers.safetensors")
+        save_weights(task.nets["disc"], out / "discriminator.safetensors")
+        return {"final": metrics}
+
+    def budget_macs(self, family: str) -> float:
+        """The search budget in MACs: absolute ("2.5G") or relative to the teacher ("10x")."""
+        from slimface.nn.profile import count_macs, parse_count
+
+        text = str(self.cfg.search.budget).strip().lower()
+        if text.endswith("x"):
+            try:
+                factor = float(text[:-1])
+            except ValueError as exc:
+                raise ConfigError(f"search.budget {self.cfg.search.budget!r}: expected e.g. 10x, 2.5G or 300M") from exc
+            if factor <= 1:
+                raise ConfigError(f"search.budget {text}: a reduction factor must be above 1 (e.g. 10x)")
+            teacher = self.teacher_generator(family)
+            return count_macs(teacher, teacher.example_inputs()) / factor
+        try:
+            return parse_count(text)
+        except ValueError as exc:
+            raise ConfigError(f"search.budget {self.cfg.search.budget!r}: expected e.g. 2.5G, 300M or 10x") from exc
+
+    def _trained_supernet(self, family: str) -> nn.Module:
+        supernet = self._supernet(family)
+        return load_weights(supernet, self.family_dir(family) / "supernet" / "supernet.safetensors",
+                            f"{family} supernet")
+
+    def stage_search(self, family: str) -> dict[str, Any]:
+        from slimface.compress.search import identity_metric, search
+        from slimface.compress.space import ConfigSpace
+        from slimface.models.registry import get_family
+
+        sc = self.cfg.search
+        out = self.family_dir(family) / "search"
+        out.mkdir(parents=True, exist_ok=True)
+        supernet = self._trained_supernet(family)
+        space = ConfigSpace.from_supernet(get_family(family), supernet)
+        bs = self.cfg.eval_batch_size
+        val = self.batches(self.data.val_pairs, bs, sc.val_batches)
+        bn = self.batches(self.data.train_pairs[:: max(1, len(self.data.train_pairs) // (bs * sc.bn_batches))],
+                          bs, sc.bn_batches)
+        budget = self.budget_macs(family)
+        result = search(
+            supernet, space, budget,
+            lambda net, cfg: identity_metric(net, cfg, val, self.recognizer, bn),
+            method=sc.method, population=sc.population, generations=sc.generations,
+            parent_ratio=sc.parent_ratio, mutation_ratio=sc.mutation_ratio, seed=self.cfg.seed,
+            cache_path=out / "cache.jsonl", out_jsonl=out / "evaluated.jsonl",
+            resolution=self.cfg.data.resolution,
+        )
+        info = {"config": space.encode(result.best_cfg), "metric": result.best_metric, "macs": result.best_macs,
+                "params": result.best_params, "budget_macs": budget, "evaluated": len(result.evaluated)}
+        (out / "result.json").write_text(json.dumps(info, indent=2))
+        _say(f"  best {info['config']}  metric {info['metric']:.4f}  MACs {info['macs'] / 1e6:.1f}M "
+             f"(budget {budget / 1e6:.1f}M, {info['evaluated']} evaluated)")
+        return info
+
+    def _search_result(self, family: str) -> dict[str, Any]:
+        path = self.family_dir(family) / "search" / "result.json"
+        if not path.is_file():
+            raise ConfigError(f"no search result for {family}: run the search stage first")
+        return json.loads(path.read_text())
+
+    def stage_finetune(self, family: str) -> dict[str, Any]:
+        from slimface.compress.space import ConfigSpace
+        from slimface.models.registry import get_family
+        from slimface.train.loop import Trainer
+
+        out = self.family_dir(family) / "finetune"
+        supernet = self._trained_supernet(family)
+        space = ConfigSpace.from_supernet(get_family(family), supernet)
+        cfg = space.decode(self._search_result(family)["config"])
+        task = self._ofa_task(family, supernet, fixed=cfg)
+        sup_dir = self.family_dir(family) / "supernet"
+        load_weights(task.nets["mappers"], sup_dir / "mappers.safetensors", "distillation mappers")
+        load_weights(task.nets["disc"], sup_dir / "discriminator.safetensors", "student discriminator")
+        metrics = Trainer(task, self.pair_dataset(self.data.train_pairs),
+                          self.train_config(self.cfg.finetune.train, out, 4)).fit()
+        save_weights(supernet, out / "supernet.safetensors")
+        return {"final": metrics, "config": space.encode(cfg)}
+
+    def stage_export(self, family: str) -> dict[str, Any]:
+        from slimface.compress.export import extract_subnet, save_export
+        from slimface.compress.search import recalibrate_bn
+        from slimface.compress.space import ConfigSpace
+        from slimface.models.registry import get_family
+
+        d = self.cfg.data
+        out = self.family_dir(family) / "export"
+        supernet = self._supernet(family)
+        load_weights(supernet, self.family_dir(family) / "finetune" / "supernet.safetensors", f"{family} fine-tuned")
+        space = ConfigSpace.from_supernet(get_family(family), supernet)
+        cfg = space.decode(self._search_result(family)["config"])
+        bs = self.cfg.eval_batch_size
+        bn = self.batches(self.data.train_pairs[:: max(1, len(self.data.train_pairs) // (bs * 4))], bs, 4)
+        recalibrate_bn(supernet, bn, cfg)
+        student = extract_subnet(get_family(family), supernet, cfg, d.resolution, d.channels,
+                                 self.cfg.teacher(family).width_mult)
+        path = save_export(student, out)
+        info: dict[str, Any] = {"export": str(path), "config": space.encode(cfg)}
+        if self.cfg.deploy.onnx:
+            info.update(self._deploy(student, out))
+        return info
+
+    def _deploy(self, student: nn.Module, out: Path) -> dict[str, Any]:
+        from slimface.deploy.onnx_export import check_onnx, export_onnx
+
+        student.eval()
+        inputs = student.example_inputs()
+        onnx_path = export_onnx(student, inputs, out / "model.onnx")
+        info: dict[str, Any] = {"onnx": str(onnx_path), "onnx_max_abs_diff": check_onnx(student, onnx_path, inputs)}
+        if self.cfg.deploy.int8:
+            from slimface.deploy.quantize import calibration_from_batches, quantize_int8
+
+            n = self.cfg.deploy.calibration_batches
+            step = max(1, len(self.data.train_pairs) // max(n, 1))
+            calib = calibration_from_batches(self.batches(self.data.train_pairs[::step], 1, n), limit=n)
+            report = quantize_int8(onnx_path, out / "model.int8.onnx", calib)
+            info["int8"] = str(out / "model.int8.onnx")
+            info["int8_report"] = report.as_dict()
+        return info
+
+    def stage_evaluate(self) -> dict[str, Any]:
+        from slimface.evaluate.run_eval import evaluate_run
+
+        return evaluate_run(self)
+
+    def stage_bench(self) -> dict[str, Any]:
+        from slimface.evaluate.run_eval import bench_run
+
+        return bench_run(self)
+
+    def stage_report(self) -> dict[str, Any]:
+        from slimface.evaluate.report import write_report
+
+        path = write_report(self)
+        return {"report": str(path)}

@@ -1,0 +1,148 @@
+"""The configuration of one `slimface run`: every stage's settings, validated strictly.
+
+Presets live in ``configs/*.yaml`` (tiny for tests, quick for the default run, cpu for better
+numbers on this kind of machine, full for GPUs). Any key can be overridden from the CLI with
+``--set stage.key=value``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from slimface.config import check
+
+
+@dataclass
+class SynthSettings:
+    subjects: int = 337
+    train_subjects: int = 200
+    illuminations: int = 5
+    pitch: bool = False
+    gray: bool = False
+    seed: int = 0
+
+
+@dataclass
+class DataSettings:
+    kind: Literal["synth", "multipie", "caspeal", "folder"] = "synth"
+    root: Path = Path("data_cache/synth")
+    resolution: int = 64
+    channels: int = 3
+    synth: SynthSettings = field(default_factory=SynthSettings)
+    train_subjects: Optional[int] = None  # None: the dataset's own split (setting 2 / dataset.json)
+    val_subjects: int = 20  # held-out *training* identities for search and validation
+    policy: Literal["skip", "stop"] = "skip"
+    cache_images: bool = True
+
+    def validate(self) -> None:
+        check(self.resolution in (64, 128), f"data.resolution must be 64 or 128, got {self.resolution}")
+        check(self.channels in (1, 3), f"data.channels must be 1 or 3, got {self.channels}")
+        check(self.val_subjects >= 1, "data.val_subjects must be at least 1")
+
+
+@dataclass
+class TrainSettings:
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 2e-4
+    log_every: int = 50
+    ckpt_every: int = 200
+    keep_last: int = 2
+
+    def validate(self) -> None:
+        check(self.steps >= 1, f"steps must be at least 1, got {self.steps}")
+        check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
+        check(self.lr > 0, f"lr must be positive, got {self.lr}")
+
+
+@dataclass
+class RecognizerSettings:
+    variant: Literal["lightcnn9", "lightcnn29", "lightcnn29v2"] = "lightcnn9"
+    width_mult: float = 0.25
+    max_abs_yaw: int = 30  # trained on near-frontal faces only, like public recognizers
+    checkpoint: Optional[Path] = None  # an official LightCNN file instead of training
+    train: TrainSettings = field(default_factory=lambda: TrainSettings(steps=600, batch_size=64, lr=1e-3))
+
+
+@dataclass
+class TeacherSettings:
+    family: Literal["tpgan", "crgan", "pim"] = "tpgan"
+    width_mult: float = 0.25
+    checkpoint: Optional[Path] = None  # a trained teacher generator to compress instead of training
+    loss: dict[str, float] = field(default_factory=dict)
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+
+@dataclass
+class StudentSettings:
+    sandwich: bool = False
+    recon_weight: float = 100.0
+    distill_weight: float = 1.0
+    gan_weight: float = 1.0
+    identity_weight: float = 0.0
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+
+@dataclass
+class SearchSettings:
+    budget: str = "10x"  # absolute MACs ("2.5G", "300M") or a reduction factor vs the teacher ("10x")
+    method: Literal["auto", "exhaustive", "evolution"] = "auto"
+    population: int = 100
+    generations: int = 5
+    parent_ratio: float = 0.25
+    mutation_ratio: float = 0.5
+    val_batches: int = 4
+    bn_batches: int = 4
+
+
+@dataclass
+class FinetuneSettings:
+    train: TrainSettings = field(default_factory=lambda: TrainSettings(steps=300))
+
+
+@dataclass
+class DeploySettings:
+    onnx: bool = True
+    int8: bool = True
+    calibration_batches: int = 8
+
+
+@dataclass
+class BenchSettings:
+    warmup: int = 100
+    runs: int = 100
+    threads: Optional[int] = None
+    full_size: bool = True  # also time the 128x128 official-width teacher vs its compressed arch
+    full_size_warmup: int = 3
+    full_size_runs: int = 10
+
+
+@dataclass
+class PipelineConfig:
+    name: str = "quick"
+    out_dir: Path = Path("runs/quick")
+    seed: int = 0
+    families: list[str] = field(default_factory=lambda: ["tpgan", "crgan"])
+    data: DataSettings = field(default_factory=DataSettings)
+    recognizer: RecognizerSettings = field(default_factory=RecognizerSettings)
+    teachers: dict[str, TeacherSettings] = field(default_factory=dict)
+    student: StudentSettings = field(default_factory=StudentSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    deploy: DeploySettings = field(default_factory=DeploySettings)
+    bench: BenchSettings = field(default_factory=BenchSettings)
+    eval_batch_size: int = 64
+    eval_probes_per_group: int = 0  # cap probes per pose group (0: every test probe)
+
+    def validate(self) -> None:
+        known = {"tpgan", "crgan", "pim"}
+        for fam in self.families:
+            check(fam in known, f"families: unknown model {fam!r}; choose from {sorted(known)}")
+        check(len(self.families) >= 1, "families: name at least one model to compress")
+        for name in self.teachers:
+            check(name in known, f"teachers: unknown model {name!r}; choose from {sorted(known)}")
+
+    def teacher(self, family: str) -> TeacherSettings:
+        return self.teachers.get(family) or TeacherSettings(family=family)  # type: ignore[arg-type]

@@ -133,3 +133,15 @@ def test_width_multiplier_rounds_to_multiples_of_8() -> None:
     assert scale(64, 0.25) == 16 and scale(64, 0.1) == 8 and scale(512, 1.0) == 512
     assert Widths(0.5)("g", 64).total == 32
     assert Widths(0.5, sub={"g": 8})("g", 64).total == 8
+
+
+def test_batchnorm_on_pruned_concatenation_updates_the_gathered_statistics() -> None:
+    layer = SuperBatchNorm2d(cat(ch(8, "a"), ch(4, "b")))
+    set_widths(layer, {"a": 4, "b": 4})
+    x = torch.randn(6, 8, 3, 3) * 2 + 1
+    ref = nn.BatchNorm2d(8)
+    layer.train(), ref.train()
+    assert torch.allclose(layer(x), ref(x), atol=1e-5)
+    idx = torch.tensor([0, 1, 2, 3, 8, 9, 10, 11])
+    assert torch.allclose(layer.running_mean[idx], ref.running_mean, atol=1e-6)
+    assert torch.equal(layer.running_mean[4:8], torch.zeros(4))

@@ -45,47 +45,15 @@ from slimface.nn.super_layers import SeparableConv2d, SuperBatchNorm2d, SuperCon
 # --------------------------------------------------------------------------------------------- layers
 
 
-class SegmentBatchNorm2d(SuperBatchNorm2d):
-    """SuperBatchNorm2d that also trains on non-contiguous active channels.
-
-    A residual trunk that is a concatenation (``decoder ‖ encoder ‖ input``) keeps that layout through
-    its block chain, so its BN sees a gathered channel set when a non-last segment is pruned. The
-    parent refuses that in training because gathered running statistics are copies; here they are
-    updated on the copies and scattered back. State-dict keys are the parent's.
-    """
-
-    def forward(self, x: Tensor) -> Tensor:
-        idx = self._out_idx
-        if idx is None or isinstance(idx, slice):
-            return super().forward(x)
-        s = self.sliced_state()
-        use_batch = self.training or not self.track_running_stats
-        update = self.training and self.track_running_stats
-        if update and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-        momentum = 0.0 if self.momentum is None else self.momentum
-        if update and self.momentum is None and self.num_batches_tracked is not None:
-            momentum = 1.0 / float(self.num_batches_tracked)
-        rm, rv = s["running_mean"].clone(), s["running_var"].clone()
-        y = F.batch_norm(x, rm, rv, s["weight"], s["bias"], use_batch, momentum, self.eps)
-        if update:
-            with torch.no_grad():
-                i = idx.to(rm.device)
-                self.running_mean.index_copy_(0, i, rm)  # type: ignore[union-attr]
-                self.running_var.index_copy_(0, i, rv)  # type: ignore[union-attr]
-        return y
-
-
 class TPResBlock(ResBlock):
     """TP-GAN's residual block (:class:`ResBlock`) for any trunk layout and any kernel size.
 
-    The trunk BN handles concatenated layouts (:class:`SegmentBatchNorm2d`); even kernels (the 2x2
+    The trunk BN handles concatenated layouts (see SuperBatchNorm2d); even kernels (the 2x2
     bottleneck blocks) pad one pixel bottom/right, like TF's 'SAME', so the size is kept.
     """
 
     def __init__(self, trunk: Chans, mid: Chans, k: int = 3, separable: bool = False) -> None:
         super().__init__(trunk, mid, k, "lrelu", separable)
-        self.bn2 = SegmentBatchNorm2d(trunk)
         self.even = k % 2 == 0
         if self.even:
             for c in (self.conv1, self.conv2):
@@ -454,7 +422,7 @@ register_family(Family(
 ))
 
 __all__ = [
-    "SegmentBatchNorm2d", "TPResBlock", "res_chain", "TPGANArch", "TPGAN_ARCH", "TPEncoder", "TPDecoder",
+    "TPResBlock", "res_chain", "TPGANArch", "TPGAN_ARCH", "TPEncoder", "TPDecoder",
     "DecoderStage", "LocalPathway", "TPGANGenerator", "build_tpgan_generator", "build_tpgan_discriminator",
     "FinalStage", "TPGAN_PRUNABLE", "TPGAN_DISTILL",
 ]

@@ -170,21 +170,32 @@ class SuperBatchNorm2d(SuperMixin, nn.BatchNorm2d):
         return state
 
     def forward(self, x: Tensor) -> Tensor:
-        if self._out_idx is None:
+        """Batch norm over the active channels.
+
+        Contiguous active channels use views of the running statistics, so F.batch_norm updates
+        them in place. A pruned concatenated layout (e.g. a residual trunk ``decoder ‖ encoder``)
+        gathers its channels, which copies the statistics: they are updated on the copy and
+        scattered back.
+        """
+        idx = self._out_idx
+        if idx is None:
             return super().forward(x)
-        if not isinstance(self._out_idx, slice):
-            raise RuntimeError("SuperBatchNorm2d needs a contiguous channel layout")
         s = self.sliced_state()
         use_batch = self.training or not self.track_running_stats
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+        update = self.training and self.track_running_stats
+        if update and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
         momentum = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.momentum is None and self.num_batches_tracked is not None:
+        if update and self.momentum is None and self.num_batches_tracked is not None:
             momentum = 1.0 / float(self.num_batches_tracked)
-        return F.batch_norm(
-            x, s["running_mean"], s["running_var"], s["weight"], s["bias"], use_batch, momentum,
-            self.eps,
-        )
+        mean, var = s["running_mean"], s["running_var"]
+        y = F.batch_norm(x, mean, var, s["weight"], s["bias"], use_batch, momentum, self.eps)
+        if update and not isinstance(idx, slice):
+            with torch.no_grad():
+                i = idx.to(mean.device)
+                self.running_mean.index_copy_(0, i, mean)  # type: ignore[union-attr]
+                self.running_var.index_copy_(0, i, var)  # type: ignore[union-attr]
+        return y
 
 
 class SuperLinear(SuperMixin, nn.Linear):

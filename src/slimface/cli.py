@@ -138,15 +138,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_frontalize(args: argparse.Namespace) -> int:
-    from slimface.deploy.frontalize import frontalize_files
+    from slimface.deploy.frontalize import run_frontalize
 
-    results = frontalize_files(
-        [Path(p) for p in args.images], Path(args.model), Path(args.out),
-        landmarks_file=Path(args.landmarks) if args.landmarks else None,
-    )
-    ok = sum(1 for r in results if getattr(r, "ok", False))
-    print(f"frontalized {ok}/{len(results)} images into {args.out}")
-    return 0 if ok else 2
+    # one line per photo; a photo that fails does not stop the batch. Exit 1 if none succeeded.
+    return run_frontalize(args.images, args.model, args.out, args.landmarks)
 
 
 # ---------------------------------------------------------------------------------- parser

@@ -28,11 +28,16 @@ from slimface.pipeline_config import PipelineConfig, TrainSettings
 log = logging.getLogger("slimface")
 
 TRAIN_STAGES = ("teacher", "supernet", "search", "finetune", "export")
+#: stages every torchrun process takes part in (DDP training, sharded search)
+DISTRIBUTED_STAGES = ("recognizer", "teacher", "supernet", "search", "finetune")
 ALL_STAGES = ("data", "recognizer", *TRAIN_STAGES, "evaluate", "bench", "report")
 
 
 def _say(text: str) -> None:
-    print(text, flush=True)
+    from slimface.train import distributed as D
+
+    if D.is_main():
+        print(text, flush=True)
 
 
 def _fingerprint(obj: Any) -> str:
@@ -40,9 +45,14 @@ def _fingerprint(obj: Any) -> str:
 
 
 def save_weights(module: nn.Module, path: Path) -> Path:
-    """state_dict as safetensors, written atomically (temp file + rename)."""
+    """state_dict as safetensors, written atomically (temp file + rename); rank 0 only under DDP."""
     from safetensors.torch import save_file
 
+    from slimface.train import distributed as D
+
+    if not D.is_main():
+        return path
+    module = D.unwrap(module)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
@@ -98,6 +108,16 @@ class Pipeline:
         self._recognizer: nn.Module | None = None
         self.timings: dict[str, float] = {}
         torch.manual_seed(cfg.seed)
+        from slimface.train import distributed as D
+
+        if D.world_size() > 1:
+            D.init_distributed()
+        if cfg.device == "auto":
+            self.device = D.default_device()
+        else:
+            if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+                raise ConfigError(f"device {cfg.device!r}: no CUDA GPU is visible here; use device: auto or cpu")
+            self.device = torch.device(cfg.device)
 
     # ------------------------------------------------------------------ stage bookkeeping
     def _marker(self, stage: str) -> Path:
@@ -140,18 +160,23 @@ class Pipeline:
             _say(f"[{stage}] up to date ({info['wall_s']:.1f} s earlier run), skipped")
             self.timings[stage] = info["wall_s"]
             return info["outputs"]
+        from slimface.train import distributed as D
+
         _say(f"[{stage}] running")
         t0 = time.perf_counter()
-        outputs = fn() or {}
+        # Under torchrun every rank trains and searches; the rest is rank 0's job.
+        outputs = (fn() or {}) if (D.is_main() or stage.partition(".")[0] in DISTRIBUTED_STAGES) else {}
         wall = time.perf_counter() - t0
         self.timings[stage] = wall
-        self.stage_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self._marker(stage).with_suffix(".tmp")
-        tmp.write_text(json.dumps({"stage": stage, "wall_s": wall, "outputs": outputs,
-                                   "fingerprint": _fingerprint(self._stage_settings(stage))}, indent=2,
-                                  default=str))
-        os.replace(tmp, self._marker(stage))
-        _say(f"[{stage}] done in {wall:.1f} s")
+        if D.is_main():
+            self.stage_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self._marker(stage).with_suffix(".tmp")
+            tmp.write_text(json.dumps({"stage": stage, "wall_s": wall, "outputs": outputs,
+                                       "fingerprint": _fingerprint(self._stage_settings(stage))}, indent=2,
+                                      default=str))
+            os.replace(tmp, self._marker(stage))
+            _say(f"[{stage}] done in {wall:.1f} s")
+        D.barrier()
         return outputs
 
     def stages(self) -> list[str]:
@@ -266,7 +291,7 @@ class Pipeline:
             else:
                 rec = self._build_recognizer(len(self.data.subject_labels))
                 load_weights(rec, self.out / "recognizer" / "recognizer.safetensors", "recognizer")
-            self._recognizer = freeze(rec)
+            self._recognizer = freeze(rec.to(self.device))
         return self._recognizer
 
     def _build_recognizer(self, num_classes: int) -> nn.Module:
@@ -284,7 +309,7 @@ class Pipeline:
         d = self.cfg.data
         gen = build_generator(family, d.resolution, d.channels, t.width_mult)
         path = Path(t.checkpoint) if t.checkpoint else self.family_dir(family) / "teacher" / "generator.safetensors"
-        return freeze(load_weights(gen, path, f"{family} teacher"))
+        return freeze(load_weights(gen, path, f"{family} teacher").to(self.device))
 
     # ------------------------------------------------------------------ stages
     def stage_data(self) -> dict[str, Any]:
@@ -320,7 +345,7 @@ class Pipeline:
         if r.checkpoint:
             self.recognizer  # noqa: B018 - loads and validates the official file
             return {"source": str(r.checkpoint)}
-        model = self._build_recognizer(len(labels))
+        model = self._build_recognizer(len(labels)).to(self.device)
         d = self.cfg.data
         ds = ImageDataset(self.data.recognizer_records, d.resolution, d.channels, labels, cache=d.cache_images,
                           policy=d.policy)
@@ -343,6 +368,7 @@ class Pipeline:
         gen = fam.build_generator(resolution=d.resolution, channels=d.channels, width_mult=t.width_mult,
                                   separable=False, sub=None)
         disc = fam.build_discriminator(resolution=d.resolution, channels=d.channels, width_mult=t.width_mult)
+        gen, disc = gen.to(self.device), disc.to(self.device)
         task = fam.make_teacher_task(gen, disc, recognizer=self.recognizer,
                                      num_subjects=len(self.data.subject_labels), loss=t.loss, lr=t.train.lr)
         metrics = Trainer(task, self.pair_dataset(self.data.train_pairs), self.train_config(t.train, out, 2)).fit()
@@ -360,13 +386,15 @@ class Pipeline:
         path = self.family_dir(family) / "teacher" / "discriminator.safetensors"
         if path.is_file():
             load_weights(disc, path, f"{family} teacher discriminator")
-        return disc
+        return disc.to(self.device)
 
     def _supernet(self, family: str) -> nn.Module:
         from slimface.models.registry import build_generator
 
         d = self.cfg.data
-        return build_generator(family, d.resolution, d.channels, self.cfg.teacher(family).width_mult, separable=True)
+        supernet = build_generator(family, d.resolution, d.channels, self.cfg.teacher(family).width_mult,
+                                   separable=True)
+        return supernet.to(self.device)
 
     def _ofa_task(self, family: str, supernet: nn.Module, fixed: dict[str, int] | None = None):  # noqa: ANN202
         from slimface.compress.distill import DistillConfig
@@ -378,7 +406,9 @@ class Pipeline:
         s = self.cfg.student
         fam = get_family(family)
         dcfg = from_dict(DistillConfig, {"recon_weight": s.recon_weight, "distill_weight": s.distill_weight,
-                                         "gan_weight": s.gan_weight, "identity_weight": s.identity_weight})
+                                         "gan_weight": s.gan_weight, "identity_weight": s.identity_weight,
+                                         "gan_mode": s.gan_mode or fam.extras.get("gan_mode", "bce")},
+                         where="student")
         settings = self.cfg.finetune.train if fixed else s.train
         return OFATask(
             family=fam, supernet=supernet, teacher=self.teacher_generator(family),
@@ -450,7 +480,12 @@ class Pipeline:
         )
         info = {"config": space.encode(result.best_cfg), "metric": result.best_metric, "macs": result.best_macs,
                 "params": result.best_params, "budget_macs": budget, "evaluated": len(result.evaluated)}
-        (out / "result.json").write_text(json.dumps(info, indent=2))
+        from slimface.train import distributed as D
+
+        if D.is_main():
+            tmp = out / "result.json.tmp"
+            tmp.write_text(json.dumps(info, indent=2))
+            os.replace(tmp, out / "result.json")
         _say(f"  best {info['config']}  metric {info['metric']:.4f}  MACs {info['macs'] / 1e6:.1f}M "
              f"(budget {budget / 1e6:.1f}M, {info['evaluated']} evaluated)")
         return info

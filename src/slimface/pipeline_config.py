@@ -82,6 +82,7 @@ class StudentSettings:
     distill_weight: float = 1.0
     gan_weight: float = 1.0
     identity_weight: float = 0.0
+    gan_mode: Optional[Literal["bce", "wgan-gp"]] = None  # None: the family's own (bce; wgan-gp for crgan)
     train: TrainSettings = field(default_factory=TrainSettings)
 
 
@@ -124,6 +125,7 @@ class PipelineConfig:
     name: str = "quick"
     out_dir: Path = Path("runs/quick")
     seed: int = 0
+    device: str = "auto"  # "auto" (a CUDA GPU when one is visible), "cpu", "cuda", "cuda:1"
     families: list[str] = field(default_factory=lambda: ["tpgan", "crgan"])
     data: DataSettings = field(default_factory=DataSettings)
     recognizer: RecognizerSettings = field(default_factory=RecognizerSettings)

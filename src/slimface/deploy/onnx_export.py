@@ -139,6 +139,8 @@ def export_onnx(
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            # static crop offsets become strided Slice ops that cannot be constant-folded: harmless
+            warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
             torch.onnx.export(
                 model, inputs, buf, input_names=names, output_names=[OUTPUT_NAME],
                 opset_version=opset, dynamic_axes=dynamic_axes, do_constant_folding=True, dynamo=False,

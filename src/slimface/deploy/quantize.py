@@ -15,6 +15,7 @@ of ``op_types`` by default. ``GridSample``, ``Tanh`` and other elementwise ops s
 from __future__ import annotations
 
 import collections
+import logging
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -112,6 +113,11 @@ class _Reader:
         self._it = iter(self._feeds)
 
 
+class _DropPreprocessHint(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing" not in record.getMessage()
+
+
 def _fused_op_counts(path: Path) -> tuple[dict[str, int], dict[str, int]]:
     """Op types after ORT's graph optimisation: which run as int8 kernels, which compute ops stay fp32."""
     import onnx
@@ -189,18 +195,25 @@ def quantize_int8(
             except Exception:  # pre-processing is an optimisation only; quantize the raw graph instead
                 src, preprocessed = fp32_path, False
         q_tmp = Path(tmp) / "int8.onnx"
-        quantize_static(
-            str(src),
-            str(q_tmp),
-            _Reader(feeds, input_names),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(op_types) if op_types is not None else None,
-            per_channel=per_channel,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=methods[calibrate_method],
-            extra_options={"CalibTensorRangeSymmetric": False},
-        )
+        # onnxruntime logs "please consider pre-processing" through the root logger even after
+        # quant_pre_process ran (it only checks a graph flag); keep a user's console readable
+        hint = _DropPreprocessHint()
+        logging.getLogger().addFilter(hint)
+        try:
+            quantize_static(
+                str(src),
+                str(q_tmp),
+                _Reader(feeds, input_names),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(op_types) if op_types is not None else None,
+                per_channel=per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=methods[calibrate_method],
+                extra_options={"CalibTensorRangeSymmetric": False},
+            )
+        finally:
+            logging.getLogger().removeFilter(hint)
         q_proto = onnx.load(str(q_tmp))
         meta = {p.key[len("slimface."):]: p.value for p in fp32_proto.metadata_props if p.key.startswith("slimface.")}
         meta["quantization"] = "int8-static-qdq" + ("-per-channel" if per_channel else "")

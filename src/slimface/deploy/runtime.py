@@ -231,6 +231,48 @@ def _load_torchscript(path: Path, device: str) -> TorchScriptFrontalizer:
     )
 
 
+class _Program(nn.Module):
+    """An exported program behind the nn.Module interface: it was captured in eval mode and does
+    not support ``train()``/``eval()``, so it is kept outside the module tree."""
+
+    def __init__(self, program: Any, resolution: int | None, channels: int | None) -> None:
+        super().__init__()
+        object.__setattr__(self, "_program", program)
+        self.resolution, self.channels = resolution, channels
+
+    def forward(self, x: torch.Tensor, landmarks: torch.Tensor | None = None) -> torch.Tensor:
+        return self._program(x, landmarks)
+
+
+def _load_program(path: Path) -> nn.Module:
+    """A ``torch.export`` program (``model.pt2``), as written by slimface's export step; its
+    resolution/channels come from the ``arch.json`` beside it when there is one."""
+    try:
+        program = torch.export.load(str(path)).module()
+    except Exception as e:  # noqa: BLE001 - any failure means the file is not a program
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a torch.export program ({first}); re-export the model") from None
+    arch: dict[str, Any] = {}
+    if (path.parent / "arch.json").is_file():
+        try:
+            arch = json.loads((path.parent / "arch.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            arch = {}
+    arch = arch.get("arch", arch)
+    return _Program(program, arch.get("resolution"), arch.get("channels"))
+
+
+def _load_slimface_export(path: Path) -> nn.Module:
+    """A slimface export directory (``arch.json`` + ``model.safetensors``)."""
+    from slimface.compress.export import load_export
+
+    return load_export(path).eval()
+
+
+register_format(lambda p: p.suffix.lower() == ".pt2", _load_program, "torch.export program")
+register_format(lambda p: p.is_dir() and (p / "arch.json").is_file(), _load_slimface_export, "slimface export")
+
+
 def load_frontalizer(path: str | Path, device: str = "cpu", threads: int | None = None) -> Frontalizer:
     """Load an exported generator from ``path`` (see module docstring for the formats)."""
     path = Path(path)

@@ -46,7 +46,7 @@ def _frontalizers(pipe: "Pipeline") -> dict[str, Frontalize]:
         teacher = pipe.teacher_generator(fam)
         models[f"{fam} teacher"] = lambda x, lm, g=teacher: g(x, lm)
         export_dir = pipe.family_dir(fam) / "export"
-        student = load_export(export_dir).eval()
+        student = load_export(export_dir).eval().to(pipe.device)
         models[f"{fam} compressed"] = lambda x, lm, g=student: g(x, lm)
         for suffix, label in (("model.onnx", "ONNX fp32"), ("model.int8.onnx", "ONNX int8")):
             path = export_dir / suffix
@@ -55,7 +55,8 @@ def _frontalizers(pipe: "Pipeline") -> dict[str, Frontalize]:
 
                 rt = load_frontalizer(path)
                 models[f"{fam} compressed ({label})"] = (
-                    lambda x, lm, r=rt: torch.as_tensor(np.asarray(r(x.numpy(), lm.numpy())), dtype=torch.float32)
+                    lambda x, lm, r=rt: torch.as_tensor(
+                        np.asarray(r(x.cpu().numpy(), lm.cpu().numpy())), dtype=torch.float32, device=x.device)
                 )
     return models
 
@@ -86,12 +87,13 @@ def evaluate_run(pipe: "Pipeline") -> dict[str, Any]:
         offset = 0
         with torch.no_grad():
             for batch in batches:
-                y = fn(batch["profile"], batch["landmarks"]).clamp(-1, 1)
-                embs.append(recognizer.embed(y))
-                quality.append(image_quality(y, batch["frontal"]))
+                x, lm = batch["profile"].to(pipe.device), batch["landmarks"].to(pipe.device)
+                y = fn(x, lm).clamp(-1, 1)
+                embs.append(recognizer.embed(y).cpu())
+                quality.append(image_quality(y, batch["frontal"].to(pipe.device)))
                 for j in range(y.shape[0]):
                     if offset + j in grid_ids:
-                        kept[offset + j] = y[j]
+                        kept[offset + j] = y[j].cpu()
                 offset += y.shape[0]
         emb = torch.cat(embs)
         entry = {

@@ -318,5 +318,6 @@ register_family(Family(
     make_teacher_task=_make_teacher_task,
     student_spec=CRGAN_STUDENT_SPEC,
     description="CR-GAN (encoder + view-conditioned generator, WGAN-GP critic with a view head)",
-    extras={"num_views": NUM_VIEWS, "z_dim": Z_DIM, "frontal_view": FRONTAL_VIEW, "view_yaws": VIEW_YAWS},
+    extras={"num_views": NUM_VIEWS, "z_dim": Z_DIM, "frontal_view": FRONTAL_VIEW, "view_yaws": VIEW_YAWS,
+            "gan_mode": "wgan-gp"},  # its critic was trained as a Wasserstein critic: keep that loss
 ))

@@ -1,0 +1,69 @@
+"""Table 4 at the paper's setting: full-size (128x128, official widths) teachers against compressed
+students, batch 1, teacher and student alternated in one process; random weights (latency and
+memory depend only on the architecture).
+
+    python benchmarks/bench_full_size.py --models tpgan crgan --warmup 100 --runs 100 --out bench.json
+
+The student of each family is ``--student`` (a config string, ``smallest``) or, with ``--from-run
+RUN_DIR``, the config the run's search chose, mapped onto the full-size design space (each group
+keeps its fraction of the full width).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from slimface.compress.profile_cli import bench_report, scale_config_to_full
+from slimface.nn.profile import format_count
+
+
+def student_for(model: str, args: argparse.Namespace) -> str:
+    if args.from_run:
+        run = Path(args.from_run)
+        result = json.loads((run / model / "search" / "result.json").read_text())
+        arch = json.loads((run / model / "export" / "arch.json").read_text())["arch"]
+        return scale_config_to_full(model, result["config"], arch["resolution"], arch["channels"],
+                                    arch["width_mult"])
+    return args.student
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["tpgan", "crgan"])
+    p.add_argument("--student", default="smallest", help="config string or 'smallest'")
+    p.add_argument("--from-run", help="a finished `slimface run` directory: use its searched configs")
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--runs", type=int, default=100)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, default=Path("bench_full_size.json"))
+    args = p.parse_args(argv)
+
+    results: dict[str, Any] = {}
+    rows = ["| model | teacher params / MACs | student params / MACs | teacher ms | student ms | speedup "
+            "| teacher MB | student MB | memory reduction |", "|---|---|---|---|---|---|---|---|---|"]
+    for model in args.models:
+        r = bench_report(model, 128, 1.0, student=student_for(model, args), warmup=args.warmup, runs=args.runs,
+                         threads=args.threads, device=args.device)
+        results[model] = r
+        t, s, tc, sc = r["teacher"], r["student"], r["teacher_counts"], r["student_counts"]
+        rows.append(
+            f"| {model} | {format_count(tc['params'])} / {format_count(tc['macs'])} | "
+            f"{format_count(sc['params'])} / {format_count(sc['macs'])} | {t['latency_ms']:.1f} | "
+            f"{s['latency_ms']:.1f} | {r['speedup']:.2f}× | {t['peak_memory_mb']:.0f} | "
+            f"{s['peak_memory_mb']:.0f} | {r['memory_reduction']:.2f}× |"
+        )
+        print(f"{model}: speedup {r['speedup']:.2f}x, memory reduction {r['memory_reduction']:.2f}x", flush=True)
+    table = "\n".join(rows)
+    print(f"\ndevice {args.device}, threads {next(iter(results.values()))['threads']}, warm-up {args.warmup}, "
+          f"runs {args.runs} (mean latency)\n\n{table}")
+    args.out.write_text(json.dumps(results, indent=2, default=float))
+    print(f"\nwrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""The whole pipeline on the tiny preset, through the real `slimface` command.
+
+One run (module-scoped) trains every stage on tiny synthetic data; the tests then check what a user
+gets: the report and results.json with real numbers, exported models that load, stages that are
+skipped on a re-run and resumed after an interruption, and one-line errors for bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
+
+
+def slimface(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "slimface.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subprocess.CompletedProcess[str]]:
+    work = tmp_path_factory.mktemp("e2e")
+    out = work / "run"
+    proc = slimface("run", "--config", str(TINY), "--out", str(out), "--set", f"data.root={work / 'data'}",
+                    "--no-progress", cwd=work)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return work, out, proc
+
+
+def test_every_stage_ran_and_reported_its_wall_time(tiny_run) -> None:
+    _, out, proc = tiny_run
+    for stage in ("data", "recognizer", "teacher.tpgan", "supernet.tpgan", "search.tpgan", "finetune.tpgan",
+                  "export.tpgan", "evaluate", "bench", "report"):
+        assert f"[{stage}] done in" in proc.stdout, stage
+        marker = json.loads((out / "stages" / f"{stage}.json").read_text())
+        assert marker["wall_s"] > 0
+
+
+def test_results_json_has_the_report_fields(tiny_run) -> None:
+    _, out, _ = tiny_run
+    res = json.loads((out / "report" / "results.json").read_text())
+    for role in ("teacher", "student"):
+        r = res[role]
+        assert isinstance(r["params"], int) and isinstance(r["macs"], int)
+        assert r["latency_ms"]["cpu"] > 0 and r["peak_memory_mb"] > 0
+        assert set(r["rank1"]) >= {"15", "30", "45", "60", "75", "90", "avg"}
+        assert all(0.0 <= v <= 100.0 for v in r["rank1"].values())
+    assert res["student"]["macs"] < res["teacher"]["macs"]
+    assert res["student"]["params"] < res["teacher"]["params"]
+    assert 0.0 <= res["baseline"]["rank1"]["avg"] <= 100.0
+    report = (out / "report" / "report.md").read_text()
+    for heading in ("Table 1", "Table 3", "Table 4", "Deployment runtimes"):
+        assert heading in report
+    for fig in ("frontalization_grid.png", "rank1_vs_yaw.png", "pareto_tpgan.png"):
+        assert (out / "report" / fig).stat().st_size > 1000
+
+
+def test_search_respected_the_budget_and_logged_every_candidate(tiny_run) -> None:
+    _, out, _ = tiny_run
+    result = json.loads((out / "tpgan" / "search" / "result.json").read_text())
+    assert result["macs"] < result["budget_macs"]
+    lines = (out / "tpgan" / "search" / "evaluated.jsonl").read_text().splitlines()
+    assert len(lines) == result["evaluated"] >= 2
+    assert all(json.loads(line)["macs"] < result["budget_macs"] for line in lines)
+
+
+def test_exported_student_loads_in_every_format_and_agrees(tiny_run) -> None:
+    import numpy as np
+    import torch
+
+    from slimface.compress.export import load_export
+    from slimface.deploy.runtime import load_frontalizer
+
+    _, out, _ = tiny_run
+    export = out / "tpgan" / "export"
+    student = load_export(export).eval()
+    x, lm = student.example_inputs()
+    x = torch.rand_like(x) * 2 - 1
+    with torch.no_grad():
+        ref = student(x, lm).numpy()
+    onnx_out = load_frontalizer(export / "model.onnx")(x.numpy(), lm.numpy())
+    assert np.abs(np.asarray(onnx_out) - ref).max() < 1e-4
+    int8_out = load_frontalizer(export / "model.int8.onnx")(x.numpy(), lm.numpy())
+    assert np.abs(np.asarray(int8_out) - ref).mean() < 0.1
+
+
+def test_rerun_skips_finished_stages(tiny_run) -> None:
+    work, out, _ = tiny_run
+    proc = slimface("run", "--config", str(TINY), "--out", str(out), "--set", f"data.root={work / 'data'}",
+                    "--no-progress", cwd=work, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("up to date") == 10
+    assert "running" not in proc.stdout.replace("slimface run", "")
+
+
+def test_changed_setting_reruns_only_the_stages_it_affects(tiny_run) -> None:
+    work, out, _ = tiny_run
+    proc = slimface("run", "--config", str(TINY), "--out", str(out), "--set", f"data.root={work / 'data'}",
+                    "--set", "search.budget=3x", "--only", "search", "--no-progress", cwd=work, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "[search.tpgan] running" in proc.stdout
+    result = json.loads((out / "tpgan" / "search" / "result.json").read_text())
+    assert result["macs"] < result["budget_macs"]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--set", "teachers.tpgan.train.stepz=3"], "unknown key 'stepz'"),
+        (["--set", "data.resolution=96"], "data.resolution must be 64 or 128"),
+        (["--set", "families=[stylegan]"], "unknown model 'stylegan'"),
+        (["--set", "search.budget=1k", "--only", "search"], "below the smallest sub-network"),
+        (["--set", "search.budget=fast", "--only", "search"], "search.budget 'fast'"),
+        (["--only", "polish"], "unknown stage 'polish'"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tiny_run, args: list[str], message: str) -> None:
+    work, out, _ = tiny_run
+    before = (out / "report" / "results.json").read_bytes()
+    proc = slimface("run", "--config", str(TINY), "--out", str(out), "--set", f"data.root={work / 'data'}",
+                    "--no-progress", *args, cwd=work, timeout=300)
+    assert proc.returncode == 2, proc.stdout[-1000:] + proc.stderr[-1000:]
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (out / "report" / "results.json").read_bytes() == before
+
+
+def test_missing_config_and_dataset(tmp_path: Path) -> None:
+    proc = slimface("run", "--config", str(tmp_path / "nope.yaml"), cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {{kind: multipie, root: {tmp_path / 'no_such_dir'}}}\n")
+    proc = slimface("run", "--config", str(cfg), "--out", str(tmp_path / "o"), "--only", "data", cwd=tmp_path,
+                    timeout=120)
+    assert proc.returncode == 2 and "no_such_dir" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -17,8 +17,9 @@ Every layer is a super layer built through :mod:`slimface.models.blocks` with wi
 the module path (``encoder.s8``, ``decoder.s16``, ``local.nose.l2``, ``*.res.0.mid``...). Stage names
 refer to the spatial size **at 128x128** (the official layout); at 64x64 every stage is half that size
 (bottleneck 4x4, fc 4*4*512 -> 512), so group and module names -- and hence student specs and
-distillation layers -- are the same at both resolutions. ``separable=True`` makes every residual block
-depthwise-separable; stems, down-sampling convs, deconvs and image-output convs stay normal.
+distillation layers -- are the same at both resolutions. ``separable=True`` (the student) makes every residual
+block and every down-sampling/fusion conv depthwise-separable; the image stems, the up-sampling
+deconvs (the layers the paper found sensitive) and the image-output convs stay normal.
 
 Deviations from the official graph (all tiny, documented for the README):
 * resblock convs have no bias (they are followed by BN; the official convs carry a redundant bias);
@@ -123,7 +124,9 @@ class TPEncoder(nn.Module):
             out = w(f"encoder.{name}", full)
             n_res = arch.enc_res_s8 if name == "s8" else 1
             stage = nn.Sequential(OrderedDict(
-                conv=ConvBlock(prev, out, k, stride, norm=name != "s128", act="lrelu"),
+                # the stem reads the 2C-channel image: kept a normal conv
+                conv=ConvBlock(prev, out, k, stride, norm=name != "s128", act="lrelu",
+                               separable=separable and name != "s128"),
                 res=res_chain(w, out, f"encoder.{name}.res", n_res, rk, separable),
             ))
             self.add_module(name, stage)
@@ -173,10 +176,10 @@ class FinalStage(DecoderStage):
         t = self.trunk
         self.res0 = res_chain(w, t, "decoder.s128.res0", 1, 5, separable)
         c1 = w("decoder.s128.conv1", 64)
-        self.conv1 = ConvBlock(t, c1, 5, act="lrelu")
+        self.conv1 = ConvBlock(t, c1, 5, act="lrelu", separable=separable)
         self.res1 = res_chain(w, c1, "decoder.s128.res1", 1, 3, separable)
         c2 = w("decoder.s128.conv2", 32)
-        self.conv2 = ConvBlock(c1, c2, 3, act="lrelu")
+        self.conv2 = ConvBlock(c1, c2, 3, act="lrelu", separable=separable)
         self.out = SuperConv2d(c2, Widths.fixed(channels), 3)
 
     def forward(self, prev: Tensor, skip_in: Tensor, tail: list[Tensor]) -> tuple[Tensor, Tensor | None]:
@@ -260,7 +263,8 @@ class LocalPathway(nn.Module):
             lay = w(f"{p}.l{i}", full)
             n_res = arch.local_bottleneck_res if i == 3 else 1
             self.add_module(f"l{i}", nn.Sequential(OrderedDict(
-                conv=ConvBlock(prev, lay, 3, 1 if i == 0 else 2, norm=i > 0, act="lrelu"),
+                conv=ConvBlock(prev, lay, 3, 1 if i == 0 else 2, norm=i > 0, act="lrelu",
+                               separable=separable and i > 0),
                 res=res_chain(w, lay, f"{p}.l{i}.res", n_res, 3, separable),
             )))
             downs.append(lay)
@@ -270,7 +274,7 @@ class LocalPathway(nn.Module):
             lay = feature if i == 0 else w(f"{p}.u{i}", fulls[i])
             self.add_module(f"u{i}", nn.ModuleDict(OrderedDict(
                 up=UpBlock(prev, up, k=3, act="lrelu"),
-                fuse=ConvBlock(up + downs[i], lay, 3, act="lrelu"),
+                fuse=ConvBlock(up + downs[i], lay, 3, act="lrelu", separable=separable),
                 res=res_chain(w, lay, f"{p}.u{i}.res", 1, 3, separable),
             )))
             prev = lay
@@ -332,7 +336,17 @@ class TPGANGenerator(Generator):
             return lm.unsqueeze(0).expand(x.shape[0], 5, 2)
         return landmarks.to(device=x.device, dtype=x.dtype)
 
-    def forward_train(self, x: Tensor, landmarks: Tensor | None = None) -> dict[str, Any]:
+    @property
+    def noise_dim(self) -> int:
+        """Length of the per-sample code z (0: no noise input, e.g. PIM)."""
+        return int(self.arch_cfg.z_dim)
+
+    def forward_train(self, x: Tensor, landmarks: Tensor | None = None, *,
+                      noise: Tensor | None = None) -> dict[str, Any]:
+        """``noise``: optional (B, noise_dim) standard-normal draws for z (scaled by ``noise_std``
+        here). Training tasks pass it so that z comes from a per-step, process-count-independent
+        generator (:class:`slimface.train.distributed.StepRandom`); without it z is drawn from the
+        global RNG in train mode and is 0 in eval mode."""
         if x.dim() != 4 or x.shape[1:] != (self.channels, self.resolution, self.resolution):
             raise ValueError(f"expected (B, {self.channels}, {self.resolution}, {self.resolution}) images, "
                              f"got {tuple(x.shape)}")
@@ -349,7 +363,12 @@ class TPGANGenerator(Generator):
         fused_img = paste_max(patches, self.boxes, self.resolution)
         z = None
         if self.arch_cfg.z_dim:
-            if self.training:
+            if noise is not None:
+                if noise.shape != (x.shape[0], self.arch_cfg.z_dim):
+                    raise ValueError(f"noise must be (B, {self.arch_cfg.z_dim}) = ({x.shape[0]}, "
+                                     f"{self.arch_cfg.z_dim}), got {tuple(noise.shape)}")
+                z = noise.to(device=x.device, dtype=x.dtype) * self.arch_cfg.noise_std
+            elif self.training:
                 z = torch.randn(x.shape[0], self.arch_cfg.z_dim, device=x.device, dtype=x.dtype)
                 z = z * self.arch_cfg.noise_std
             else:
@@ -365,8 +384,9 @@ class TPGANGenerator(Generator):
         }
 
     def forward(self, x: Tensor, landmarks: Tensor | None = None,  # type: ignore[override]
-                outputs: Literal["image", "train"] = "image") -> Tensor | dict[str, Any]:
-        out = self.forward_train(x, landmarks)
+                outputs: Literal["image", "train"] = "image", *,
+                noise: Tensor | None = None) -> Tensor | dict[str, Any]:
+        out = self.forward_train(x, landmarks, noise=noise)
         return out if outputs == "train" else out["image"]
 
     def target_patches(self, frontal: Tensor) -> dict[str, Tensor]:

@@ -5,6 +5,11 @@ config from a generator seeded by ``(seed, step)`` only (identical on every DDP 
 and updates the shared weight slices with the objective of :mod:`slimface.compress.distill`. The
 student's D starts as a copy of the teacher's D (the reference found random init unstable).
 
+DDP: the configuration is a function of ``(seed, step)`` (same on every rank); a generator with a
+per-sample code (``noise_dim`` > 0, e.g. TP-GAN's z) gets its noise from
+:class:`~slimface.train.distributed.StepRandom` (global batch, sliced to this rank), and BN statistics
+are synchronised by the Trainer, so N processes follow the 1-process run with the same global batch.
+
 BatchNorm: all sub-networks share one set of running statistics, which are right for none of them in
 particular, so any sub-network is evaluated after :func:`recalibrate_bn` (fresh cumulative statistics
 from a few training batches), inside :func:`preserve_bn` so the supernet's own buffers are untouched.
@@ -25,7 +30,7 @@ from slimface.compress.distill import DistillConfig, DistillLoss, FeatureTaps, M
 from slimface.compress.space import Config, ConfigSpace, active_config
 from slimface.config import check
 from slimface.errors import CheckpointError
-from slimface.train.distributed import shared_generator, unwrap
+from slimface.train.distributed import StepRandom, shared_generator, unwrap
 from slimface.train.losses import freeze
 
 Batch = Mapping[str, Tensor]
@@ -250,10 +255,15 @@ class OFATask:
         opt_g.zero_grad(set_to_none=True)
         fakes: list[Tensor] = []
         sums: dict[str, float] = {}
+        noise_dim = int(getattr(unwrap(student), "noise_dim", 0) or 0)
+        rnd = StepRandom(self.cfg.seed, step, profile.shape[0], profile.device, stream="ofa-student")
         for cfg in configs:
             self._activate(cfg)
             self.student_taps.clear()
-            fake = student(profile, landmarks)
+            if noise_dim:  # one z per sub-network, the same for sample i under any process count
+                fake = student(profile, landmarks, noise=rnd.randn(noise_dim, dtype=profile.dtype))
+            else:
+                fake = student(profile, landmarks)
             s_feats = self.student_taps.collect()
             mapped = mappers(s_feats) if self.cfg.distill.distill_weight > 0 else None
             total, parts = self.loss.generator_loss(disc, profile, fake, target, mapped, t_feats)

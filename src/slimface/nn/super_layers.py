@@ -11,9 +11,10 @@ the shared weights in place.
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -149,13 +150,47 @@ class SuperConvTranspose2d(SuperMixin, nn.ConvTranspose2d):
         )
 
 
+def _sync_active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks with a gradient: the backward sums the ranks' gradients, because every rank's
+    loss depends on the reduced value (``torch.distributed.nn.functional.all_reduce`` does the same
+    but is deprecated; the functional-collectives replacement is private)."""
+
+    @staticmethod
+    def forward(ctx: Any, t: Tensor) -> Tensor:  # type: ignore[override]
+        out = t.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
+        return _AllReduceSum.apply(grad)
+
+
+def all_reduce_sum(t: Tensor) -> Tensor:
+    """Autograd-aware SUM all-reduce over the default process group."""
+    return _AllReduceSum.apply(t)  # type: ignore[no-any-return]
+
+
 class SuperBatchNorm2d(SuperMixin, nn.BatchNorm2d):
-    """BatchNorm2d over the active channels; running statistics are shared slices."""
+    """BatchNorm2d over the active channels; running statistics are shared slices.
+
+    ``sync_stats = True`` (set by the Trainer under DDP) computes the batch statistics over all
+    ranks' samples, so N processes with b samples each normalise exactly like one process with
+    N * b: it keeps weight slicing (``torch.nn.SyncBatchNorm`` is CUDA-only and would not) and works
+    on CPU/gloo. Outside an initialised multi-process group the flag changes nothing.
+    """
+
+    sync_stats: bool = False
 
     def __init__(self, chans: Chans | int, momentum: float | None = 0.1) -> None:
         c = _as_chans(chans)
         nn.BatchNorm2d.__init__(self, c.total, momentum=momentum)
         self._init_layouts(c, c)
+        self.sync_stats = False
 
     def sliced_state(self) -> dict[str, Tensor]:
         idx = self._out_idx
@@ -178,10 +213,12 @@ class SuperBatchNorm2d(SuperMixin, nn.BatchNorm2d):
         scattered back.
         """
         idx = self._out_idx
+        use_batch = self.training or not self.track_running_stats
+        if self.sync_stats and use_batch and _sync_active():
+            return self._forward_synced(x)
         if idx is None:
             return super().forward(x)
         s = self.sliced_state()
-        use_batch = self.training or not self.track_running_stats
         update = self.training and self.track_running_stats
         if update and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
@@ -195,6 +232,52 @@ class SuperBatchNorm2d(SuperMixin, nn.BatchNorm2d):
                 i = idx.to(mean.device)
                 self.running_mean.index_copy_(0, i, mean)  # type: ignore[union-attr]
                 self.running_var.index_copy_(0, i, var)  # type: ignore[union-attr]
+        return y
+
+    def _forward_synced(self, x: Tensor) -> Tensor:
+        """Batch norm with statistics of the global batch (all ranks), as F.batch_norm would compute
+        them on the ranks' concatenated inputs: normalise with the biased variance, update the running
+        variance with the unbiased one. Two all-reduces (sum and count, then the centred sum of
+        squares) avoid the cancellation of a one-pass E[x^2] - E[x]^2. :func:`all_reduce_sum`
+        back-propagates (its backward all-reduces the gradient), so every rank's input gets the
+        gradient of the global batch statistics.
+        """
+        if x.dim() != 4:
+            raise ValueError(f"expected a 4-D input, got {x.dim()}-D")
+        s = self.sliced_state()
+        c = x.shape[1]
+        dims = (0, 2, 3)
+        local_n = x.shape[0] * x.shape[2] * x.shape[3]
+        packed = torch.cat([x.sum(dims), x.new_full((1,), float(local_n))])
+        packed = all_reduce_sum(packed)
+        total_n = packed[c].detach()
+        mean = packed[:c] / total_n
+        centred = x - mean.view(1, c, 1, 1)
+        var = all_reduce_sum(centred.pow(2).sum(dims)) / total_n  # biased, for normalisation
+        scale = torch.rsqrt(var + self.eps)
+        y = centred * scale.view(1, c, 1, 1)
+        if self.affine:
+            y = y * s["weight"].view(1, c, 1, 1) + s["bias"].view(1, c, 1, 1)
+        if self.training and self.track_running_stats and self.running_mean is not None:
+            n = float(total_n)
+            if self.num_batches_tracked is not None:
+                self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                momentum = 1.0 / float(self.num_batches_tracked) if self.num_batches_tracked is not None else 0.0
+            else:
+                momentum = self.momentum
+            with torch.no_grad():
+                unbiased = var.detach() * (n / max(n - 1.0, 1.0))
+                new_mean = s["running_mean"] * (1 - momentum) + mean.detach() * momentum
+                new_var = s["running_var"] * (1 - momentum) + unbiased * momentum
+                for buf, value in ((self.running_mean, new_mean), (self.running_var, new_var)):
+                    idx = self._out_idx
+                    if idx is None:
+                        buf.copy_(value)
+                    elif isinstance(idx, slice):
+                        buf[idx].copy_(value)
+                    else:
+                        buf.index_copy_(0, idx.to(buf.device), value)
         return y
 
 

@@ -14,6 +14,11 @@ frontalisation data:
 * optional identity preservation: L1 between a *frozen* recognizer's features of the reconstruction
   and of the ground truth (off by default).
 
+Per-sample randomness (z, the random views, the gradient-penalty interpolation weights) is drawn per
+step with :class:`slimface.train.distributed.StepRandom` from ``(seed, step)`` for the global batch and
+cut to this rank's rows, so a DDP run matches a 1-process run with the same global batch (BatchNorm
+statistics are synchronised by the Trainer).
+
 Adam with the official WGAN-GP betas (0, 0.9) by default; the official lr is 1e-4, this project's
 default 2e-4 follows the compression recipe (pass ``lr=1e-4`` for the official one).
 """
@@ -30,7 +35,8 @@ from torch import Tensor, nn
 from slimface.config import check, from_dict
 from slimface.errors import ConfigError, DataError
 from slimface.models.crgan import CRGANCritic, CRGANGenerator, yaw_to_view
-from slimface.train.losses import freeze, gradient_penalty, identity_loss, wgan_loss_d, wgan_loss_g
+from slimface.train.distributed import StepRandom
+from slimface.train.losses import freeze, identity_loss, wgan_loss_d, wgan_loss_g
 
 
 @dataclass
@@ -64,6 +70,16 @@ def _unwrap(net: nn.Module) -> nn.Module:
     return getattr(net, "module", net)
 
 
+def _gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, alpha: Tensor) -> Tensor:
+    """WGAN-GP, (||grad critic(x_hat)||_2 - 1)^2 on interpolates with given per-row weights ``alpha``
+    (B,) (``losses.gradient_penalty`` draws them from the global RNG, which differs per rank)."""
+    a = alpha.to(real.dtype).view(-1, 1, 1, 1)
+    x_hat = (a * real.detach() + (1 - a) * fake.detach()).requires_grad_(True)
+    scores = critic(x_hat)
+    (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
+    return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+
+
 class CRGANTask:
     """Trains a :class:`CRGANGenerator` (encoder + generator) and its :class:`CRGANCritic`.
 
@@ -73,7 +89,8 @@ class CRGANTask:
 
     def __init__(self, generator: CRGANGenerator, discriminator: CRGANCritic,
                  recognizer: nn.Module | None = None, loss: CRGANLossConfig | None = None,
-                 lr: float = 2e-4) -> None:
+                 lr: float = 2e-4, seed: int = 0) -> None:
+        """``seed``: with the step, seeds the per-sample randomness; pass the run's ``train.seed``."""
         if not isinstance(_unwrap(generator), CRGANGenerator):
             raise TypeError(f"CRGANTask needs a CRGANGenerator, got {type(generator).__name__}")
         if not isinstance(_unwrap(discriminator), CRGANCritic):
@@ -82,6 +99,7 @@ class CRGANTask:
             raise ConfigError(f"crgan teacher lr {lr} must be > 0")
         self.cfg = loss or CRGANLossConfig()
         self.cfg.validate()
+        self.seed = int(seed)
         if self.cfg.identity > 0 and recognizer is None:
             raise ConfigError("loss.identity > 0 needs a recognizer; pass one or set loss.identity: 0")
         self.recognizer = freeze(recognizer) if recognizer is not None else None
@@ -107,14 +125,13 @@ class CRGANTask:
         views = yaw_to_view(torch.as_tensor(batch["yaw"]).detach().cpu()).to(device)
         return profile, frontal, views
 
-    def _fakes(self, profile: Tensor, frontal_views: Tensor
+    def _fakes(self, profile: Tensor, frontal_views: Tensor, rnd: StepRandom
                ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
-        """Generation-path image (random z and view) and reconstruction-path output."""
+        """Generation-path image (random z and view from ``rnd``) and reconstruction-path output."""
         gen = self.nets["generator"]
         inner = _unwrap(gen)
-        b = profile.shape[0]
-        z = torch.rand(b, inner.z_dim, device=profile.device) * 2 - 1
-        rand_views = torch.randint(0, inner.num_views, (b,), device=profile.device)
+        z = rnd.rand(inner.z_dim, dtype=profile.dtype) * 2 - 1
+        rand_views = rnd.randint(inner.num_views)
         x_gen = gen(None, view=rand_views, z=z)
         rec = gen(profile, view=frontal_views, outputs="train")
         return x_gen, rand_views, rec["image"], rec
@@ -130,8 +147,9 @@ class CRGANTask:
         profile, frontal, prof_views = self._inputs(batch)
         b = profile.shape[0]
         front_views = torch.full((b,), _unwrap(gen).frontal_view, dtype=torch.long, device=profile.device)
+        rnd = StepRandom(self.seed, step, b, profile.device, stream="crgan-teacher")
 
-        x_gen, rand_views, x_rec, rec = self._fakes(profile, front_views)
+        x_gen, rand_views, x_rec, rec = self._fakes(profile, front_views, rnd)
         real = torch.cat([profile, frontal])
         real_views = torch.cat([prof_views, front_views])
 
@@ -142,11 +160,13 @@ class CRGANTask:
                 fake = torch.cat([x_gen, x_rec]).detach()
             else:
                 with torch.no_grad():
-                    g2, _, r2, _ = self._fakes(profile, front_views)
+                    g2, _, r2, _ = self._fakes(profile, front_views, rnd)
                 fake = torch.cat([g2, r2])
             view_logits, s_real = critic(real, heads=True)
             s_fake = critic(fake)
-            gp = gradient_penalty(critic, real, fake)
+            # real/fake rows are [profiles ‖ frontals]: one weight per pair member and sample
+            pair_alpha = rnd.rand(2)
+            gp = _gradient_penalty(critic, real, fake, torch.cat([pair_alpha[:, 0], pair_alpha[:, 1]]))
             view_ce = F.cross_entropy(view_logits, real_views)
             d_loss = wgan_loss_d(s_real, s_fake) + cfg.gradient_penalty * gp + cfg.view_real * view_ce
             opt_d.zero_grad(set_to_none=True)
@@ -211,11 +231,11 @@ class CRGANTask:
 
 def make_teacher_task(generator: CRGANGenerator, discriminator: CRGANCritic,
                       recognizer: nn.Module | None = None, num_subjects: int = 0,
-                      loss: dict | None = None, lr: float = 2e-4) -> CRGANTask:
+                      loss: dict | None = None, lr: float = 2e-4, seed: int = 0) -> CRGANTask:
     """The ``crgan`` family's teacher stage; ``loss`` holds :class:`CRGANLossConfig` keys.
 
     ``num_subjects`` is accepted for the common family signature and unused: CR-GAN has no identity
     classifier (identity is kept by reconstruction and, optionally, the recognizer loss).
     """
     cfg = from_dict(CRGANLossConfig, loss, "loss")
-    return CRGANTask(generator, discriminator, recognizer, cfg, lr)
+    return CRGANTask(generator, discriminator, recognizer, cfg, lr, seed)

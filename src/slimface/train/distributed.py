@@ -21,10 +21,21 @@ Conventions every stage follows (see also :class:`slimface.train.loop.Trainer`):
   ``TrainConfig.find_unused_parameters = True`` when some trainable parameters of a net get no
   gradient in a step (e.g. a supernet that runs a sub-network, or a branch skipped by a condition);
   leaving it False is faster and DDP raises a clear error if it was needed.
-* **Shared randomness**: per-rank RNGs differ (seeded ``seed + rank``) so data augmentation and
-  dropout are independent across ranks. Choices that must be identical on every rank (a supernet's
-  channel configuration, a random loss weight) should come from :func:`shared_generator(seed, step)`,
-  which is seeded from ``(seed, step)`` only.
+* **Shared randomness**: per-rank global RNGs differ (seeded ``seed + rank``), so anything drawn from
+  them (data augmentation in a dataset) differs from a 1-process run. Choices that must be identical
+  on every rank (a supernet's channel configuration, a random loss weight) come from
+  :func:`shared_generator(seed, step)`, which is seeded from ``(seed, step)`` only.
+* **Per-sample randomness** (GAN noise z, random target views, gradient-penalty interpolation
+  weights, dropout masks): anything random with a batch dimension is drawn with :class:`StepRandom`
+  -- from a generator seeded by ``(seed, step, stream)``, for the whole *global* batch, then cut to
+  this rank's rows ``[rank * b, (rank + 1) * b)`` (:func:`shard_rows`). The sampler gives rank r
+  exactly those rows of the global batch (in the same order), so sample i sees the same noise however
+  many processes run, and a run with N processes follows the 1-process trajectory up to float
+  rounding.
+* **BatchNorm**: under DDP the Trainer switches on ``sync_stats`` of every module that has that
+  attribute (:class:`~slimface.nn.super_layers.SuperBatchNorm2d`): batch statistics are then
+  all-reduced over ranks (with gradients), i.e. computed on the global batch. Work that runs on one
+  rank only (sample grids, ``on_eval``) runs with it switched off (:func:`sync_stats`).
 * **Rank 0 only**: logging, checkpoints, sample grids and ``on_eval`` run on rank 0; the other ranks
   wait at a barrier.
 """
@@ -32,13 +43,16 @@ Conventions every stage follows (see also :class:`slimface.train.loop.Trainer`):
 from __future__ import annotations
 
 import os
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from slimface.errors import ConfigError
@@ -181,6 +195,100 @@ def shared_generator(seed: int, step: int, device: torch.device | str = "cpu") -
     return g
 
 
+def shard_rows(t: Tensor, local_batch: int | None = None) -> Tensor:
+    """This rank's rows ``[rank * b, (rank + 1) * b)`` of a tensor holding the global batch in dim 0.
+
+    ``b`` is ``local_batch`` or ``len(t) // world_size``; this is the slice of every global batch that
+    :class:`~slimface.train.sampler.ResumableSampler` hands rank r, so per-sample values line up.
+    """
+    n = world_size()
+    b = t.shape[0] // n if local_batch is None else int(local_batch)
+    if b * n != t.shape[0]:
+        raise ValueError(f"global batch of {t.shape[0]} rows does not split into {n} ranks of {b}")
+    return t.narrow(0, rank() * b, b)
+
+
+class StepRandom:
+    """Per-sample random draws of one training step that do not depend on the number of processes.
+
+    Every draw is made for the global batch (``local_batch * world_size`` rows) from one CPU generator
+    seeded by ``(seed, step, stream)`` and then cut to this rank's rows (:func:`shard_rows`); the
+    result moves to ``device``. Draws are consumed in call order, which is the same on every rank
+    (SPMD), so a task may make several draws per step. ``stream`` keeps independent uses (a task's
+    noise vs. a supernet's configuration from :func:`shared_generator`) from sharing numbers.
+    Drawing on the CPU makes the numbers identical on CPU and CUDA runs.
+    """
+
+    def __init__(self, seed: int, step: int, local_batch: int, device: torch.device | str = "cpu",
+                 stream: str = "samples") -> None:
+        if local_batch < 1:
+            raise ValueError(f"local_batch must be >= 1, got {local_batch}")
+        self.local_batch = int(local_batch)
+        self.global_batch = self.local_batch * world_size()
+        self.device = torch.device(device)
+        salt = zlib.crc32(stream.encode())
+        self.generator = torch.Generator().manual_seed(
+            (int(seed) * 1_000_003 + int(step) * 7_919 + salt * 104_729 + 0xD1CE) % (2**63 - 1)
+        )
+
+    def _out(self, t: Tensor, dtype: torch.dtype | None) -> Tensor:
+        t = shard_rows(t, self.local_batch)
+        return t.to(device=self.device, dtype=dtype or t.dtype)
+
+    def randn(self, *shape_per_sample: int, dtype: torch.dtype | None = None) -> Tensor:
+        """Standard normal ``(b, *shape_per_sample)``."""
+        return self._out(torch.randn(self.global_batch, *shape_per_sample, generator=self.generator), dtype)
+
+    def rand(self, *shape_per_sample: int, dtype: torch.dtype | None = None) -> Tensor:
+        """Uniform [0, 1) ``(b, *shape_per_sample)``."""
+        return self._out(torch.rand(self.global_batch, *shape_per_sample, generator=self.generator), dtype)
+
+    def randint(self, high: int, *shape_per_sample: int) -> Tensor:
+        """Integers in [0, high) of shape ``(b, *shape_per_sample)`` (int64)."""
+        t = torch.randint(0, int(high), (self.global_batch, *shape_per_sample), generator=self.generator)
+        return self._out(t, None)
+
+
+def global_randn(shape_per_sample: Sequence[int], local_batch: int, step: int, seed: int,
+                 device: torch.device | str = "cpu", stream: str = "samples") -> Tensor:
+    """One standard-normal draw of :class:`StepRandom` (this rank's rows of the global batch)."""
+    return StepRandom(seed, step, local_batch, device, stream).randn(*shape_per_sample)
+
+
+def set_sync_stats(modules: Sequence[nn.Module] | dict[str, nn.Module], enabled: bool) -> list[tuple[nn.Module, bool]]:
+    """Set ``sync_stats`` on every submodule that has it (cross-rank BatchNorm statistics).
+
+    Returns ``(module, previous value)`` pairs so a caller can restore them. Generic: any module with
+    a boolean ``sync_stats`` attribute takes part.
+    """
+    nets = modules.values() if isinstance(modules, dict) else modules
+    changed: list[tuple[nn.Module, bool]] = []
+    seen: set[int] = set()
+    for net in nets:
+        for m in unwrap(net).modules():
+            if id(m) in seen or not isinstance(getattr(m, "sync_stats", None), bool):
+                continue
+            seen.add(id(m))
+            changed.append((m, bool(m.sync_stats)))  # type: ignore[attr-defined]
+            m.sync_stats = enabled  # type: ignore[attr-defined]
+    return changed
+
+
+def restore_sync_stats(changed: Sequence[tuple[nn.Module, bool]]) -> None:
+    for m, was in changed:
+        m.sync_stats = was  # type: ignore[attr-defined]
+
+
+@contextmanager
+def sync_stats(modules: Sequence[nn.Module] | dict[str, nn.Module], enabled: bool) -> Iterator[None]:
+    """``sync_stats`` set to ``enabled`` on every module that supports it, restored on exit."""
+    changed = set_sync_stats(modules, enabled)
+    try:
+        yield
+    finally:
+        restore_sync_stats(changed)
+
+
 def has_trainable_params(net: nn.Module) -> bool:
     return any(p.requires_grad for p in net.parameters())
 
@@ -219,6 +327,12 @@ __all__ = [
     "any_rank",
     "mean_across_ranks",
     "shared_generator",
+    "shard_rows",
+    "StepRandom",
+    "global_randn",
+    "set_sync_stats",
+    "restore_sync_stats",
+    "sync_stats",
     "has_trainable_params",
     "wrap_ddp",
     "unwrap",

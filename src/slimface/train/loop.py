@@ -16,7 +16,12 @@ Guarantees:
   they run never changes the training trajectory.
 * SIGINT/SIGTERM: the current step finishes, a checkpoint is saved, and :class:`TrainingInterrupted`
   (a ``SystemExit`` with code 130/143) is raised. A second signal stops at once.
-* ``batch_size`` is the global batch; under DDP each rank gets ``batch_size // world_size``.
+* ``batch_size`` is the global batch; under DDP each rank gets ``batch_size // world_size`` (it must
+  divide: losses that average over the local batch are only equal to the 1-process average when every
+  rank holds the same number of samples). Under DDP every module with a ``sync_stats`` attribute
+  (synchronised BatchNorm) is switched to cross-rank batch statistics for the run, and a task that
+  draws per-sample noise with :class:`~slimface.train.distributed.StepRandom` follows the 1-process
+  trajectory with the same global batch (see distributed.py).
 
 Layout of ``out_dir``: ``checkpoints/ckpt_XXXXXX.pt`` (+ ``.sha256``), ``scalars.jsonl``,
 ``samples/step_XXXXXX.png``.
@@ -259,6 +264,7 @@ class Trainer:
             len(self.dataset), cfg.batch_size, cfg.seed, info.rank, info.world_size
         )
         old_handlers = self._install_signal_handlers()
+        sync_changed: list[tuple[nn.Module, bool]] = []
         try:
             if D.is_main():
                 cfg.out_dir.mkdir(parents=True, exist_ok=True)
@@ -268,11 +274,14 @@ class Trainer:
             if self.step >= cfg.steps:
                 self._line(f"already at step {self.step} >= steps {cfg.steps}; nothing to train")
                 return {"step": float(self.step), **self.last_metrics}
+            if info.world_size > 1:
+                sync_changed = D.set_sync_stats(self.task.nets, True)
             self._wrap_nets()
             self._loop(sampler, info)
             return {"step": float(self.step), **self.last_metrics}
         finally:
             self._unwrap_nets()
+            D.restore_sync_stats(sync_changed)
             if self._progress is not None:
                 self._progress.close()
             self._restore_signal_handlers(old_handlers)
@@ -381,11 +390,14 @@ class Trainer:
 
     @contextmanager
     def _plain_nets(self) -> Iterator[None]:
-        """Unwrapped nets (no DDP collectives) in eval mode, no grad, RNG untouched: for rank-0 work."""
+        """Unwrapped nets (no DDP collectives, no synchronised BN statistics) in eval mode, no grad,
+        RNG untouched: for rank-0 work (a BN recalibration in ``on_eval`` runs in train mode and must
+        not wait for the other ranks)."""
         saved = dict(self.task.nets)
         self._unwrap_nets()
         try:
-            with preserve_rng(), torch.no_grad(), _eval_mode(self.task.nets):
+            with preserve_rng(), torch.no_grad(), _eval_mode(self.task.nets), \
+                    D.sync_stats(self.task.nets, False):
                 yield
         finally:
             self.task.nets.update(saved)

@@ -23,6 +23,11 @@ its output through that recognizer, and ``domain`` x a non-saturating adversaria
 domain discriminator that tells generated from real frontal faces (cross-domain adversarial training).
 
 Adam, lr 2e-4, betas (0.5, 0.999) for every network; one D step per G step.
+
+Randomness with a batch dimension -- TP-GAN's z and the identity head's dropout mask -- is drawn per
+step with :class:`slimface.train.distributed.StepRandom` from ``(seed, step)`` for the global batch and
+cut to this rank's rows, so a DDP run with N processes matches a 1-process run with the same global
+batch (BatchNorm statistics are synchronised by the Trainer).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from torch import Tensor, nn
 from slimface.config import check, from_dict
 from slimface.errors import ConfigError
 from slimface.models.patches import PATCH_NAMES, canonical_crops, patch_boxes
+from slimface.train.distributed import StepRandom
 from slimface.train.losses import (
     freeze,
     gan_loss_d,
@@ -90,6 +96,27 @@ def _feature_fn(recognizer: nn.Module) -> Callable[[Tensor], Tensor]:
     return recognizer.embed  # type: ignore[no-any-return, operator]
 
 
+class IdentityHead(nn.Sequential):
+    """``Dropout(p) -> Linear`` (state_dict keys ``1.weight``/``1.bias``, as a plain Sequential).
+
+    ``forward(feature, keep)`` applies a given keep mask (B, D) of 0/1 instead of drawing one, so the
+    mask can come from the step's process-count-independent generator; without ``keep`` (or in eval
+    mode) it is the plain Sequential.
+    """
+
+    def __init__(self, feat_dim: int, num_classes: int, p: float = 0.7) -> None:
+        super().__init__(nn.Dropout(p), nn.Linear(feat_dim, num_classes))
+
+    @property
+    def p(self) -> float:
+        return float(self[0].p)  # type: ignore[union-attr]
+
+    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        if keep is None or not self.training:
+            return super().forward(x)
+        return self[1](x * keep.to(x.dtype) / (1.0 - self.p))
+
+
 def _adam(params: Any, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=lr, betas=BETAS)
 
@@ -106,20 +133,23 @@ class TPGANTask:
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, recognizer: nn.Module | None = None,
                  *, num_subjects: int, loss: dict[str, Any] | TPGANLossConfig | None = None,
-                 lr: float = 2e-4) -> None:
+                 lr: float = 2e-4, seed: int = 0) -> None:
+        """``seed``: with the step, seeds the per-sample noise (z, dropout masks); pass the run's
+        ``train.seed``."""
         if num_subjects < 1:
             raise ConfigError(f"num_subjects = {num_subjects}: the identity classifier needs >= 1 training subject")
         if lr <= 0:
             raise ConfigError(f"teacher lr {lr} must be > 0")
         self.cfg = loss if isinstance(loss, TPGANLossConfig) else from_dict(self.loss_config_cls, loss, "loss")
         self.num_subjects = num_subjects
+        self.seed = int(seed)
         self.resolution = int(generator.resolution)  # type: ignore[arg-type]
         self.boxes = patch_boxes(self.resolution)
         feat_dim = 256
         self.nets: dict[str, nn.Module] = {
             "generator": generator,
             "discriminator": discriminator,
-            "id_head": nn.Sequential(nn.Dropout(0.7), nn.Linear(feat_dim, num_subjects)),
+            "id_head": IdentityHead(feat_dim, num_subjects, 0.7),
         }
         self.optimizers: dict[str, torch.optim.Optimizer] = {
             "generator": _adam(list(generator.parameters()) + list(self.nets["id_head"].parameters()), lr),
@@ -154,8 +184,9 @@ class TPGANTask:
         return None if rec is None else _feature_fn(rec)
 
     def _synthesis_losses(self, out: dict[str, Any], profile: Tensor, frontal: Tensor,
-                          subject: Tensor) -> dict[str, Tensor]:
-        """TP-GAN's generator terms (unweighted) for one forward pass."""
+                          subject: Tensor, keep: Tensor | None = None) -> dict[str, Tensor]:
+        """TP-GAN's generator terms (unweighted) for one forward pass; ``keep``: the identity head's
+        dropout mask (None: the head draws its own)."""
         c, r = self.cfg, self.resolution
         fake = out["image"]
         weights = {r: c.pixel_full, r // 2: c.pixel_half, r // 4: c.pixel_quarter}
@@ -166,7 +197,7 @@ class TPGANTask:
             "adv": gan_loss_g(self.nets["discriminator"](profile, fake)),
             "tv": total_variation(fake),
             "local": sum((out["patches"][n] - targets[n]).abs().mean() for n in PATCH_NAMES) / len(PATCH_NAMES),
-            "cls": F.cross_entropy(self.nets["id_head"](out["feature"]), subject),
+            "cls": F.cross_entropy(self.nets["id_head"](out["feature"], keep), subject),
         }
         feat = self._identity_features()
         if feat is not None:
@@ -206,11 +237,20 @@ class TPGANTask:
             self.frozen_recognizer.to(profile.device)
         for net in self.nets.values():
             net.train()
-        out = self.nets["generator"](profile, landmarks, outputs="train")
+        rnd = StepRandom(self.seed, step, profile.shape[0], profile.device, stream="tpgan-teacher")
+        gen_kwargs: dict[str, Any] = {}
+        noise_dim = int(getattr(_inner(self.nets["generator"]), "noise_dim", 0) or 0)
+        if noise_dim:
+            gen_kwargs["noise"] = rnd.randn(noise_dim, dtype=profile.dtype)
+        out = self.nets["generator"](profile, landmarks, outputs="train", **gen_kwargs)
         fake = out["image"]
+        head = _inner(self.nets["id_head"])
+        keep = None
+        if isinstance(head, IdentityHead) and head.p > 0:
+            keep = (rnd.rand(out["feature"].shape[1]) >= head.p).to(profile.dtype)
         logs = {"d": self._discriminator_step(profile, frontal, fake)}
         logs.update(self._extra_steps(profile, frontal, fake, subject))
-        terms = self._synthesis_losses(out, profile, frontal, subject)
+        terms = self._synthesis_losses(out, profile, frontal, subject, keep)
         terms.update(self._extra_generator_terms(fake, frontal, subject))
         total = self._weighted(terms)
         opt = self.optimizers["generator"]
@@ -252,8 +292,9 @@ class PIMTask(TPGANTask):
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, recognizer: nn.Module | None = None,
                  *, num_subjects: int, loss: dict[str, Any] | PIMLossConfig | None = None,
-                 lr: float = 2e-4, domain_width: float | None = None) -> None:
-        super().__init__(generator, discriminator, recognizer, num_subjects=num_subjects, loss=loss, lr=lr)
+                 lr: float = 2e-4, domain_width: float | None = None, seed: int = 0) -> None:
+        super().__init__(generator, discriminator, recognizer, num_subjects=num_subjects, loss=loss, lr=lr,
+                         seed=seed)
         from slimface.models.discriminators import DomainDiscriminator
 
         if recognizer is None:
@@ -312,15 +353,19 @@ class PIMTask(TPGANTask):
 
 
 def make_tpgan_task(generator: nn.Module, discriminator: nn.Module, recognizer: nn.Module | None = None,
-                    *, num_subjects: int, loss: dict[str, Any] | None = None, lr: float = 2e-4) -> TPGANTask:
+                    *, num_subjects: int, loss: dict[str, Any] | None = None, lr: float = 2e-4,
+                    seed: int = 0) -> TPGANTask:
     """The ``make_teacher_task`` of the ``tpgan`` family."""
-    return TPGANTask(generator, discriminator, recognizer, num_subjects=num_subjects, loss=loss, lr=lr)
+    return TPGANTask(generator, discriminator, recognizer, num_subjects=num_subjects, loss=loss, lr=lr,
+                     seed=seed)
 
 
 def make_pim_task(generator: nn.Module, discriminator: nn.Module, recognizer: nn.Module | None = None,
-                  *, num_subjects: int, loss: dict[str, Any] | None = None, lr: float = 2e-4) -> PIMTask:
+                  *, num_subjects: int, loss: dict[str, Any] | None = None, lr: float = 2e-4,
+                  seed: int = 0) -> PIMTask:
     """The ``make_teacher_task`` of the ``pim`` family."""
-    return PIMTask(generator, discriminator, recognizer, num_subjects=num_subjects, loss=loss, lr=lr)
+    return PIMTask(generator, discriminator, recognizer, num_subjects=num_subjects, loss=loss, lr=lr,
+                   seed=seed)
 
 
-__all__ = ["TPGANLossConfig", "PIMLossConfig", "TPGANTask", "PIMTask", "make_tpgan_task", "make_pim_task"]
+__all__ = ["IdentityHead", "TPGANLossConfig", "PIMLossConfig", "TPGANTask", "PIMTask", "make_tpgan_task", "make_pim_task"]

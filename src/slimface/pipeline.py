@@ -46,18 +46,18 @@ def _fingerprint(obj: Any) -> str:
 
 def save_weights(module: nn.Module, path: Path) -> Path:
     """state_dict as safetensors, written atomically (temp file + rename); rank 0 only under DDP."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save as safetensors_bytes
 
     from slimface.train import distributed as D
+    from slimface.train.checkpoint import _atomic_write
 
     if not D.is_main():
         return path
     module = D.unwrap(module)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
     state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
+    # a failed write (disk full) removes the temp file and is a one-line CheckpointError
+    _atomic_write(path, lambda f: f.write(safetensors_bytes(state)))
     return path
 
 
@@ -96,6 +96,7 @@ class DataBundle:
     recognizer_records: list
     subject_labels: dict[str, int]
     has_pitch: bool
+    skipped: int = 0  # bad files the loader skipped (policy "skip")
 
 
 class Pipeline:
@@ -170,11 +171,11 @@ class Pipeline:
         self.timings[stage] = wall
         if D.is_main():
             self.stage_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self._marker(stage).with_suffix(".tmp")
-            tmp.write_text(json.dumps({"stage": stage, "wall_s": wall, "outputs": outputs,
-                                       "fingerprint": _fingerprint(self._stage_settings(stage))}, indent=2,
-                                      default=str))
-            os.replace(tmp, self._marker(stage))
+            from slimface.train.checkpoint import _atomic_write
+
+            text = json.dumps({"stage": stage, "wall_s": wall, "outputs": outputs,
+                               "fingerprint": _fingerprint(self._stage_settings(stage))}, indent=2, default=str)
+            _atomic_write(self._marker(stage), lambda f: f.write(text.encode()))  # disk full: one-line error
             _say(f"[{stage}] done in {wall:.1f} s")
         D.barrier()
         return outputs
@@ -229,12 +230,12 @@ class Pipeline:
         tag = f"n{s.subjects}_r{d.resolution}_i{s.illuminations}{'_p' if s.pitch else ''}{'_g' if s.gray else ''}_s{s.seed}"
         return Path(d.root) / tag
 
-    def _load_data(self) -> DataBundle:
+    def _load_data(self, verify: bool = False) -> DataBundle:
         from slimface.data.loaders import load_dataset
         from slimface.data.torch_data import subject_labels
 
         d = self.cfg.data
-        index = load_dataset(d.kind, self._dataset_root(), policy=d.policy)
+        index = load_dataset(d.kind, self._dataset_root(), policy=d.policy, verify=verify)
         train_index, test_index = index.split(d.train_subjects)
         train_subjects = train_index.subjects()
         if len(train_subjects) <= d.val_subjects:
@@ -252,7 +253,8 @@ class Pipeline:
         gallery = test_index.gallery()
         rec_records = [r for r in fit_index if abs(r.yaw) <= self.cfg.recognizer.max_abs_yaw and r.pitch == 0]
         labels = subject_labels(list(fit_index))
-        return DataBundle(train_pairs, val_pairs, test_pairs, gallery, rec_records, labels, has_pitch)
+        return DataBundle(train_pairs, val_pairs, test_pairs, gallery, rec_records, labels, has_pitch,
+                          index.report.n_skipped)
 
     def pair_dataset(self, pairs: list):  # noqa: ANN201
         from slimface.data.torch_data import PairDataset
@@ -325,11 +327,13 @@ class Pipeline:
                 "illuminations": s.illuminations, "pitch": s.pitch, "gray": s.gray, "seed": s.seed,
             }, where="data.synth")
             render_dataset(synth_cfg, root, progress=self.progress)
+        self._data = self._load_data(verify=True)  # decode every image once: bad files surface here
         b = self.data
         info = {
             "root": str(root), "train_pairs": len(b.train_pairs), "val_pairs": len(b.val_pairs),
             "test_probes": len(b.test_pairs), "gallery": len(b.gallery),
             "train_identities": len(b.subject_labels), "recognizer_images": len(b.recognizer_records),
+            "skipped_files": b.skipped,
         }
         _say("  " + ", ".join(f"{k} {v}" for k, v in info.items() if k != "root"))
         return info
@@ -370,7 +374,8 @@ class Pipeline:
         disc = fam.build_discriminator(resolution=d.resolution, channels=d.channels, width_mult=t.width_mult)
         gen, disc = gen.to(self.device), disc.to(self.device)
         task = fam.make_teacher_task(gen, disc, recognizer=self.recognizer,
-                                     num_subjects=len(self.data.subject_labels), loss=t.loss, lr=t.train.lr)
+                                     num_subjects=len(self.data.subject_labels), loss=t.loss, lr=t.train.lr,
+                                     seed=self.cfg.seed)
         metrics = Trainer(task, self.pair_dataset(self.data.train_pairs), self.train_config(t.train, out, 2)).fit()
         save_weights(gen, out / "generator.safetensors")
         save_weights(disc, out / "discriminator.safetensors")
@@ -446,9 +451,12 @@ class Pipeline:
             teacher = self.teacher_generator(family)
             return count_macs(teacher, teacher.example_inputs()) / factor
         try:
-            return parse_count(text)
+            macs = parse_count(text)
         except ValueError as exc:
             raise ConfigError(f"search.budget {self.cfg.search.budget!r}: expected e.g. 2.5G, 300M or 10x") from exc
+        if macs <= 0:
+            raise ConfigError(f"search.budget {self.cfg.search.budget!r}: must be a positive MACs count, e.g. 300M")
+        return macs
 
     def _trained_supernet(self, family: str) -> nn.Module:
         supernet = self._supernet(family)
@@ -483,9 +491,9 @@ class Pipeline:
         from slimface.train import distributed as D
 
         if D.is_main():
-            tmp = out / "result.json.tmp"
-            tmp.write_text(json.dumps(info, indent=2))
-            os.replace(tmp, out / "result.json")
+            from slimface.train.checkpoint import _atomic_write
+
+            _atomic_write(out / "result.json", lambda f: f.write(json.dumps(info, indent=2).encode()))
         _say(f"  best {info['config']}  metric {info['metric']:.4f}  MACs {info['macs'] / 1e6:.1f}M "
              f"(budget {budget / 1e6:.1f}M, {info['evaluated']} evaluated)")
         return info

@@ -291,11 +291,11 @@ def build_crgan_discriminator(resolution: int = 128, channels: int = 3, width_mu
 
 def _make_teacher_task(generator: CRGANGenerator, discriminator: CRGANCritic,
                        recognizer: nn.Module | None = None, num_subjects: int = 0,
-                       loss: dict | None = None, lr: float = 2e-4) -> object:
+                       loss: dict | None = None, lr: float = 2e-4, seed: int = 0) -> object:
     """Lazy import: the training module imports this one."""
     from slimface.train.crgan_task import make_teacher_task
 
-    return make_teacher_task(generator, discriminator, recognizer, num_subjects, loss, lr)
+    return make_teacher_task(generator, discriminator, recognizer, num_subjects, loss, lr, seed=seed)
 
 
 #: Every trunk and inner width of encoder and generator may shrink to a quarter: at 128x128 the

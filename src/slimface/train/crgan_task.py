@@ -36,7 +36,7 @@ from slimface.config import check, from_dict
 from slimface.errors import ConfigError, DataError
 from slimface.models.crgan import CRGANCritic, CRGANGenerator, yaw_to_view
 from slimface.train.distributed import StepRandom
-from slimface.train.losses import freeze, identity_loss, wgan_loss_d, wgan_loss_g
+from slimface.train.losses import freeze, gradient_penalty, identity_loss, wgan_loss_d, wgan_loss_g
 
 
 @dataclass
@@ -68,16 +68,6 @@ class CRGANLossConfig:
 
 def _unwrap(net: nn.Module) -> nn.Module:
     return getattr(net, "module", net)
-
-
-def _gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, alpha: Tensor) -> Tensor:
-    """WGAN-GP, (||grad critic(x_hat)||_2 - 1)^2 on interpolates with given per-row weights ``alpha``
-    (B,) (``losses.gradient_penalty`` draws them from the global RNG, which differs per rank)."""
-    a = alpha.to(real.dtype).view(-1, 1, 1, 1)
-    x_hat = (a * real.detach() + (1 - a) * fake.detach()).requires_grad_(True)
-    scores = critic(x_hat)
-    (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
-    return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
 
 class CRGANTask:
@@ -166,7 +156,7 @@ class CRGANTask:
             s_fake = critic(fake)
             # real/fake rows are [profiles ‖ frontals]: one weight per pair member and sample
             pair_alpha = rnd.rand(2)
-            gp = _gradient_penalty(critic, real, fake, torch.cat([pair_alpha[:, 0], pair_alpha[:, 1]]))
+            gp = gradient_penalty(critic, real, fake, torch.cat([pair_alpha[:, 0], pair_alpha[:, 1]]))
             view_ce = F.cross_entropy(view_logits, real_views)
             d_loss = wgan_loss_d(s_real, s_fake) + cfg.gradient_penalty * gp + cfg.view_real * view_ce
             opt_d.zero_grad(set_to_none=True)

@@ -30,10 +30,18 @@ def wgan_loss_g(fake_scores: Tensor) -> Tensor:
     return -fake_scores.mean()
 
 
-def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor) -> Tensor:
-    """WGAN-GP: (||grad critic(x_hat)||_2 - 1)^2 on random interpolates of real and fake."""
-    alpha = torch.rand(real.size(0), 1, 1, 1, device=real.device)
-    x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
+def gradient_penalty(
+    critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor, alpha: Tensor | None = None
+) -> Tensor:
+    """WGAN-GP: (||grad critic(x_hat)||_2 - 1)^2 on interpolates of real and fake.
+
+    ``alpha`` (B,) are the per-row interpolation weights; pass them drawn for the global batch
+    (``distributed.StepRandom``) when the result must not depend on the number of processes.
+    """
+    if alpha is None:
+        alpha = torch.rand(real.size(0), device=real.device)
+    a = alpha.to(device=real.device, dtype=real.dtype).view(-1, 1, 1, 1)
+    x_hat = (a * real.detach() + (1 - a) * fake.detach()).requires_grad_(True)
     scores = critic(x_hat)
     (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
     return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()

@@ -7,6 +7,7 @@ Every sub-command turns user mistakes (SlimfaceError) into one line on stderr an
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
@@ -15,6 +16,21 @@ from typing import Any, Sequence
 from slimface.errors import ConfigError, SlimfaceError
 
 DEFAULT_CONFIG = Path("configs/quick.yaml")
+
+#: OS errors that mean "the place you asked us to write to cannot take it" (user-fixable, one line).
+_USER_OS_ERRORS = {
+    errno.ENOSPC: "no space left on device; free disk space or use another --out (files already written are intact)",
+    errno.EDQUOT: "disk quota exceeded; free space or use another --out (files already written are intact)",
+    errno.EACCES: "permission denied; fix the permissions or use another --out",
+    errno.EROFS: "read-only file system; use a writable --out",
+}
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one ``error:`` line (exit 2) like every other input error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message}; see '{self.prog} --help'\n")
 
 
 def _parse_set(items: Sequence[str]) -> dict[str, Any]:
@@ -41,30 +57,26 @@ def _load_pipeline_config(args: argparse.Namespace):  # noqa: ANN202
 
 
 # ---------------------------------------------------------------------------------- commands
-def cmd_run(args: argparse.Namespace) -> int:
+def _run_pipeline(args: argparse.Namespace, only: Sequence[str] | None, force: bool) -> int:
+    cfg = _load_pipeline_config(args)  # validated before torch is imported: config errors are instant
     from slimface.pipeline import Pipeline
 
-    cfg = _load_pipeline_config(args)
-    Pipeline(cfg, progress=not args.no_progress).run(only=args.only, force=args.force)
+    Pipeline(cfg, progress=not args.no_progress).run(only=only, force=force)
     return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _run_pipeline(args, args.only, args.force)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from slimface.pipeline import Pipeline
-
     if args.budget:
         args.set = list(args.set or []) + [f"search.budget={args.budget}"]
-    cfg = _load_pipeline_config(args)
-    Pipeline(cfg, progress=not args.no_progress).run(only=["search"], force=True)
-    return 0
+    return _run_pipeline(args, ["search"], force=True)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from slimface.pipeline import Pipeline
-
-    cfg = _load_pipeline_config(args)
-    Pipeline(cfg, progress=not args.no_progress).run(only=["evaluate", "report"], force=True)
-    return 0
+    return _run_pipeline(args, ["evaluate", "report"], force=True)
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
@@ -146,7 +158,7 @@ def cmd_frontalize(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="slimface", description=__doc__.splitlines()[0] if __doc__ else "")
+    p = _OneLineParser(prog="slimface", description=__doc__.splitlines()[0] if __doc__ else "")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -232,6 +244,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        hint = _USER_OS_ERRORS.get(exc.errno or 0)
+        if hint is None or args.debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{hint}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130

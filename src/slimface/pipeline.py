@@ -23,6 +23,7 @@ from torch import nn
 
 from slimface.config import to_dict
 from slimface.errors import CheckpointError, ConfigError, DataError
+from slimface.fileio import atomic_write
 from slimface.pipeline_config import PipelineConfig, TrainSettings
 
 log = logging.getLogger("slimface")
@@ -49,7 +50,6 @@ def save_weights(module: nn.Module, path: Path) -> Path:
     from safetensors.torch import save as safetensors_bytes
 
     from slimface.train import distributed as D
-    from slimface.train.checkpoint import _atomic_write
 
     if not D.is_main():
         return path
@@ -57,7 +57,7 @@ def save_weights(module: nn.Module, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
     # a failed write (disk full) removes the temp file and is a one-line CheckpointError
-    _atomic_write(path, lambda f: f.write(safetensors_bytes(state)))
+    atomic_write(path, lambda f: f.write(safetensors_bytes(state)))
     return path
 
 
@@ -171,11 +171,10 @@ class Pipeline:
         self.timings[stage] = wall
         if D.is_main():
             self.stage_dir.mkdir(parents=True, exist_ok=True)
-            from slimface.train.checkpoint import _atomic_write
-
+        
             text = json.dumps({"stage": stage, "wall_s": wall, "outputs": outputs,
                                "fingerprint": _fingerprint(self._stage_settings(stage))}, indent=2, default=str)
-            _atomic_write(self._marker(stage), lambda f: f.write(text.encode()))  # disk full: one-line error
+            atomic_write(self._marker(stage), lambda f: f.write(text.encode()))  # disk full: one-line error
             _say(f"[{stage}] done in {wall:.1f} s")
         D.barrier()
         return outputs
@@ -491,9 +490,8 @@ class Pipeline:
         from slimface.train import distributed as D
 
         if D.is_main():
-            from slimface.train.checkpoint import _atomic_write
-
-            _atomic_write(out / "result.json", lambda f: f.write(json.dumps(info, indent=2).encode()))
+        
+            atomic_write(out / "result.json", lambda f: f.write(json.dumps(info, indent=2).encode()))
         _say(f"  best {info['config']}  metric {info['metric']:.4f}  MACs {info['macs'] / 1e6:.1f}M "
              f"(budget {budget / 1e6:.1f}M, {info['evaluated']} evaluated)")
         return info

@@ -14,6 +14,10 @@ from typing import Literal, Optional
 from slimface.config import check
 
 
+def _check_width(value: float, name: str) -> None:
+    check(0 < value <= 4, f"{name} must be in (0, 4], e.g. 1.0 (official widths) or 0.25; got {value}")
+
+
 @dataclass
 class SynthSettings:
     subjects: int = 337
@@ -65,6 +69,9 @@ class RecognizerSettings:
     checkpoint: Optional[Path] = None  # an official LightCNN file instead of training
     train: TrainSettings = field(default_factory=lambda: TrainSettings(steps=600, batch_size=64, lr=1e-3))
 
+    def validate(self) -> None:
+        _check_width(self.width_mult, "recognizer.width_mult")
+
 
 @dataclass
 class TeacherSettings:
@@ -73,6 +80,9 @@ class TeacherSettings:
     checkpoint: Optional[Path] = None  # a trained teacher generator to compress instead of training
     loss: dict[str, float] = field(default_factory=dict)
     train: TrainSettings = field(default_factory=TrainSettings)
+
+    def validate(self) -> None:
+        _check_width(self.width_mult, f"teachers.{self.family}.width_mult")
 
 
 @dataclass
@@ -96,6 +106,13 @@ class SearchSettings:
     mutation_ratio: float = 0.5
     val_batches: int = 4
     bn_batches: int = 4
+
+    def validate(self) -> None:
+        check(self.population >= 2, f"search.population must be at least 2, got {self.population}")
+        check(self.generations >= 0, f"search.generations must be >= 0, got {self.generations}")
+        check(0 < self.parent_ratio <= 1, f"search.parent_ratio must be in (0, 1], got {self.parent_ratio}")
+        check(0 <= self.mutation_ratio <= 1, f"search.mutation_ratio must be in [0, 1], got {self.mutation_ratio}")
+        check(self.val_batches >= 1 and self.bn_batches >= 1, "search.val_batches and bn_batches must be >= 1")
 
 
 @dataclass

@@ -25,11 +25,29 @@ def student_space(model: str, resolution: int, channels: int, width_mult: float)
     return supernet, ConfigSpace(choices)
 
 
+def check_arch_args(model: str, resolution: int, width_mult: float) -> None:
+    """Reject sizes no generator can be built at, as one-line ConfigErrors (before any building)."""
+    get_family(model)  # unknown model -> ConfigError naming the choices
+    if resolution not in (64, 128):
+        raise ConfigError(f"--resolution {resolution}: must be 64 or 128")
+    if not 0 < width_mult <= 4:
+        raise ConfigError(f"--width-mult {width_mult:g}: must be in (0, 4], e.g. 1.0 (official widths) or 0.25")
+
+
 def resolve_student(space: Any, student: str) -> dict[str, int]:
+    """'smallest' / 'largest' / a config string -> a config; a string of the wrong length is named
+    briefly (the full group list of a supernet runs to hundreds of names)."""
     if student == "smallest":
         return space.smallest()
     if student == "largest":
         return space.largest()
+    parts = str(student).strip().split("_")
+    if len(parts) != len(space.groups):
+        raise ConfigError(
+            f"--student {student!r} has {len(parts)} width(s) but this model has {len(space.groups)} prunable "
+            "groups; pass 'smallest', 'largest' or a config string from this model's search "
+            "(same --resolution and --width-mult)"
+        )
     try:
         return space.decode(student)
     except (ValueError, KeyError) as exc:
@@ -38,6 +56,7 @@ def resolve_student(space: Any, student: str) -> dict[str, int]:
 
 def build_pair(model: str, resolution: int, channels: int, width_mult: float,
                student: str | None) -> tuple[Generator, Generator | None, str | None]:
+    check_arch_args(model, resolution, width_mult)
     teacher = build_generator(model, resolution, channels, width_mult, separable=False)
     if not student:
         return teacher, None, None

@@ -40,6 +40,11 @@ def image_channels(img: Image.Image) -> int:
 
 def probe_image(path: Path) -> tuple[int, int]:
     """Cheap load-time check: non-empty file and a readable image header. Returns (width, height)."""
+    return probe_header(path)[0]
+
+
+def probe_header(path: Path) -> tuple[tuple[int, int], int]:
+    """Like :func:`probe_image`, plus the stored channel count (header only, no pixel decode)."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -49,7 +54,7 @@ def probe_image(path: Path) -> tuple[int, int]:
         raise ImageFileError(f"empty file (0 bytes): {path}; re-copy or delete it", "empty file")
     try:
         with Image.open(path) as img:
-            return img.size
+            return img.size, image_channels(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageFileError(f"unreadable image {path}: {e}; re-copy or delete it", "unreadable image", str(e)) from None
 

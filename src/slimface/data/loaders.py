@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from slimface.data.images import ImageFileError, is_image_file, open_image, probe_image
+from slimface.data.images import ImageFileError, is_image_file, open_image, probe_header
 from slimface.data.landmarks import landmarks_from_row, normalize_relpath, read_manifest
 from slimface.data.records import FaceIndex, FaceRecord, LoadReport, Policy
 from slimface.errors import DataError
@@ -34,6 +35,10 @@ LAYOUT_HINTS = {
     "folder": "ROOT/<identity>/<image> plus ROOT/manifest.csv with columns file,yaw",
     "synth": "the output folder of 'slimface synth' (dataset.json, manifest.csv, images/)",
 }
+
+
+#: Bad-file reasons about the image itself (not its name or manifest row).
+CONTENT_REASONS = frozenset({"missing file", "empty file", "unreadable image", "wrong size", "wrong channel count"})
 
 
 class BadFile(Exception):
@@ -112,9 +117,11 @@ class Collector:
     def bad(self, reason: str, file: str | Path, detail: str = "") -> None:
         if self.policy == "stop":
             extra = f" ({detail})" if detail else ""
+            # the layout hint only helps when the name/manifest is the problem, not the pixels
+            layout = "" if reason in CONTENT_REASONS else f"expected {LAYOUT_HINTS.get(self.kind, 'a supported layout')} - "
             raise DataError(
-                f"bad file {file}: {reason}{extra}; expected {LAYOUT_HINTS.get(self.kind, 'a supported layout')} "
-                "- fix or remove it, or load with policy='skip'"
+                f"bad file {file}: {reason}{extra}; {layout}fix or remove it, or load with policy='skip' "
+                "(slimface run: --set data.policy=skip)"
             )
         self.report.skip(reason, file)
 
@@ -128,6 +135,7 @@ class Collector:
     ) -> list[FaceRecord]:
         """Parse, probe and (optionally) merge the manifest into every image under root."""
         records: list[FaceRecord] = []
+        channels: dict[int, int] = {}  # id(record) -> stored channel count
         seen: dict[tuple, Path] = {}
         on_disk: set[str] = set()
         for path in list_images(self.root):
@@ -150,7 +158,7 @@ class Collector:
                     self.bad("bad manifest row", path, f"manifest line {row.get('_line')}: {e}")
                     continue
             try:
-                rec.image_size = probe_image(path)
+                rec.image_size, channels[id(rec)] = probe_header(path)
                 if self.verify:
                     open_image(path)
             except ImageFileError as e:
@@ -163,6 +171,7 @@ class Collector:
                     continue
                 seen[key] = path
             records.append(rec)
+        records = self._drop_odd_shapes(records, channels)
         if manifest is not None:
             for rel, row in manifest.items():
                 if rel not in on_disk:
@@ -177,6 +186,32 @@ class Collector:
                 f"({LAYOUT_HINTS.get(self.kind, 'see README')}), see README"
             )
         return records
+
+
+    def _drop_odd_shapes(self, records: list[FaceRecord], channels: dict[int, int]) -> list[FaceRecord]:
+        """Apply the policy to images whose size or channel count differs from the dataset's usual one.
+
+        A dataset of aligned crops (Multi-PIE, CAS-PEAL, synth) has one size and one colour layout; a file that differs (a
+        thumbnail, an RGBA export, a gray frame in an RGB set) would be silently stretched or
+        converted into a training pair, so it is a bad file like a truncated one.
+        """
+        if len(records) < 2 or self.kind == "folder":
+            # a plain folder holds a user's photos in any size; the datasets resize them
+            return records
+        sizes = Counter(r.image_size for r in records)
+        chans = Counter(channels[id(r)] for r in records)
+        (size, n_size), (chan, n_chan) = sizes.most_common(1)[0], chans.most_common(1)[0]
+        kept = []
+        for r in records:
+            w, h = r.image_size or (0, 0)
+            if r.image_size != size:
+                self.bad("wrong size", r.path, f"{w}x{h}, while {n_size} other images are {size[0]}x{size[1]}")
+            elif channels[id(r)] != chan:
+                self.bad("wrong channel count", r.path,
+                         f"{channels[id(r)]} channel(s), while {n_chan} other images have {chan}")
+            else:
+                kept.append(r)
+        return kept
 
 
 def load_manifest_if_any(root: Path, required: tuple[str, ...] = ("file",)) -> dict[str, dict[str, str]] | None:

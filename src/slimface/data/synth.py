@@ -47,6 +47,7 @@ from slimface.data.synth_render import (
     to_gray,
 )
 from slimface.errors import DataError
+from slimface.fileio import atomic_write
 
 GENERATOR = "slimface.synth"
 VERSION = 1
@@ -206,12 +207,6 @@ def render_subject(cfg: SynthConfig, root: Path, subject: int) -> list[list[str]
     return rows
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _rows_to_csv(rows: list[list[str]], header: bool) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -225,7 +220,7 @@ def _subject_task(args: tuple[SynthConfig, str, int]) -> int:
     """Worker entry: render one subject, then record its rows (atomically) for resuming."""
     cfg, root, subject = args
     rows = render_subject(cfg, Path(root), subject)
-    _atomic_write(Path(root) / ".parts" / f"{subject_id(subject)}.csv", _rows_to_csv(rows, False))
+    atomic_write(Path(root) / ".parts" / f"{subject_id(subject)}.csv", _rows_to_csv(rows, False))
     return subject
 
 
@@ -275,7 +270,7 @@ def _prepare(out: Path, cfg: SynthConfig) -> None:
         shutil.rmtree(parts, ignore_errors=True)
     (out / "images").mkdir(parents=True, exist_ok=True)
     parts.mkdir(exist_ok=True)
-    _atomic_write(parts / "params.json", json.dumps(want, sort_keys=True))
+    atomic_write(parts / "params.json", json.dumps(want, sort_keys=True))
 
 
 def render_dataset(cfg: SynthConfig, out: str | Path, progress: bool = True,
@@ -316,9 +311,9 @@ def render_dataset(cfg: SynthConfig, out: str | Path, progress: bool = True,
     bar.close()
 
     chunks = [(parts / f"{subject_id(s)}.csv").read_text() for s in subjects]
-    _atomic_write(out / "manifest.csv", _rows_to_csv([], True) + "".join(chunks))
+    atomic_write(out / "manifest.csv", _rows_to_csv([], True) + "".join(chunks))
     meta = dict(cfg.metadata(), complete=True)
-    _atomic_write(out / "dataset.json", json.dumps(meta, indent=2) + "\n")
+    atomic_write(out / "dataset.json", json.dumps(meta, indent=2) + "\n")
     shutil.rmtree(parts, ignore_errors=True)
     return out
 

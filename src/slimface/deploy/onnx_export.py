@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimface.fileio import atomic_write
+
 __all__ = [
     "INPUT_NAMES",
     "OUTPUT_NAME",
@@ -35,28 +37,12 @@ __all__ = [
     "check_onnx",
     "export_torchscript",
     "set_onnx_metadata",
-    "atomic_write_bytes",
 ]
 
 INPUT_NAMES = ("image", "landmarks")
 OUTPUT_NAME = "frontal"
 META_PREFIX = "slimface."
 TORCHSCRIPT_META_FILE = "slimface.json"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder + fsync + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _model_meta(example_inputs: tuple, extra: dict[str, Any] | None) -> dict[str, str]:
@@ -147,7 +133,7 @@ def export_onnx(
             )
         proto = onnx.load_from_string(buf.getvalue())
     set_onnx_metadata(proto, _model_meta(inputs, metadata))
-    atomic_write_bytes(path, proto.SerializeToString())
+    atomic_write(path, proto.SerializeToString())
     return path
 
 
@@ -181,5 +167,5 @@ def export_torchscript(
         buf = io.BytesIO()
         meta = _model_meta(inputs, metadata)
         torch.jit.save(traced, buf, _extra_files={TORCHSCRIPT_META_FILE: json.dumps(meta)})
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
     return path

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from slimface.deploy.onnx_export import atomic_write_bytes, set_onnx_metadata
+from slimface.deploy.onnx_export import set_onnx_metadata
+from slimface.fileio import atomic_write
 from slimface.errors import CheckpointError, DataError
 
 __all__ = [
@@ -219,7 +220,7 @@ def quantize_int8(
         meta["quantization"] = "int8-static-qdq" + ("-per-channel" if per_channel else "")
         meta["calibration_samples"] = str(len(feeds))
         set_onnx_metadata(q_proto, meta)
-        atomic_write_bytes(out_path, q_proto.SerializeToString())
+        atomic_write(out_path, q_proto.SerializeToString())
 
     so = ort.SessionOptions()
     so.log_severity_level = 3

@@ -206,7 +206,43 @@ def from_module(
     return TorchFrontalizer(module, None, resolution, channels, device=device)
 
 
+def _refuse_non_torchscript(path: Path) -> None:
+    """Name what a non-TorchScript file is before torch sees it.
+
+    A ``torch.save`` file (training checkpoint, state dict, pickled module) is a pickle, and
+    unpickling can run arbitrary code, so it is never loaded for inference; random bytes get a plain
+    'not a model' line instead of miniz's internal error text.
+    """
+    import zipfile
+
+    hint = ("export the model first (slimface run --only export) and pass its model.onnx or TorchScript "
+            "model.pt")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+            if any(n.endswith("/constants.pkl") or n == "constants.pkl" for n in names):
+                return  # TorchScript archive: let torch.jit.load read it (no Python unpickling)
+            if any(n.endswith("data.pkl") for n in names):
+                raise CheckpointError(
+                    f"{path}: a torch.save pickle (checkpoint or state dict), not an exported model; slimface "
+                    f"does not unpickle model files (that can run code); {hint}"
+                )
+            raise CheckpointError(f"{path}: a zip archive but not a TorchScript model; {hint}")
+    except (OSError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{path}: cannot be read as a model ({e}); {hint}") from None
+    if head[:1] == b"\x80":
+        raise CheckpointError(
+            f"{path}: a raw pickle file, not an exported model; slimface does not unpickle model files "
+            f"(that can run code); {hint}"
+        )
+    raise CheckpointError(f"{path}: not a TorchScript model (not a zip archive); {hint}")
+
+
 def _load_torchscript(path: Path, device: str) -> TorchScriptFrontalizer:
+    _refuse_non_torchscript(path)
     extra = {"slimface.json": ""}
     try:
         with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript but still loads it

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slimface.evaluate.rank1 import table1_markdown, table2_markdown
+from slimface.fileio import atomic_write
 from slimface.nn.profile import format_count
 
 if TYPE_CHECKING:
@@ -40,12 +41,6 @@ def _pitch_yaw(entry: dict[str, Any]) -> dict[tuple[int, int], float]:
         p, y = key.split("/")
         out[(int(p), int(y))] = float(v)
     return out
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_report(pipe: "Pipeline") -> Path:
@@ -175,6 +170,6 @@ def write_report(pipe: "Pipeline") -> Path:
             lines += [f"### Search: MACs vs identity similarity ({fam})", "", f"![pareto {fam}](pareto_{fam}.png)", ""]
     lines += ["## Stage wall times", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in stage_times.items()]
-    _write_atomic(out / "results.json", json.dumps(results, indent=2, default=float))
-    _write_atomic(out / "report.md", "\n".join(lines) + "\n")
+    atomic_write(out / "results.json", json.dumps(results, indent=2, default=float))
+    atomic_write(out / "report.md", "\n".join(lines) + "\n")
     return out / "report.md"

@@ -35,12 +35,12 @@ import numpy as np
 import torch
 
 from slimface.errors import CheckpointError
+from slimface.fileio import TMP_PREFIX, atomic_write, remove_stale_temps, write_error
 
 log = logging.getLogger("slimface.train")
 
 CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
 SUFFIX_SHA = ".sha256"
-_TMP_PREFIX = ".tmp-"
 
 
 def checkpoint_name(step: int) -> str:
@@ -96,57 +96,6 @@ def _fsync_dir(path_dir: Path) -> None:
         os.close(fd)
 
 
-def _write_error(target: Path, exc: BaseException) -> CheckpointError:
-    """One-line CheckpointError for a failed write (ENOSPC gets its own hint)."""
-    code = getattr(exc, "errno", None)
-    text = str(exc)
-    if code == errno.ENOSPC or "No space left" in text:
-        return CheckpointError(
-            f"could not write checkpoint {target}: no space left on device; free disk space or use "
-            "another --out (earlier checkpoints are intact)"
-        )
-    reason = getattr(exc, "strerror", None) or (text.splitlines()[0] if text else type(exc).__name__)
-    return CheckpointError(
-        f"could not write checkpoint {target}: {reason}; check the output directory "
-        "(earlier checkpoints are intact)"
-    )
-
-
-def _atomic_write(target: Path, write: Any) -> None:
-    """Call ``write(fileobj)`` on a temp file next to ``target``, fsync, then rename onto ``target``."""
-    tmp = target.with_name(f"{_TMP_PREFIX}{target.name}.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except (OSError, RuntimeError) as exc:
-        # RuntimeError: torch's zip writer wraps I/O failures ("file write failed").
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, RuntimeError) and "write" not in str(exc).lower():
-            raise
-        raise _write_error(target, exc) from exc
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def _remove_stale_temps(path_dir: Path) -> None:
-    """Delete temp files left by a writer that was killed mid-save."""
-    for p in path_dir.glob(f"{_TMP_PREFIX}*"):
-        try:
-            p.unlink()
-        except OSError:
-            pass
-
-
 def save_checkpoint(path_dir: str | Path, step: int, state: dict[str, Any], keep_last: int) -> Path:
     """Atomically write ``state`` as ``path_dir/ckpt_{step:06d}.pt`` (+ ``.sha256``); keep the last K.
 
@@ -159,13 +108,13 @@ def save_checkpoint(path_dir: str | Path, step: int, state: dict[str, Any], keep
     try:
         path_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _write_error(path_dir / checkpoint_name(step), exc) from exc
-    _remove_stale_temps(path_dir)
+        raise write_error(path_dir / checkpoint_name(step), exc) from exc
+    remove_stale_temps(path_dir)
     target = path_dir / checkpoint_name(step)
-    _atomic_write(target, lambda f: torch.save(state, f))
+    atomic_write(target, lambda f: torch.save(state, f))
     digest = file_sha256(target)
     sidecar = Path(str(target) + SUFFIX_SHA)
-    _atomic_write(sidecar, lambda f: f.write(f"{digest}  {target.name}\n".encode()))
+    atomic_write(sidecar, lambda f: f.write(f"{digest}  {target.name}\n".encode()))
     _fsync_dir(path_dir)
     for _, old in list_checkpoints(path_dir)[:-keep_last]:
         for p in (old, Path(str(old) + SUFFIX_SHA)):

@@ -1,0 +1,71 @@
+"""Atomic file writes: every file slimface produces appears whole or not at all.
+
+A temp file next to the target is written, fsynced and renamed onto the target, so an interrupted
+or failed write (SIGKILL, a full disk) never leaves a half-written checkpoint, weights file, stage
+marker or report, and never damages the previous version. A failed write removes its temp file and
+becomes a one-line error.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import IO, Any, Callable
+
+from slimface.errors import CheckpointError
+
+#: temp files start with this, so stale ones (from a killed writer) can be found and removed
+TMP_PREFIX = ".tmp-"
+
+Writer = Callable[[IO[bytes]], Any]
+
+
+def write_error(target: Path, exc: BaseException) -> CheckpointError:
+    """One-line error for a failed write (a full disk gets its own hint)."""
+    code = getattr(exc, "errno", None)
+    text = str(exc)
+    if code == errno.ENOSPC or "No space left" in text:
+        return CheckpointError(
+            f"could not write {target}: no space left on device; free disk space or use "
+            "another --out (files written earlier are intact)"
+        )
+    reason = getattr(exc, "strerror", None) or (text.splitlines()[0] if text else type(exc).__name__)
+    return CheckpointError(
+        f"could not write {target}: {reason}; check the output directory (files written earlier are intact)"
+    )
+
+
+def atomic_write(target: str | Path, data: bytes | str | Writer) -> Path:
+    """Write ``data`` (bytes, text, or a ``write(fileobj)`` callback) to ``target`` atomically."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{TMP_PREFIX}{target.name}.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except (OSError, RuntimeError) as exc:
+        # RuntimeError: torch's zip writer wraps I/O failures ("file write failed").
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, RuntimeError) and "write" not in str(exc).lower():
+            raise
+        raise write_error(target, exc) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def remove_stale_temps(folder: str | Path) -> None:
+    """Delete temp files left by a writer that was killed mid-write."""
+    for p in Path(folder).glob(f"{TMP_PREFIX}*"):
+        try:
+            p.unlink()
+        except OSError:
+            pass

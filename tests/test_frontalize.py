@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from slimface.data.landmarks import dlib5_to_ours
 from slimface.deploy.frontalize import (
     CANONICAL_LANDMARKS_128,
     CANONICAL_MOUTH_CENTRE_128,
     align_face,
-    dlib_to_slimface,
     frontalize_files,
     read_landmarks_csv,
     run_frontalize,
@@ -88,7 +88,7 @@ def test_align_maps_landmarks_to_canonical(tmp_path: Path) -> None:
 def test_dlib_point_conversion() -> None:
     # dlib order: one eye's 2 corners, the other eye's 2 corners, nose base (subnasale)
     pts = np.array([[94.0, 41.0], [78.0, 41.0], [36.0, 41.0], [52.0, 41.0], [64.4, 75.3]])
-    lm = dlib_to_slimface(pts)
+    lm = dlib5_to_ours(pts)
     assert np.allclose(lm[0], [44, 41]) and np.allclose(lm[1], [86, 41])  # eye centres, sorted by x
     assert np.linalg.norm(lm[2] - [64, 65]) < 2.0
     assert np.linalg.norm((lm[3] + lm[4]) / 2 - CANONICAL_MOUTH_CENTRE_128) < 2.0

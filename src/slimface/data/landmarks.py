@@ -6,6 +6,8 @@ left_eye, right_eye, nose, mouth_left, mouth_right ("left" = smaller x), see DES
 
 from __future__ import annotations
 
+import functools
+
 import csv
 import importlib.util
 from abc import ABC, abstractmethod
@@ -112,31 +114,31 @@ class ManifestLandmarks(LandmarkSource):
 
 # --- dlib -------------------------------------------------------------------------------
 
-#: Mouth centre = nose + MOUTH_BELOW_NOSE * (nose - eye midpoint). dlib's nose point is the
-#: nose *base* (subnasale); anthropometrically the mouth line (stomion) lies ~0.4-0.5 of the
-#: eye-line-to-subnasale distance below it. 0.45 was checked by eye on matplotlib's
-#: grace_hopper.jpg sample (mouth corners within a few pixels on a 512x600 portrait).
-MOUTH_BELOW_NOSE = 0.45
+#: dlib's 5-point model gives two corners per eye and the nose *base* (subnasale) N. With M the
+#: eye midpoint, the canonical 128 crop has the eye line at y 41, the nose tip at 65, the subnasale
+#: near 75 and the mouth line at 89, so: nose tip = M + 0.7 (N - M), mouth centre = M + 1.4 (N - M).
+NOSE_TIP_FRACTION = 0.7
+MOUTH_FRACTION = 1.4
 #: Mouth corner half-width as a fraction of the inter-ocular vector (TP-GAN canonical face: 15/42).
 MOUTH_HALF_WIDTH = 15.0 / 42.0
 
 
 def dlib5_to_ours(points: np.ndarray) -> np.ndarray:
-    """Convert dlib's 5 points to ours (approximation for the mouth, documented here).
+    """Convert dlib's 5 points to ours (``left_eye, right_eye, nose, mouth_left, mouth_right``).
 
-    dlib's ``shape_predictor_5_face_landmarks``: points 0-1 = corners of one eye, 2-3 = corners
-    of the other, 4 = bottom of the nose. Eye centres are the corner means, sorted by x so
-    'left' is the smaller x. dlib gives no mouth: its centre is extrapolated below the nose
-    along the eye-midpoint->nose direction (``MOUTH_BELOW_NOSE``) and the corners are placed
-    +-``MOUTH_HALF_WIDTH`` x the eye vector around it (so they follow in-plane rotation). Good
-    to a few pixels on near-frontal faces; on strong profiles it is only a rough guide.
+    Eye centres are the corner means, sorted by x so 'left' is the smaller x; the nose tip and the
+    mouth are estimated along the eye-midpoint -> nose-base direction (constants above) and the
+    mouth corners are placed +-MOUTH_HALF_WIDTH x the eye vector around the mouth centre, so they
+    follow in-plane rotation and foreshorten with the eyes under yaw. Good to a few pixels on
+    near-frontal faces; on strong profiles only a rough guide (give landmarks in a file instead).
     """
     p = np.asarray(points, dtype=np.float64).reshape(5, 2)
     e1, e2 = p[0:2].mean(axis=0), p[2:4].mean(axis=0)
     le, re = (e1, e2) if e1[0] <= e2[0] else (e2, e1)
-    nose = p[4]
     mid = (le + re) / 2.0
-    mouth = nose + MOUTH_BELOW_NOSE * (nose - mid)
+    base = p[4]
+    nose = mid + NOSE_TIP_FRACTION * (base - mid)
+    mouth = mid + MOUTH_FRACTION * (base - mid)
     half = MOUTH_HALF_WIDTH * (re - le)
     return np.stack([le, re, nose, mouth - half, mouth + half]).astype(np.float32)
 
@@ -150,7 +152,17 @@ def face_recognition_models_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "models"
 
 
-_DLIB_CACHE: dict[str, Any] = {}
+@functools.lru_cache(maxsize=1)
+def dlib_models() -> tuple[Any, Any]:
+    """dlib's HOG frontal face detector and 5-point shape predictor (loaded once per process)."""
+    try:
+        import dlib
+    except ImportError:
+        raise DataError("dlib is not installed; pip install dlib-bin (or give landmarks in a file)") from None
+    model = face_recognition_models_dir() / "shape_predictor_5_face_landmarks.dat"
+    if not model.is_file():
+        raise DataError(f"dlib landmark model not found at {model}; reinstall face-recognition-models")
+    return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(model))
 
 
 class DlibLandmarks(LandmarkSource):
@@ -161,19 +173,7 @@ class DlibLandmarks(LandmarkSource):
     """
 
     def __init__(self, upsample: int = 1) -> None:
-        try:
-            import dlib
-        except ImportError:
-            raise DataError("dlib is not installed; pip install dlib-bin (or use landmarks='manifest')") from None
-        model = face_recognition_models_dir() / "shape_predictor_5_face_landmarks.dat"
-        if not model.is_file():
-            raise DataError(f"dlib landmark model not found at {model}; reinstall face-recognition-models")
-        if "detector" not in _DLIB_CACHE:
-            _DLIB_CACHE["detector"] = dlib.get_frontal_face_detector()
-            _DLIB_CACHE["predictor"] = dlib.shape_predictor(str(model))
-        self._dlib = dlib
-        self.detector = _DLIB_CACHE["detector"]
-        self.predictor = _DLIB_CACHE["predictor"]
+        self.detector, self.predictor = dlib_models()
         self.upsample = upsample
 
     def detect(self, image: np.ndarray) -> np.ndarray | None:

@@ -9,13 +9,9 @@ dlib: the HOG frontal face detector plus the 5-point shape predictor of ``face_r
 dlib's 5 points are two corners per eye and the base of the nose (subnasale); they are converted to
 ours (DESIGN.md order ``left_eye, right_eye, nose, mouth_left, mouth_right``) as:
 
-- eye centres = mean of each eye's two corners, sorted by x;
-- with M the eye midpoint and N the nose base, nose tip = M + 0.7 (N - M) and mouth centre =
-  M + 1.4 (N - M) (anthropometric ratios: eye line -> subnasale ~ 34, eye line -> nose tip 24 and
-  eye line -> mouth 48 px in the canonical 128 crop);
-- mouth corners = mouth centre -/+ (15/42) (right eye - left eye), the canonical mouth width over
-  the canonical eye distance, so they foreshorten with the eyes under yaw.
-These are estimates; give a landmarks CSV for exact points.
+see :func:`slimface.data.landmarks.dlib5_to_ours` (eye centres from the corners; nose tip, mouth
+centre and corners estimated from the eye midpoint and the nose base). These are estimates; give a
+landmarks CSV for exact points.
 
 dlib's HOG detector is trained on frontal / near-frontal faces: it usually misses profiles beyond
 about 45-60 degrees yaw. Such photos get a one-line message telling the user to pass landmarks.
@@ -29,8 +25,6 @@ eye (86, 41), mouth centre (65, 89) at 128x128, scaled by R/128 for resolution R
 from __future__ import annotations
 
 import csv
-import functools
-import importlib.util
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +32,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from slimface.data.landmarks import dlib5_to_ours, dlib_models
+from slimface.data.records import CANONICAL_LANDMARKS_128 as CANONICAL_128
 from slimface.deploy.runtime import Frontalizer, load_frontalizer
 from slimface.errors import DataError, SlimfaceError
 
@@ -49,20 +45,13 @@ __all__ = [
     "run_frontalize",
     "read_landmarks_csv",
     "detect_landmarks",
-    "dlib_to_slimface",
     "similarity_transform",
     "align_face",
     "summarize",
 ]
 
-# DESIGN.md "Images and tensors": (x, y) at 128x128.
-CANONICAL_LANDMARKS_128 = np.array(
-    [[44.0, 41.0], [86.0, 41.0], [64.0, 65.0], [50.0, 89.0], [80.0, 89.0]], dtype=np.float64
-)
+CANONICAL_LANDMARKS_128 = CANONICAL_128.astype(np.float64)
 CANONICAL_MOUTH_CENTRE_128 = np.array([65.0, 89.0])
-NOSE_TIP_FRACTION = 0.7      # nose tip along eye-midpoint -> nose-base
-MOUTH_FRACTION = 1.4         # mouth centre along eye-midpoint -> nose-base
-MOUTH_HALF_WIDTH = 15.0 / 42.0  # mouth half-width / eye distance, canonical
 CSV_COLUMNS = ["file", "lex", "ley", "rex", "rey", "nx", "ny", "mlx", "mly", "mrx", "mry"]
 DETECT_MAX_SIDE = 1024
 
@@ -118,46 +107,9 @@ def _lookup(table: dict[str, np.ndarray], image: Path) -> np.ndarray | None:
     return by_name[0] if len(by_name) == 1 else None
 
 
-def _models_dir() -> Path:
-    """face_recognition_models' models/ folder, located without importing the package
-    (its __init__ imports pkg_resources)."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise SlimfaceError(
-            "face detection needs the face_recognition_models package (pip install "
-            "face-recognition-models), or pass --landmarks CSV"
-        )
-    return Path(list(spec.submodule_search_locations)[0]) / "models"
-
-
-@functools.lru_cache(maxsize=1)
-def _dlib_models() -> tuple[object, object]:
-    try:
-        import dlib
-    except ImportError:
-        raise SlimfaceError("face detection needs dlib (pip install dlib-bin), or pass --landmarks CSV") from None
-    predictor_path = _models_dir() / "shape_predictor_5_face_landmarks.dat"
-    if not predictor_path.is_file():
-        raise SlimfaceError(f"dlib 5-point model not found at {predictor_path}; reinstall face-recognition-models")
-    return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(predictor_path))
-
-
-def dlib_to_slimface(points: np.ndarray) -> np.ndarray:
-    """dlib's 5 points (2 corners per eye, nose base) -> our 5 landmarks (see module docstring)."""
-    p = np.asarray(points, dtype=np.float64)
-    eyes = sorted([p[0:2].mean(axis=0), p[2:4].mean(axis=0)], key=lambda e: e[0])
-    le, re = eyes
-    mid = (le + re) / 2.0
-    nose_base = p[4]
-    nose = mid + NOSE_TIP_FRACTION * (nose_base - mid)
-    mouth = mid + MOUTH_FRACTION * (nose_base - mid)
-    half = MOUTH_HALF_WIDTH * (re - le)
-    return np.stack([le, re, nose, mouth - half, mouth + half])
-
-
 def detect_landmarks(rgb: np.ndarray) -> tuple[np.ndarray | None, int]:
     """dlib detection on an RGB uint8 image: (our 5 landmarks of the largest face or None, #faces)."""
-    detector, predictor = _dlib_models()
+    detector, predictor = dlib_models()
     h, w = rgb.shape[:2]
     scale = min(1.0, DETECT_MAX_SIDE / max(h, w))
     img = rgb
@@ -171,7 +123,7 @@ def detect_landmarks(rgb: np.ndarray) -> tuple[np.ndarray | None, int]:
     rect = max(rects, key=lambda r: r.width() * r.height())
     shape = predictor(img, rect)
     pts = np.array([[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)], dtype=np.float64)
-    return dlib_to_slimface(pts / scale), len(rects)
+    return dlib5_to_ours(pts / scale).astype(np.float64), len(rects)
 
 
 # ----------------------------------------------------------------------------- alignment

@@ -18,7 +18,6 @@ how often the detector fired. Gray inputs are replicated to three channels.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -37,25 +36,19 @@ _MODEL_FILES = {
 
 
 def face_models_dir() -> Path:
-    """The ``models/`` folder of the installed ``face_recognition_models`` package.
+    """The ``models/`` folder of the installed ``face_recognition_models`` package, checked to hold
+    the descriptor and landmark model files."""
+    from slimface.data.landmarks import face_recognition_models_dir
+    from slimface.errors import DataError
 
-    Found through the import system's spec, without importing the package (its ``__init__`` needs
-    ``pkg_resources``, which newer setuptools no longer ships).
-    """
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
-            "the dlib recognizer needs the face_recognition_models package; "
-            "install it with pip install face-recognition-models"
-        )
-    for location in spec.submodule_search_locations:
-        folder = Path(location) / "models"
-        if all((folder / f).is_file() for f in _MODEL_FILES.values()):
-            return folder
-    raise ConfigError(
-        f"face_recognition_models at {list(spec.submodule_search_locations)} lacks its model files "
-        f"({', '.join(_MODEL_FILES.values())}); reinstall face-recognition-models"
-    )
+    try:
+        folder = face_recognition_models_dir()
+    except DataError as exc:
+        raise ConfigError(f"the dlib recognizer needs models: {exc}") from None
+    missing = [f for f in _MODEL_FILES.values() if not (folder / f).is_file()]
+    if missing:
+        raise ConfigError(f"{folder} lacks {', '.join(missing)}; reinstall face-recognition-models")
+    return folder
 
 
 def to_uint8_hwc(image: Tensor) -> np.ndarray:

@@ -103,6 +103,17 @@ class _PolicyDataset(Dataset):
         """Number of distinct bad-file messages seen so far (this process / worker)."""
         return len(self._images.bad)
 
+    def _setup(self, records: Sequence[FaceRecord], resolution: int, channels: int,
+               subject_to_label: dict[str, int] | None, cache: bool, policy: Policy) -> None:
+        """Labels (checked to cover every subject), the image cache and the output size."""
+        self.subject_to_label = subject_to_label or subject_labels(records)
+        missing = {r.subject for r in records} - set(self.subject_to_label)
+        if missing:
+            raise DataError(f"subject(s) {sorted(missing)[:3]} have no class label in subject_to_label; build it from the same index")
+        self._images = _ImageCache(resolution, channels, cache, policy)
+        self.resolution = resolution
+        self.channels = channels
+
 
 class PairDataset(_PolicyDataset):
     """(profile, frontal) pairs for frontalization training.
@@ -125,13 +136,7 @@ class PairDataset(_PolicyDataset):
         self.pairs = list(pairs)
         if not self.pairs:
             raise DataError("no training pairs: the dataset has no profile image with a matching frontal image; check the data")
-        self.subject_to_label = subject_to_label or subject_labels([p for p, _ in self.pairs])
-        missing = {p.subject for p, _ in self.pairs} - set(self.subject_to_label)
-        if missing:
-            raise DataError(f"subject(s) {sorted(missing)[:3]} have no class label in subject_to_label; build it from the same index")
-        self._images = _ImageCache(resolution, channels, cache, policy)
-        self.resolution = resolution
-        self.channels = channels
+        self._setup([p for p, _ in self.pairs], resolution, channels, subject_to_label, cache, policy)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -172,13 +177,7 @@ class ImageDataset(_PolicyDataset):
         self.records = list(records)
         if not self.records:
             raise DataError("no images to load: the record list is empty; check the dataset and filters")
-        self.subject_to_label = subject_to_label or subject_labels(self.records)
-        missing = {r.subject for r in self.records} - set(self.subject_to_label)
-        if missing:
-            raise DataError(f"subject(s) {sorted(missing)[:3]} have no class label in subject_to_label; build it from the same index")
-        self._images = _ImageCache(resolution, channels, cache, policy)
-        self.resolution = resolution
-        self.channels = channels
+        self._setup(self.records, resolution, channels, subject_to_label, cache, policy)
 
     def __len__(self) -> int:
         return len(self.records)

@@ -24,7 +24,9 @@ from typing import Any, Mapping
 from torch import nn
 
 from slimface.models.registry import Family, StudentSpec, register_family
-from slimface.models.tpgan import TPGAN_DISTILL, TPGAN_PRUNABLE, TPGANArch, TPGANGenerator
+from slimface.models.tpgan import (
+    TPGAN_DISTILL, TPGAN_PRUNABLE, TPGANArch, TPGANGenerator, build_tpgan_discriminator,
+)
 
 PIM_ARCH = TPGANArch(z_dim=0, noise_maps=False, noise_std=0.0, enc_res_s8=4, dec_res=(2, 1, 1, 1),
                      local_bottleneck_res=2)
@@ -46,14 +48,6 @@ def build_pim_generator(resolution: int = 128, channels: int = 3, width_mult: fl
     return PIMGenerator(resolution, channels, width_mult, separable, sub)
 
 
-def build_pim_discriminator(resolution: int = 128, channels: int = 3, width_mult: float = 1.0,
-                            **_: object) -> nn.Module:
-    """The conditional patch D (as TP-GAN's); the domain D and recognizer are built by the task."""
-    from slimface.models.discriminators import PatchDiscriminator
-
-    return PatchDiscriminator(resolution, channels, width_mult, conditional=True)
-
-
 def _make_pim_task(*args: Any, **kwargs: Any) -> Any:
     from slimface.train.teacher_tasks import make_pim_task
 
@@ -63,11 +57,11 @@ def _make_pim_task(*args: Any, **kwargs: Any) -> Any:
 register_family(Family(
     name="pim",
     build_generator=build_pim_generator,
-    build_discriminator=build_pim_discriminator,
+    build_discriminator=build_tpgan_discriminator,  # the same conditional patch D
     make_teacher_task=_make_pim_task,
     student_spec=StudentSpec(prunable=dict(TPGAN_PRUNABLE), distill=list(TPGAN_DISTILL)),
     description="PIM (TP-GAN-like dual path without noise, lighter decoder; joint recognizer + domain D)",
     extras={"needs_landmarks": True},
 ))
 
-__all__ = ["PIM_ARCH", "PIMGenerator", "build_pim_generator", "build_pim_discriminator"]
+__all__ = ["PIM_ARCH", "PIMGenerator", "build_pim_generator"]

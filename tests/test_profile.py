@@ -54,3 +54,14 @@ def test_parse_count_rejects_garbage() -> None:
 
 def test_format_count() -> None:
     assert format_count(1.5e9) == "1.50G" and format_count(2.3e6, "MACs") == "2.30MMACs"
+
+
+def test_conv_macs_is_a_lower_bound_of_the_full_count() -> None:
+    from slimface.nn.profile import count_conv_macs
+
+    net = _net()
+    x = torch.randn(1, 3, 10, 10)
+    conv_only = 100 * 16 * 27 + 100 * 16 * 9 + 100 * 16 * 8 * 16 + 8 * 400 * 10
+    assert count_conv_macs(net, (x,)) == conv_only == count_macs(net, (x,))
+    with_bn = nn.Sequential(net[0], nn.BatchNorm2d(16), nn.ReLU())
+    assert count_conv_macs(with_bn, (x,)) < count_macs(with_bn, (x,))

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from slimface.compress.ofa import Batch, default_forward, preserve_bn, recalibrate_bn
 from slimface.compress.space import Config, ConfigSpace, active_config, macs_of, params_of
 from slimface.errors import ConfigError
-from slimface.nn.profile import format_count, parse_count
+from slimface.nn.profile import count_conv_macs, format_count, parse_count
 from slimface.train import distributed as D
 
 EvaluateFn = Callable[..., float]  # fn(cfg) or fn(supernet, cfg) -> metric (higher is better)
@@ -144,10 +144,18 @@ def _write_jsonl_atomic(path: Path, records: Sequence[Mapping[str, Any]]) -> Non
 
 
 # -------------------------------------------------------------------- search
+def _conv_macs(net: nn.Module, cfg: Config) -> int:
+    """Cheap lower bound of the exact MACs (convs and linears only, no tracing)."""
+    with active_config(net, cfg):
+        return count_conv_macs(net, net.example_inputs(1))  # type: ignore[operator]
+
+
 class _Searcher:
     def __init__(self, space: ConfigSpace, budget: float, evaluate_fn: EvaluateFn,
-                 cost_fn: Callable[[Config], tuple[int, int]], cache_path: Path | None) -> None:
+                 cost_fn: Callable[[Config], tuple[int, int]], cache_path: Path | None,
+                 bound_fn: Callable[[Config], int] | None = None) -> None:
         self.space, self.budget, self.evaluate_fn, self.cost_fn = space, budget, evaluate_fn, cost_fn
+        self.bound_fn = bound_fn
         self.cache_path = cache_path
         self.cache = _read_cache(cache_path, space)
         self.order: list[str] = []  # configs touched by this search, in order
@@ -161,7 +169,27 @@ class _Searcher:
         return self._costs[key]
 
     def feasible(self, cfg: Config) -> bool:
+        """Exact MACs under the budget; a cheap lower bound (when given) rejects most misses first."""
+        if self.bound_fn is not None and self.space.encode(cfg) not in self._costs and self.bound_fn(cfg) >= self.budget:
+            return False
         return self.cost(cfg)[0] < self.budget
+
+    def repair(self, cfg: Config, gen: torch.Generator) -> Config:
+        """Shrink random groups one choice at a time until the cheap bound fits the budget, so the
+        sampled candidates land near the budget instead of being rejected one costly count each."""
+        if self.bound_fn is None:
+            return cfg
+        cfg = dict(cfg)
+        # the bound misses norms and element-wise ops (a few % of the exact count): aim below it
+        while self.bound_fn(cfg) >= 0.97 * self.budget:
+            shrinkable = [g for g in self.space.groups if self.space.choices[g].index(cfg[g]) > 0]
+            if not shrinkable:
+                break
+            for _ in range(max(1, len(shrinkable) // 8)):  # a few groups per bound evaluation
+                g = shrinkable[int(torch.randint(len(shrinkable), (1,), generator=gen))]
+                opts = self.space.choices[g]
+                cfg[g] = opts[max(0, opts.index(cfg[g]) - 1)]
+        return cfg
 
     def evaluate(self, cfgs: Sequence[Config]) -> list[dict[str, Any]]:
         """Records for ``cfgs``; unknown ones are evaluated (sharded over ranks) and cached."""
@@ -222,11 +250,14 @@ def search(
         budget = parse_count(budget_macs)
     except ValueError:
         raise ConfigError(f"budget {budget_macs!r} is not a number of MACs; use e.g. 4G, 500M or 4e9") from None
+    bound_fn: Callable[[Config], int] | None = None
     if cost_fn is None:
         if supernet is None:
             raise ValueError("search needs a supernet or a cost_fn")
         net = supernet
         cost_fn = lambda c: (macs_of(net, c, resolution), params_of(net, c))  # noqa: E731
+        if hasattr(net, "example_inputs"):
+            bound_fn = lambda c: _conv_macs(net, c)  # noqa: E731
     if _takes_two(evaluate_fn):
         two, net2 = evaluate_fn, supernet
         evaluate_fn = lambda c: two(net2, c)  # noqa: E731
@@ -235,7 +266,7 @@ def search(
     if not (0 < parent_ratio <= 1 and 0 <= mutation_ratio <= 1 and population >= 2 and generations >= 0):
         raise ConfigError("search: need population >= 2, 0 < parent_ratio <= 1, 0 <= mutation_ratio <= 1, generations >= 0")
 
-    s = _Searcher(space, budget, evaluate_fn, cost_fn, Path(cache_path) if cache_path else None)
+    s = _Searcher(space, budget, evaluate_fn, cost_fn, Path(cache_path) if cache_path else None, bound_fn)
     smallest = s.cost(space.smallest())[0]
     if smallest >= budget:
         raise ConfigError(
@@ -255,7 +286,7 @@ def search(
 
         def retry(make: Callable[[], Config]) -> Config:
             for _ in range(max_tries):
-                c = make()
+                c = s.repair(make(), gen)
                 if s.feasible(c):
                     return c
             return space.smallest()  # always feasible here (checked above)

@@ -91,3 +91,39 @@ def parse_count(text: str | int | float) -> float:
     if s and s[-1] in mult:
         return float(s[:-1]) * mult[s[-1]]
     return float(s)
+
+
+def count_conv_macs(model: nn.Module, inputs: tuple[Any, ...]) -> int:
+    """Multiply-accumulates of the convs, transposed convs and linears alone, from forward hooks.
+
+    About a hundred times cheaper than :func:`count_macs` (no tracing) and never larger than it
+    (torchprofile counts the same layers plus norms and element-wise ops), so it is a safe lower
+    bound for screening candidates against a budget; reported numbers come from count_macs.
+    """
+    total = 0
+
+    def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        nonlocal total
+        x = args[0]
+        if isinstance(module, nn.ConvTranspose2d):
+            k = module.kernel_size[0] * module.kernel_size[1]
+            total += x.numel() * out.shape[1] * k
+        elif isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1]
+            depthwise = getattr(module, "depthwise", False) or module.groups > 1
+            total += out.numel() * (1 if depthwise else x.shape[1]) * k
+        elif isinstance(module, nn.Linear):
+            total += out.numel() * x.shape[-1]
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return int(total)

@@ -384,8 +384,9 @@ class TPGANGenerator(Generator):
         }
 
     def forward(self, x: Tensor, landmarks: Tensor | None = None,  # type: ignore[override]
-                outputs: Literal["image", "train"] = "image", *,
+                outputs: Literal["image", "train"] = "image",
                 noise: Tensor | None = None) -> Tensor | dict[str, Any]:
+        # (no keyword-only parameters: the ONNX tracer passes every default positionally)
         out = self.forward_train(x, landmarks, noise=noise)
         return out if outputs == "train" else out["image"]
 

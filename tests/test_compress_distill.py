@@ -282,3 +282,17 @@ def test_recalibrate_bn_for_a_config_keeps_its_stats() -> None:
     from slimface.compress.space import current_widths
 
     assert current_widths(net) is None  # widths restored
+
+
+def test_output_distillation_term_matches_l1_to_the_teacher_image() -> None:
+    from slimface.compress.distill import DistillConfig, DistillLoss
+
+    torch.manual_seed(0)
+    fake, target, t_out = (torch.rand(2, 3, 8, 8) for _ in range(3))
+    loss = DistillLoss(DistillConfig(recon_weight=1.0, teacher_weight=10.0, gan_weight=0.0, distill_weight=0.0),
+                       conditional=True, recognizer=None)
+    total, parts = loss.generator_loss(None, fake, fake, target, None, None, t_out)
+    assert parts["teacher"] == pytest.approx(float((fake - t_out).abs().mean()))
+    assert float(total) == pytest.approx(parts["recon"] + 10.0 * parts["teacher"], rel=1e-6)
+    _, without = loss.generator_loss(None, fake, fake, target, None, None)
+    assert "teacher" not in without

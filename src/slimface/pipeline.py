@@ -409,7 +409,8 @@ class Pipeline:
 
         s = self.cfg.student
         fam = get_family(family)
-        dcfg = from_dict(DistillConfig, {"recon_weight": s.recon_weight, "distill_weight": s.distill_weight,
+        dcfg = from_dict(DistillConfig, {"recon_weight": s.recon_weight, "teacher_weight": s.teacher_weight,
+                                         "distill_weight": s.distill_weight,
                                          "gan_weight": s.gan_weight, "identity_weight": s.identity_weight,
                                          "gan_mode": s.gan_mode or fam.extras.get("gan_mode", "bce")},
                          where="student")

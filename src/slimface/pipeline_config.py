@@ -89,6 +89,7 @@ class TeacherSettings:
 class StudentSettings:
     sandwich: bool = False
     recon_weight: float = 100.0
+    teacher_weight: float = 0.0  # output distillation: L1 to the teacher's image
     distill_weight: float = 1.0
     gan_weight: float = 1.0
     identity_weight: float = 0.0

@@ -31,10 +31,13 @@ class DistillConfig:
 
     ``gan_mode``: ``"bce"`` is the paper's cGAN (non-saturating -log D(x, G(x)) for G); ``"wgan-gp"``
     suits a teacher critic trained with WGAN-GP (CR-GAN). ``identity_weight`` (λ_id) > 0 adds the identity-preserving
-    L1 on frozen recognizer features (needs a recognizer).
+    L1 on frozen recognizer features (needs a recognizer). ``teacher_weight`` (λ_out) > 0 adds output
+    distillation, the L1 between the student's and the teacher's images: the teacher's output is an
+    easier target than the ground truth and carries what the teacher learned about identity.
     """
 
     recon_weight: float = 100.0
+    teacher_weight: float = 0.0
     distill_weight: float = 1.0
     gan_weight: float = 1.0
     identity_weight: float = 0.0
@@ -42,7 +45,7 @@ class DistillConfig:
     gp_weight: float = 10.0
 
     def validate(self) -> None:
-        for name in ("recon_weight", "distill_weight", "gan_weight", "identity_weight", "gp_weight"):
+        for name in ("recon_weight", "teacher_weight", "distill_weight", "gan_weight", "identity_weight", "gp_weight"):
             v = getattr(self, name)
             check(v >= 0, f"distill.{name} must be >= 0, got {v}")
         check(self.gan_mode in ("bce", "wgan-gp"), f"distill.gan_mode {self.gan_mode!r}: use 'bce' or 'wgan-gp'")
@@ -233,11 +236,14 @@ class DistillLoss:
     def generator_loss(
         self, disc: nn.Module, profile: Tensor, fake: Tensor, target: Tensor,
         mapped: Mapping[str, Tensor] | None, teacher_feats: Mapping[str, Tensor] | None,
+        teacher_out: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
-        """L = λ_gan·L_G + λ_recon·||y - G(x)||_1 + λ_distill·Σ MSE + λ_id·L_id."""
+        """L = λ_gan·L_G + λ_recon·||y - G(x)||_1 + λ_out·||G'(x) - G(x)||_1 + λ_distill·Σ MSE + λ_id·L_id."""
         c = self.cfg
         parts: dict[str, Tensor] = {}
         parts["recon"] = (fake - target).abs().mean()
+        if c.teacher_weight > 0 and teacher_out is not None:
+            parts["teacher"] = (fake - teacher_out).abs().mean()
         if c.gan_weight > 0:
             logits = self.score(disc, profile, fake)
             parts["gan_g"] = L.gan_loss_g(logits) if c.gan_mode == "bce" else L.wgan_loss_g(logits)
@@ -247,7 +253,8 @@ class DistillLoss:
         if c.identity_weight > 0:
             assert self.recognizer is not None
             parts["id"] = L.identity_loss(self.recognizer.embed, fake, target)  # type: ignore[operator]
-        weights = {"recon": c.recon_weight, "gan_g": c.gan_weight, "distill": c.distill_weight, "id": c.identity_weight}
+        weights = {"recon": c.recon_weight, "teacher": c.teacher_weight, "gan_g": c.gan_weight,
+                   "distill": c.distill_weight, "id": c.identity_weight}
         total = sum(weights[k] * v for k, v in parts.items())
         assert isinstance(total, Tensor)
         return total, {k: float(v.detach()) for k, v in parts.items()}

@@ -249,7 +249,7 @@ class OFATask:
 
         with torch.no_grad():
             self.teacher_taps.clear()
-            self.teacher(profile, landmarks)
+            t_out = self.teacher(profile, landmarks)
             t_feats = self.teacher_taps.collect()
 
         opt_g.zero_grad(set_to_none=True)
@@ -266,7 +266,7 @@ class OFATask:
                 fake = student(profile, landmarks)
             s_feats = self.student_taps.collect()
             mapped = mappers(s_feats) if self.cfg.distill.distill_weight > 0 else None
-            total, parts = self.loss.generator_loss(disc, profile, fake, target, mapped, t_feats)
+            total, parts = self.loss.generator_loss(disc, profile, fake, target, mapped, t_feats, t_out)
             (total / len(configs)).backward()
             fakes.append(fake.detach())
             for k, v in {"loss_g": float(total.detach()), **parts}.items():

@@ -15,6 +15,7 @@ of ``op_types`` by default. ``GridSample``, ``Tanh`` and other elementwise ops s
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -191,7 +192,9 @@ def quantize_int8(
                 from onnxruntime.quantization.shape_inference import quant_pre_process
 
                 pre = Path(tmp) / "pre.onnx"
-                quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
+                # its symbolic shape inference writes scratch files into the current directory
+                with contextlib.chdir(tmp):
+                    quant_pre_process(str(Path(fp32_path).resolve()), str(pre), skip_symbolic_shape=False)
                 src, preprocessed = pre, True
             except Exception:  # pre-processing is an optimisation only; quantize the raw graph instead
                 src, preprocessed = fp32_path, False

@@ -315,7 +315,9 @@ class SeparableConv2d(nn.Module):
         self.pointwise = SuperConv2d(in_c, out_chans, 1, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.pointwise(self.depthwise(x))
+        # Depthwise convs are 3-7x faster on channels-last input on CPU (oneDNN's NCHW depthwise
+        # path, backward especially, is slow); the layout does not change the values.
+        return self.pointwise(self.depthwise(x.contiguous(memory_format=torch.channels_last)))
 
 
 SUPER_TYPES = (SuperConv2d, SuperConvTranspose2d, SuperBatchNorm2d, SuperLinear)

@@ -67,3 +67,11 @@ def test_missing_and_broken_yaml(tmp_path: Path) -> None:
     bad.write_text("steps: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(Outer, bad)
+
+
+def test_exponent_without_dot_is_a_number(tmp_path: Path) -> None:
+    """YAML 1.1 reads ``1e-3`` as a string; a float field still takes it (``--set ...lr=1e-3``)."""
+    p = tmp_path / "c.yaml"
+    p.write_text("steps: 4\ninner:\n  lr: 1e-3\n")
+    assert load_config(Outer, p).inner.lr == pytest.approx(1e-3)
+    assert load_config(Outer, p, {"inner.lr": "2E-4"}).inner.lr == pytest.approx(2e-4)

@@ -178,3 +178,51 @@ def test_bench_latency_script(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert res2["student"]["runs"] == 1
     with pytest.raises(SystemExit):
         script.main(["--teacher", "no_such_module_xyz:f", "--student", "x:y"])
+
+
+def _fake_bench_entry(with_full_runtimes: bool) -> dict:
+    def lat(ms: float) -> dict:
+        return {"latency_ms": ms, "latency_median_ms": ms, "peak_memory_mb": 1.0, "params": 10, "macs": 100}
+
+    run = {"teacher": lat(20.0), "student": lat(10.0), "speedup": 2.0, "memory_reduction": 1.0, "threads": 1}
+    entry = {"run_size": run,
+             "runtimes": {"PyTorch fp32": lat(10.0), "ONNX Runtime fp32": lat(5.0), "ONNX Runtime int8": lat(4.0)}}
+    full = {"teacher": lat(2000.0), "student": lat(80.0), "speedup": 25.0, "memory_reduction": 30.0, "threads": 1,
+            "teacher_counts": {"params": 1000, "macs": 10000}, "student_counts": {"params": 10, "macs": 100},
+            "student_config": "8_8"}
+    if with_full_runtimes:
+        full["runtimes"] = {
+            "PyTorch fp32": {"latency_ms": 80.0, "latency_median_ms": 79.0, "speedup_vs_pytorch": 1.0},
+            "ONNX Runtime fp32": {"latency_ms": 40.0, "latency_median_ms": 39.0, "speedup_vs_pytorch": 2.0},
+            "ONNX Runtime int8": {"latency_ms": 20.0, "latency_median_ms": 19.0, "speedup_vs_pytorch": 4.0},
+            "int8_vs_ort_fp32": 2.0,
+        }
+    entry["full_size"] = full
+    return entry
+
+
+@pytest.mark.parametrize("with_full_runtimes", [True, False])
+def test_report_deployment_table_full_size_rows(tmp_path: Path, with_full_runtimes: bool) -> None:
+    from types import SimpleNamespace
+
+    from slimface.evaluate.report import write_report
+
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "bench.json").write_text(json.dumps({"tpgan": _fake_bench_entry(with_full_runtimes)}))
+    cfg = SimpleNamespace(name="t", families=["tpgan"], data=SimpleNamespace(kind="synth", resolution=64),
+                          teacher=lambda fam: SimpleNamespace(width_mult=0.25))
+    pipe = SimpleNamespace(out=tmp_path, cfg=cfg, stages=lambda: [], family_dir=lambda fam: tmp_path / fam)
+    md = write_report(pipe).read_text()
+    table = md.split("## Deployment runtimes")[1].split("\n## ")[0]
+    rows = [l for l in table.splitlines() if l.startswith("| tpgan")]
+    full_rows = [l for l in rows if "128² ×1.0 (official widths, random weights)" in l]
+    assert len(rows) == 3 + len(full_rows)
+    assert all("64² ×0.25" in l for l in rows if l not in full_rows)
+    res = json.loads((tmp_path / "report" / "results.json").read_text())["families"]["tpgan"]
+    if with_full_runtimes:
+        assert len(full_rows) == 3
+        assert "| ONNX Runtime int8 | 20.00 | 4.00× | — | — |" in full_rows[2]
+        assert res["full_size_runtimes"]["int8_vs_ort_fp32"] == 2.0
+        assert res["full_size_runtimes"]["ONNX Runtime fp32"]["latency_ms"] == 40.0
+    else:
+        assert not full_rows and "full_size_runtimes" not in res

@@ -64,3 +64,70 @@ def test_bench_refuses_a_gpu_that_is_not_there() -> None:
         pytest.skip("a GPU is present")
     with pytest.raises(ConfigError, match="no GPU"):
         bench_report("crgan", resolution=64, width_mult=0.125, device="cuda", warmup=1, runs=1)
+
+
+RUNTIME_LABELS = ("PyTorch fp32", "ONNX Runtime fp32", "ONNX Runtime int8")
+
+
+def _check_runtimes(rts: dict, runs: int) -> None:
+    for label in RUNTIME_LABELS:
+        r = rts[label]
+        assert r["latency_ms"] > 0 and r["latency_median_ms"] > 0 and r["runs"] == runs and r["threads"] == 1
+        base = rts["PyTorch fp32"]
+        assert r["speedup_vs_pytorch"] == pytest.approx(base["latency_ms"] / r["latency_ms"])
+    assert rts["PyTorch fp32"]["speedup_vs_pytorch"] == pytest.approx(1.0)
+    assert isinstance(rts["int8_vs_ort_fp32"], float)
+    assert rts["int8_vs_ort_fp32"] == pytest.approx(rts["ONNX Runtime fp32"]["latency_ms"]
+                                                    / rts["ONNX Runtime int8"]["latency_ms"])
+    # ORT fp32 reproduces PyTorch; int8 stays close to both (tanh outputs in [-1, 1])
+    assert rts["onnx_max_abs_diff"] < 1e-4
+    assert rts["int8_mean_abs_diff_vs_pytorch"] < 0.05 and rts["int8_max_abs_diff_vs_pytorch"] < 0.5
+    assert 0 < rts["int8"]["mean_abs_diff"] < 0.05
+    assert rts["int8"]["int8_ops"].get("QLinearConv", 0) > 0  # really quantized
+    assert rts["calibration"]["samples"] == rts["int8"]["n_calibration"] > 0
+
+
+def test_deploy_runtimes_report_keys_and_agreement() -> None:
+    from slimface.compress.profile_cli import deploy_runtimes_report
+
+    r = deploy_runtimes_report("crgan", resolution=64, width_mult=0.125, student="smallest", warmup=1, runs=3,
+                               threads=1, n_calibration=4)
+    _check_runtimes(r, runs=3)
+    assert r["calibration"]["samples"] == 4 and r["model"] == "crgan"
+    assert r["student_counts"]["macs"] > 0
+
+
+def test_student_runtimes_report_landmark_model_given_calibration() -> None:
+    """A landmark-driven generator (grid_sample patches): ORT fp32/int8 against PyTorch."""
+    import torch
+
+    from slimface.compress.profile_cli import random_calibration, student_runtimes_report
+    from test_deploy import RES, _inputs, _model
+
+    model = _model()
+    x, lm = _inputs()
+    cal = [{"image": xi.numpy()[None], "landmarks": li.numpy()[None]} for xi, li in zip(*_inputs(b=6, seed=5))]
+    r = student_runtimes_report(model, (x, lm), warmup=1, runs=2, threads=1, calibration=cal)
+    _check_runtimes(r, runs=2)
+    assert r["calibration"] == {"samples": 6, "source": "given"}
+    rnd = random_calibration((torch.zeros(1, 3, RES, RES), lm), n=3, jitter_px=1.0)
+    assert len(rnd) == 3 and rnd[0]["image"].shape == (1, 3, RES, RES)
+    assert -1.0 <= rnd[0]["image"].min() and rnd[0]["image"].max() <= 1.0
+    assert 0 < abs(rnd[0]["landmarks"] - lm.numpy()).max() <= 1.0
+
+
+def test_bench_cli_runtimes_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "crgan", "--resolution", "64", "--width-mult", "0.125", "--student", "smallest",
+                 "--warmup", "1", "--runs", "2", "--threads", "1", "--runtimes", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["speedup"] > 0 and "teacher" in out  # the existing report is still there
+    _check_runtimes(out["runtimes"], runs=2)
+    assert main(["bench", "crgan", "--resolution", "64", "--width-mult", "0.125", "--warmup", "1", "--runs", "2",
+                 "--threads", "1", "--json"]) == 0
+    assert "runtimes" not in json.loads(capsys.readouterr().out)
+
+
+def test_bench_runtimes_refuses_a_gpu_device(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "crgan", "--resolution", "64", "--runtimes", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--runtimes" in err and len(err.splitlines()) == 1

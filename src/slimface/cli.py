@@ -137,6 +137,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     report = bench_report(
         args.model, resolution=args.resolution, width_mult=args.width_mult, student=args.student,
         warmup=args.warmup, runs=args.runs, threads=args.threads, device=args.device,
+        runtimes=args.runtimes,
     )
     if args.json:
         print(json.dumps(report, indent=2))
@@ -146,6 +147,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if s:
             print(f"student  {s['latency_ms']:.2f} ms  {s['peak_memory_mb']:.1f} MB")
             print(f"speedup {report['speedup']:.2f}x  memory reduction {report['memory_reduction']:.2f}x")
+        rts = report.get("runtimes")
+        if rts:
+            from slimface.compress.profile_cli import RUNTIME_LABELS
+
+            for label in RUNTIME_LABELS:
+                r = rts[label]
+                print(f"student {label:18s} {r['latency_ms']:8.2f} ms (median {r['latency_median_ms']:.2f})  "
+                      f"{r['speedup_vs_pytorch']:.2f}x vs PyTorch")
+            print(f"int8 vs ONNX Runtime fp32: {rts['int8_vs_ort_fp32']:.2f}x  (int8 output diff vs fp32: max "
+                  f"{rts['int8']['max_abs_diff']:.3f}, mean {rts['int8']['mean_abs_diff']:.4f})")
     return 0
 
 
@@ -222,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--runs", type=int, default=100)
     b.add_argument("--threads", type=int)
     b.add_argument("--device", default="cpu")
+    b.add_argument("--runtimes", action="store_true",
+                   help="also time the student under PyTorch fp32, ONNX Runtime fp32 and ONNX Runtime int8 "
+                        "(exported and quantized in a temporary directory)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 

@@ -82,10 +82,16 @@ def profile_report(model: str, resolution: int = 128, width_mult: float = 1.0,
 
 def bench_report(model: str, resolution: int = 128, width_mult: float = 1.0, student: str | None = "smallest",
                  warmup: int = 100, runs: int = 100, threads: int | None = None,
-                 device: str = "cpu") -> dict[str, Any]:
-    """Latency/peak memory of teacher vs student at batch 1 (random weights; eval mode)."""
+                 device: str = "cpu", runtimes: bool = False, n_calibration: int = 8) -> dict[str, Any]:
+    """Latency/peak memory of teacher vs student at batch 1 (random weights; eval mode).
+
+    ``runtimes``: also compare the *student* under PyTorch fp32 / ONNX Runtime fp32 / ONNX Runtime
+    int8 (see :func:`student_runtimes_report`), stored under ``report["runtimes"]``.
+    """
     from slimface.evaluate.bench import benchmark_teacher_student
 
+    if runtimes and device != "cpu":
+        raise ConfigError(f"--runtimes times ONNX Runtime on the CPU; drop --device {device} (or --runtimes)")
     teacher, stud, code = build_pair(model, resolution, 3, width_mult, student or "smallest")
     assert stud is not None
     if device != "cpu" and not torch.cuda.is_available():
@@ -97,6 +103,128 @@ def bench_report(model: str, resolution: int = 128, width_mult: float = 1.0, stu
     report.update({"model": model, "resolution": resolution, "width_mult": width_mult, "student_config": code})
     for key, net in (("teacher_counts", teacher), ("student_counts", stud)):
         report[key] = {"params": count_params(net), "macs": count_macs(net, inputs)}
+    if runtimes:
+        del teacher  # a full-size teacher holds hundreds of MB; the runtime comparison needs only the student
+        report["runtimes"] = student_runtimes_report(stud, inputs, warmup=warmup, runs=runs, threads=threads,
+                                                     n_calibration=n_calibration)
+    return report
+
+
+RUNTIME_LABELS = ("PyTorch fp32", "ONNX Runtime fp32", "ONNX Runtime int8")
+
+
+def random_calibration(example_inputs: tuple, n: int = 8, seed: int = 0,
+                       jitter_px: float = 1.0) -> list[dict[str, Any]]:
+    """``n`` batch-1 feeds for int8 calibration of a random-weight architecture.
+
+    Images are uniform in [-1, 1] (the generators' input range; with random weights, face-like
+    content would not make the activation ranges any more representative), landmarks are the
+    canonical ones of ``example_inputs`` moved by up to ``jitter_px`` pixels, so the landmark-driven
+    crops see more than one position.
+    """
+    import numpy as np
+
+    image = example_inputs[0]
+    lm = example_inputs[1] if len(example_inputs) > 1 else None
+    rng = np.random.default_rng(seed)
+    shape = (1, *tuple(image.shape[1:]))
+    feeds: list[dict[str, Any]] = []
+    for _ in range(max(1, n)):
+        feed: dict[str, Any] = {"image": rng.uniform(-1.0, 1.0, shape).astype(np.float32)}
+        if lm is not None:
+            base = lm[:1].detach().cpu().numpy().astype(np.float32)
+            feed["landmarks"] = (base + rng.uniform(-jitter_px, jitter_px, base.shape)).astype(np.float32)
+        feeds.append(feed)
+    return feeds
+
+
+def student_runtimes_report(student: torch.nn.Module, example_inputs: tuple, warmup: int = 100, runs: int = 100,
+                            threads: int | None = None, calibration: list[dict[str, Any]] | None = None,
+                            n_calibration: int = 8, quantize_kwargs: dict[str, Any] | None = None,
+                            ) -> dict[str, Any]:
+    """One student under PyTorch fp32, ONNX Runtime fp32 and ONNX Runtime int8, timed in one process.
+
+    The student is exported with :func:`~slimface.deploy.onnx_export.export_onnx` into a temporary
+    directory (checked against PyTorch with ``check_onnx``), quantized with
+    :func:`~slimface.deploy.quantize.quantize_int8` on ``calibration`` (default:
+    :func:`random_calibration` of ``n_calibration`` batch-1 feeds), and the three runtimes are timed
+    with :func:`~slimface.evaluate.bench.benchmark_callables` (interleaved run by run, same warmup /
+    runs / threads; ORT sessions get ``threads`` intra-op threads).
+
+    Returns ``{label: {latency_ms, latency_median_ms, ..., speedup_vs_pytorch}}`` for the labels of
+    :data:`RUNTIME_LABELS`, plus ``int8_vs_ort_fp32`` (ORT fp32 mean latency / ORT int8 mean latency:
+    above 1 means int8 is faster), ``int8_vs_ort_fp32_median``, ``onnx_max_abs_diff`` (ORT fp32 vs
+    PyTorch on ``example_inputs``), ``int8_max_abs_diff_vs_pytorch`` / ``int8_mean_abs_diff_vs_pytorch``
+    (ORT int8 vs PyTorch on ``example_inputs``), ``int8`` (the quantization report: output diffs vs ORT fp32 on the calibration inputs,
+    op types run in int8 / left in fp32) and ``calibration`` (how many feeds, where from).
+    """
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from slimface.deploy.onnx_export import check_onnx, export_onnx
+    from slimface.deploy.quantize import quantize_int8
+    from slimface.deploy.runtime import load_frontalizer
+    from slimface.evaluate.bench import benchmark_callables
+
+    student = student.eval().cpu()
+    inputs = tuple(t.cpu() for t in example_inputs)
+    source = "given" if calibration is not None else "random images in [-1,1], canonical landmarks +-1 px"
+    calib = calibration if calibration is not None else random_calibration(inputs, n_calibration)
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="slimface-runtimes-") as tmp:
+        fp32_path = export_onnx(student, inputs, Path(tmp) / "student.onnx")
+        out["onnx_max_abs_diff"] = check_onnx(student, fp32_path, inputs)
+        rep = quantize_int8(fp32_path, Path(tmp) / "student.int8.onnx", calib, **(quantize_kwargs or {}))
+        info = rep.as_dict()
+        info.pop("path", None)
+        rt_fp32 = load_frontalizer(fp32_path, threads=threads)
+        rt_int8 = load_frontalizer(rep.path, threads=threads)
+        x, lm = inputs[0], (inputs[1] if len(inputs) > 1 else None)
+        xn = np.ascontiguousarray(x.numpy())
+        lmn = None if lm is None else np.ascontiguousarray(lm.numpy())
+        with torch.inference_mode():
+            ref = student(x, lm).float().numpy().astype(np.float64)
+        d = np.abs(np.asarray(rt_int8(xn, lmn), dtype=np.float64) - ref)
+        out["int8_max_abs_diff_vs_pytorch"], out["int8_mean_abs_diff_vs_pytorch"] = float(d.max()), float(d.mean())
+        fns = {
+            RUNTIME_LABELS[0]: (lambda: student(x, lm)),
+            RUNTIME_LABELS[1]: (lambda: rt_fp32(xn, lmn)),
+            RUNTIME_LABELS[2]: (lambda: rt_int8(xn, lmn)),
+        }
+        timed = benchmark_callables(fns, warmup=warmup, runs=runs, threads=threads)
+        del rt_fp32, rt_int8  # release the sessions before the temporary files go
+    base = timed[RUNTIME_LABELS[0]]
+    for label in RUNTIME_LABELS:
+        entry = timed[label]
+        entry["speedup_vs_pytorch"] = base["latency_ms"] / entry["latency_ms"]
+        entry["speedup_vs_pytorch_median"] = base["latency_median_ms"] / entry["latency_median_ms"]
+        out[label] = entry
+    fp, q = timed[RUNTIME_LABELS[1]], timed[RUNTIME_LABELS[2]]
+    out["int8_vs_ort_fp32"] = fp["latency_ms"] / q["latency_ms"]
+    out["int8_vs_ort_fp32_median"] = fp["latency_median_ms"] / q["latency_median_ms"]
+    out["int8"] = info
+    out["calibration"] = {"samples": len(calib), "source": source}
+    out["threads"], out["warmup"], out["runs"] = base["threads"], warmup, runs
+    return out
+
+
+def deploy_runtimes_report(model: str, resolution: int = 128, width_mult: float = 1.0,
+                           student: str | None = "smallest", warmup: int = 100, runs: int = 100,
+                           threads: int | None = None, n_calibration: int = 8) -> dict[str, Any]:
+    """PyTorch fp32 / ORT fp32 / ORT int8 latency of a student *architecture* (random weights, eval
+    mode), without building its teacher: :func:`student_runtimes_report` plus the model fields."""
+    check_arch_args(model, resolution, width_mult)
+    _, space = student_space(model, resolution, 3, width_mult)
+    cfg = resolve_student(space, student or "smallest")
+    stud = build_generator(model, resolution, 3, width_mult, separable=True, sub=cfg).eval()
+    inputs = stud.example_inputs()
+    report = student_runtimes_report(stud, inputs, warmup=warmup, runs=runs, threads=threads,
+                                     n_calibration=n_calibration)
+    report.update({"model": model, "resolution": resolution, "width_mult": width_mult,
+                   "student_config": space.encode(cfg),
+                   "student_counts": {"params": count_params(stud), "macs": count_macs(stud, inputs)}})
     return report
 
 

@@ -10,6 +10,35 @@ training profiles + their landmarks (:func:`calibration_from_batches` converts P
 What stays fp32 on ORT's CPU provider (measured with ORT 1.31): ``ConvTranspose`` has no int8
 kernel, so quantizing it only adds Dequantize work around an fp32 deconv; it is therefore left out
 of ``op_types`` by default. ``GridSample``, ``Tanh`` and other elementwise ops stay fp32 as well.
+
+Is int8 faster? Not for slimface's students on ORT 1.31's CPU provider, and no quantization option
+tried changes that (measured on a 2-core AVX512-VNNI Xeon shared with training jobs, 1 thread,
+batch 1, runtimes alternated in one process, 3 repeats; ``benchmarks/int8_options.py`` reruns it):
+
+- Run size (the quick preset's trained TP-GAN student, 64x64, width 0.25, 72M MACs, 292 convs):
+  ORT fp32 13-16 ms, int8 (these defaults) 21-24 ms; per-tensor weights 21-24 ms, QOperator format
+  21-23 ms, ORT graph level EXTENDED 22-25 ms / BASIC 30-32 ms (fp32 at EXTENDED: 21 ms -- the
+  default ALL level's NCHWc layout is what makes fp32 fast). Excluding convs from quantization
+  (``nodes_to_exclude``: the 250 convs under 100k MACs, the 297 under 1M, the 140 depthwise ones,
+  each with or without the elementwise ops that then only see fp32 inputs) gave 19-24 ms. Mean abs
+  output change vs fp32 stayed 0.019-0.024 in every variant (max 0.19-0.28) on 24 synthetic profiles.
+- Why: ORT's profiler shows int8 ``QLinearConv`` *slower* than the fp32 NCHWc convs it replaces:
+  17.3 ms for the 292 int8 convs vs 8.6 ms fp32; depthwise 5x5/7x7 convs are 2-7x slower in int8
+  (e.g. 52 channels 5x5 at 64x64: 1.7 ms vs 0.3 ms). The channel counts are too small for the
+  VNNI GEMMs to pay for themselves, and every QLinear op is a separate kernel (fp32 fuses
+  Conv+LeakyRelu).
+- Full size (128x128, width 1.0, smallest students, random weights): the same picture, int8 is
+  ~0.6x the speed of ORT fp32 (TP-GAN: depthwise convs 33.9 ms int8 vs 17.2 ms fp32 per forward,
+  the other convs 14.9 vs 12.5 ms); keeping the depthwise convs fp32 still leaves int8 ~1.2x slower.
+- Caveat for ``nodes_to_exclude`` on convs: ORT >= 1.21 runs the ``WeightBiasQuantization``
+  graph transformer, which quantizes the float weights of any Conv that reads a per-tensor
+  ``DequantizeLinear`` output -- so an excluded conv between two quantized ops becomes a
+  ``QLinearConv`` again at session creation (the exclusion above only took effect with
+  ``disabled_optimizers=["WeightBiasQuantization"]`` on the session, or where the neighbours were
+  excluded too).
+
+The int8 export is therefore kept for its size (about half the fp32 file) and for runtimes with
+faster int8 kernels, not as the fast CPU path; ONNX Runtime fp32 is.
 """
 
 from __future__ import annotations
@@ -192,10 +221,19 @@ def quantize_int8(
                 from onnxruntime.quantization.shape_inference import quant_pre_process
 
                 pre = Path(tmp) / "pre.onnx"
-                # its symbolic shape inference writes scratch files into the current directory
-                with contextlib.chdir(tmp):
-                    quant_pre_process(str(Path(fp32_path).resolve()), str(pre), skip_symbolic_shape=False)
-                src, preprocessed = pre, True
+                # Symbolic shape inference gives up on the landmark-crop subgraphs of TP-GAN/PIM
+                # ("Incomplete symbolic shape inference"); ONNX shape inference + ORT's basic graph
+                # optimisation (BatchNorm folding, constant folding) still work there, so retry without it.
+                for skip_symbolic in (False, True):
+                    try:
+                        # its symbolic shape inference writes scratch files into the current directory
+                        with contextlib.chdir(tmp):
+                            quant_pre_process(str(Path(fp32_path).resolve()), str(pre),
+                                              skip_symbolic_shape=skip_symbolic)
+                        src, preprocessed = pre, True
+                        break
+                    except Exception:  # noqa: BLE001 - try the lighter pre-processing next
+                        continue
             except Exception:  # pre-processing is an optimisation only; quantize the raw graph instead
                 src, preprocessed = fp32_path, False
         q_tmp = Path(tmp) / "int8.onnx"

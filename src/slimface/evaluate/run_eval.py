@@ -186,14 +186,18 @@ def bench_run(pipe: "Pipeline") -> dict[str, Any]:
             code = json.loads((pipe.family_dir(fam) / "search" / "result.json").read_text())["config"]
             full_cfg = scale_config_to_full(fam, code, pipe.cfg.data.resolution, pipe.cfg.data.channels,
                                             pipe.cfg.teacher(fam).width_mult)
+            # ... plus the deployment runtimes of that full-size student (PyTorch fp32 / ORT fp32 /
+            # ORT int8, random weights, calibrated on random inputs): under entry["full_size"]["runtimes"]
             full = bench_report(fam, 128, 1.0, student=full_cfg, warmup=b.full_size_warmup,
-                                runs=b.full_size_runs, threads=b.threads)
+                                runs=b.full_size_runs, threads=b.threads, runtimes=True)
             entry["full_size"] = full
         results[fam] = entry
         rs = entry["run_size"]
         print(f"  {fam}: run size speedup {rs['speedup']:.2f}x, memory {rs.get('memory_reduction', float('nan')):.2f}x"
               + (f"; full size speedup {entry['full_size']['speedup']:.2f}x, memory "
-                 f"{entry['full_size'].get('memory_reduction', float('nan')):.2f}x" if "full_size" in entry else ""),
+                 f"{entry['full_size'].get('memory_reduction', float('nan')):.2f}x" if "full_size" in entry else "")
+              + (f"; full size int8 vs ORT fp32 {entry['full_size']['runtimes']['int8_vs_ort_fp32']:.2f}x"
+                 if "runtimes" in entry.get("full_size", {}) else ""),
               flush=True)
     (out / "bench.json").write_text(json.dumps(results, indent=2, default=float))
     return {"bench": str(out / "bench.json")}

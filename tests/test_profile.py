@@ -65,3 +65,101 @@ def test_conv_macs_is_a_lower_bound_of_the_full_count() -> None:
     assert count_conv_macs(net, (x,)) == conv_only == count_macs(net, (x,))
     with_bn = nn.Sequential(net[0], nn.BatchNorm2d(16), nn.ReLU())
     assert count_conv_macs(with_bn, (x,)) < count_macs(with_bn, (x,))
+
+
+# ----------------------------------------------------------------------------- count_macs_fast
+from slimface.nn.profile import count_macs_fast  # noqa: E402
+
+
+def test_fast_macs_of_known_network() -> None:
+    """conv + BN + transposed conv + linear, counted by hand."""
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),      # 100 px * 8 * 27
+        nn.BatchNorm2d(8),                              # affine: one MAC per output element (800)
+        nn.ConvTranspose2d(8, 4, 4, 2, 1, bias=False),  # per input px 8 * 4 * 16
+        nn.Flatten(),
+        nn.Linear(4 * 20 * 20, 10),                     # 1600 * 10
+    )
+    x = torch.randn(1, 3, 10, 10)
+    expected = 100 * 8 * 27 + 800 + 100 * 8 * 4 * 16 + 1600 * 10
+    assert count_macs_fast(net, (x,), fallback=False) == expected == count_macs(net, (x,))
+    assert net.training  # the mode comes back
+
+
+def test_fast_macs_of_super_layers_and_active_subnet() -> None:
+    net = _net()
+    x = torch.randn(1, 3, 10, 10)
+    assert count_macs_fast(net, (x,), fallback=False) == count_macs(net, (x,))
+    set_widths(net, {"a": 8, "b": 4})
+    assert count_macs_fast(net, (x,), fallback=False) == 100 * 8 * 27 + 100 * 8 * 9 + 100 * 8 * 4 * 16 + 4 * 400 * 10
+
+
+class _Zoo(nn.Module):
+    """Ops whose torchprofile count has a quirk: norms (affine or not), pools, bilinear upsampling,
+    grid sampling, a stride-1 transposed conv, matmul/bmm/addmm, arithmetic on sizes (traced as
+    1-MAC muls), in-place ops on views and a dead branch (not in the trace)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn, self.bn_plain = nn.BatchNorm2d(8), nn.BatchNorm2d(8, affine=False)
+        self.inorm, self.gn, self.ln = nn.InstanceNorm2d(8, affine=True), nn.GroupNorm(2, 8), nn.LayerNorm([8, 16, 16])
+        self.dc, self.dc1 = nn.ConvTranspose2d(8, 4, 4, 2, 1), nn.ConvTranspose2d(4, 4, 3, 1, 1)
+        self.fc, self.dead = nn.Linear(4 * 16 * 16, 10), nn.Linear(4 * 16 * 16, 100)
+        self.head = nn.Linear(6, 5, bias=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        import torch.nn.functional as F
+
+        h = F.leaky_relu(self.bn(self.c(x)), 0.2)
+        h = self.inorm(h) + self.gn(h) + self.ln(h) + self.bn_plain(h)
+        h = F.interpolate(F.avg_pool2d(h * 0.5, 2), scale_factor=2.0, mode="bilinear", align_corners=False)
+        h = h * torch.sigmoid(h.mean(dim=(2, 3), keepdim=True))
+        h = F.interpolate(F.adaptive_avg_pool2d(h, 4), size=(8, 8), mode="nearest")
+        d = self.dc1(self.dc(h))
+        d[:, :2].mul_(2.0)
+        b, c, hh, ww = d.shape
+        flat = d.reshape(b, c * hh * ww)
+        self.dead(flat)
+        grid = torch.zeros(1, 5, 5, 2)
+        g = F.grid_sample(d, grid, mode="bilinear", align_corners=False) + F.grid_sample(d, grid, mode="nearest", align_corners=False)
+        t = self.head(torch.ones(2, 3, 4) @ torch.ones(2, 4, 6))
+        u = torch.bmm(torch.ones(2, 3, 4), torch.ones(2, 4, 5)) + 0
+        v = torch.addmm(torch.zeros(2, 2), torch.ones(2, 3), torch.ones(3, 2))
+        return self.fc(flat), g, t, u, v, d.view(-1)[: d.numel() // 2 * 1]
+
+
+def test_fast_macs_match_torchprofile_quirks() -> None:
+    x = torch.randn(1, 3, 16, 16)
+    assert count_macs_fast(_Zoo(), (x,), fallback=False) == count_macs(_Zoo(), (x,))
+
+
+def test_fast_macs_fall_back_to_torchprofile_on_unmatched_ops() -> None:
+    class Einsum(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.einsum("bchw,bchw->b", x, x)
+
+    x = torch.randn(1, 4, 5, 5)
+    with pytest.raises(Exception):
+        count_macs_fast(Einsum(), (x,), fallback=False)
+    assert count_macs_fast(Einsum(), (x,)) == count_macs(Einsum(), (x,))
+
+
+@pytest.mark.parametrize("family", ["tpgan", "crgan", "pim"])
+def test_fast_macs_equal_torchprofile_on_family_supernets(family: str) -> None:
+    """Exact equality on the students the search counts (64px, width 0.25): largest, smallest and
+    five seeded random sub-networks, and the teacher-shaped (dense) generator."""
+    from slimface.compress.space import ConfigSpace, active_config
+    from slimface.models.registry import build_generator, get_family
+
+    net = build_generator(family, 64, 3, 0.25, separable=True).eval()
+    space = ConfigSpace.from_supernet(get_family(family), net)
+    gen = torch.Generator().manual_seed(1234)
+    cfgs = [space.largest(), space.smallest()] + [space.sample(gen) for _ in range(5)]
+    inputs = net.example_inputs(1)
+    for cfg in cfgs:
+        with active_config(net, cfg):
+            assert count_macs_fast(net, inputs, fallback=False) == count_macs(net, inputs), space.encode(cfg)
+    teacher = build_generator(family, 64, 3, 0.25, separable=False)
+    inputs = teacher.example_inputs(1)
+    assert count_macs_fast(teacher, inputs, fallback=False) == count_macs(teacher, inputs)

@@ -6,8 +6,10 @@ Groups are kept **sorted by name**, so the compact string encoding (``"48_32_40"
 not depend on module registration order and stays stable when a model definition is refactored
 without renaming groups. The string is what logs, search caches and ``arch.json`` store.
 
-MACs/params of a config are measured (torchprofile on the supernet with the widths active), not
-modelled, and cached per supernet, so search can test feasibility of thousands of candidates cheaply.
+MACs/params of a config are measured (on the supernet with the widths active), not modelled, and
+cached per supernet, so search can test feasibility of thousands of candidates cheaply. MACs are
+torchprofile's count, computed by :func:`~slimface.nn.profile.count_macs_fast` (the same integer as
+``count_macs`` from one eager forward pass); ``reference=True`` runs torchprofile itself.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from torch import nn
 
 from slimface.errors import ConfigError
-from slimface.nn.profile import count_macs, count_params
+from slimface.nn.profile import count_macs, count_macs_fast, count_params
 from slimface.nn.super_layers import set_widths, super_layers, width_groups
 
 Config = dict[str, int]
@@ -187,6 +189,8 @@ def _cost(net: nn.Module, cfg: Mapping[str, int] | None, kind: str) -> int:
     if key not in cache:
         with active_config(net, cfg):
             if kind == "macs":
+                cache[key] = count_macs_fast(net, net.example_inputs(1))  # type: ignore[operator]
+            elif kind == "macs_ref":
                 cache[key] = count_macs(net, net.example_inputs(1))  # type: ignore[operator]
             else:
                 cache[key] = count_params(net)
@@ -194,13 +198,16 @@ def _cost(net: nn.Module, cfg: Mapping[str, int] | None, kind: str) -> int:
 
 
 def macs_of(target: Any, cfg: Mapping[str, int] | None, resolution: int | None = None,
-            channels: int = 3, width_mult: float = 1.0) -> int:
+            channels: int = 3, width_mult: float = 1.0, reference: bool = False) -> int:
     """MACs of sub-network ``cfg`` (batch 1) measured on a supernet (or a family's supernet, built
-    at ``resolution``/``channels``/``width_mult``); cached per supernet and config."""
+    at ``resolution``/``channels``/``width_mult``); cached per supernet and config.
+
+    The count is torchprofile's (``count_macs``), computed by the fast eager counter
+    ``count_macs_fast``; ``reference=True`` runs torchprofile's trace itself (slow, for checks)."""
     net = _supernet_for(target, resolution, channels, width_mult)
     if resolution is not None and getattr(net, "resolution", resolution) != resolution:
         raise ValueError(f"supernet is built for {net.resolution}px, not {resolution}px")
-    return _cost(net, cfg, "macs")
+    return _cost(net, cfg, "macs_ref" if reference else "macs")
 
 
 def params_of(target: Any, cfg: Mapping[str, int] | None, resolution: int | None = None,

@@ -251,3 +251,36 @@ def test_task_steps_reduce_reconstruction_l1() -> None:
     assert grid.shape == (3 * b, 1, 64, 64) and g.training
     with pytest.raises(DataError, match="yaw"):
         task.train_step({k: v for k, v in batch.items() if k != "yaw"}, 0)
+
+
+def test_warmup_schedule_validates_and_ramps_adversarial_terms() -> None:
+    g, d = _small(mult=0.125), CRGANCritic(64, 3, 0.125)
+    for key in ("warmup_steps", "ramp_steps"):
+        with pytest.raises(ConfigError, match=key):
+            make_teacher_task(g, d, loss={key: -1})
+        with pytest.raises(ConfigError, match=key):
+            make_teacher_task(g, d, loss={key: 2.5})
+    # the pipeline hands loss values over as floats: integral ones are accepted for int fields
+    cfg = make_teacher_task(g, d, loss={"warmup_steps": 3.0, "ramp_steps": 4.0}).cfg
+    assert (cfg.warmup_steps, cfg.ramp_steps) == (3, 4)
+    scales = [cfg.adversarial_scale(s) for s in range(9)]
+    assert scales == [0.0, 0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert [CRGANLossConfig().adversarial_scale(s) for s in (0, 5)] == [1.0, 1.0]  # official: no warm-up
+    assert CRGANLossConfig(warmup_steps=2).adversarial_scale(2) == 1.0  # no ramp: full weight at once
+
+
+def test_warmup_steps_skip_the_critic_and_generation_path() -> None:
+    g, d = CRGANGenerator(64, 1, 0.125), CRGANCritic(64, 1, 0.125)
+    task = make_teacher_task(g, d, loss={"warmup_steps": 2, "ramp_steps": 2})
+    b = 2
+    batch = {"profile": torch.rand(b, 1, 64, 64) * 2 - 1, "frontal": torch.rand(b, 1, 64, 64) * 2 - 1,
+             "yaw": torch.tensor([-45.0, 90.0])}
+    d_before = [p.clone() for p in d.parameters()]
+    g_before = [p.clone() for p in g.parameters()]
+    warm = task.train_step(batch, 0)
+    assert warm["adv_scale"] == 0.0 and "gp" not in warm and "g_adv" not in warm
+    assert all(torch.equal(a, p) for a, p in zip(d_before, d.parameters()))  # critic untouched
+    assert any(not torch.equal(a, p) for a, p in zip(g_before, g.parameters()))  # encoder/generator step
+    ramp = task.train_step(batch, 2)
+    assert ramp["adv_scale"] == 0.5 and "gp" in ramp and "g_adv" in ramp
+    assert any(not torch.equal(a, p) for a, p in zip(d_before, d.parameters()))  # critic trains now

@@ -13,6 +13,8 @@ frontalisation data:
   view cross-entropy on the real images.
 * optional identity preservation: L1 between a *frozen* recognizer's features of the reconstruction
   and of the ground truth (off by default).
+* optional schedule (``loss.warmup_steps`` / ``loss.ramp_steps``, off by default): reconstruction
+  path alone first, then the adversarial terms ramp in; see :class:`CRGANLossConfig`.
 
 Per-sample randomness (z, the random views, the gradient-penalty interpolation weights) is drawn per
 step with :class:`slimface.train.distributed.StepRandom` from ``(seed, step)`` for the global batch and
@@ -44,7 +46,20 @@ class CRGANLossConfig:
     """Loss weights and critic schedule of the CR-GAN teacher (defaults: the official values).
 
     ``reconstruction`` weights the official L1 (summed over channels, averaged over pixels and batch),
-    so its scale does not depend on the image size.
+    so its scale does not depend on the image size. ``identity`` weights the L1 between the frozen
+    recognizer's unit-norm embeddings of the reconstruction and of the ground truth (~0.05 per
+    dimension for unrelated faces, so a weight that matters against ``reconstruction`` is tens).
+
+    Schedule (not in the official code; both 0 = the official recipe, adversarial from step 0):
+
+    * ``warmup_steps``: for the first ``warmup_steps`` steps only the reconstruction path trains
+      (L1 + encoder view + identity); the generation path and the critic are skipped entirely, so a
+      warm-up step costs about a sixth of a full step on CPU. A short CPU run needs this: from a random
+      start the WGAN critic's gradients swamp the L1 and the encoder never learns to carry identity
+      through z (outputs collapse to one blob).
+    * ``ramp_steps``: after the warm-up the critic trains every step and the generator's
+      adversarial and fake-view weights ramp linearly from 0 to ``adversarial`` / ``view_fake``
+      over this many steps (:meth:`adversarial_scale`).
     """
 
     adversarial: float = 1.0
@@ -56,6 +71,8 @@ class CRGANLossConfig:
     identity: float = 0.0
     n_critic: int = 1
     betas: tuple[float, float] = (0.0, 0.9)
+    warmup_steps: int = 0
+    ramp_steps: int = 0
 
     def validate(self) -> None:
         for name in ("adversarial", "gradient_penalty", "view_real", "view_fake", "reconstruction",
@@ -64,6 +81,22 @@ class CRGANLossConfig:
         check(self.n_critic >= 1, f"loss.n_critic = {self.n_critic} must be >= 1")
         check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
               f"loss.betas = {self.betas} must be two numbers in [0, 1)")
+        for name in ("warmup_steps", "ramp_steps"):
+            value = getattr(self, name)
+            check(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                  f"loss.{name} = {value!r} must be an integer >= 0")
+
+    def adversarial_scale(self, step: int) -> float:
+        """Factor on the generator's adversarial and fake-view terms at 0-based ``step``.
+
+        0 during the warm-up (then the critic and the generation path are skipped too), then a linear
+        ramp reaching 1 after ``ramp_steps`` more steps, 1 from there on.
+        """
+        if step < self.warmup_steps:
+            return 0.0
+        if self.ramp_steps <= 0:
+            return 1.0
+        return min(1.0, (step - self.warmup_steps + 1) / self.ramp_steps)
 
 
 def _unwrap(net: nn.Module) -> nn.Module:
@@ -128,7 +161,11 @@ class CRGANTask:
 
     # -- one step ------------------------------------------------------------------------------
     def train_step(self, batch: dict[str, Tensor], step: int) -> dict[str, float]:
-        """n_critic critic updates, then one generator (encoder + generator) update."""
+        """n_critic critic updates, then one generator (encoder + generator) update.
+
+        During the warm-up (``loss.warmup_steps``) only the reconstruction path runs: no generation
+        path, no critic update, no adversarial or fake-view term.
+        """
         cfg = self.cfg
         gen, critic = self.nets["generator"], self.nets["discriminator"]
         opt_g, opt_d = self.optimizers["generator"], self.optimizers["discriminator"]
@@ -138,6 +175,12 @@ class CRGANTask:
         b = profile.shape[0]
         front_views = torch.full((b,), _unwrap(gen).frontal_view, dtype=torch.long, device=profile.device)
         rnd = StepRandom(self.seed, step, b, profile.device, stream="crgan-teacher")
+        scale = cfg.adversarial_scale(step)
+
+        if scale == 0.0:
+            rec = gen(profile, view=front_views, outputs="train")
+            x_rec = rec["image"]
+            return self._generator_update(x_rec, rec, frontal, prof_views, scale, {})
 
         x_gen, rand_views, x_rec, rec = self._fakes(profile, front_views, rnd)
         real = torch.cat([profile, frontal])
@@ -174,26 +217,34 @@ class CRGANTask:
         fake_logits, s_fake = critic(torch.cat([x_gen, x_rec]), heads=True)
         adv = wgan_loss_g(s_fake)
         view_fake = F.cross_entropy(fake_logits, torch.cat([rand_views, front_views]))
+        extra = scale * (cfg.adversarial * adv + cfg.view_fake * view_fake)
+        d_stats.update({"g_adv": float(adv.detach()), "g_view_ce": float(view_fake.detach())})
+        stats = self._generator_update(x_rec, rec, frontal, prof_views, scale, d_stats, extra)
+        opt_d.zero_grad(set_to_none=True)  # the G step left gradients on the critic; drop them
+        return stats
+
+    def _generator_update(self, x_rec: Tensor, rec: dict[str, Tensor], frontal: Tensor,
+                          prof_views: Tensor, scale: float, stats: dict[str, float],
+                          extra: Tensor | None = None) -> dict[str, float]:
+        """Reconstruction-path losses (+ ``extra``, the scaled adversarial terms); one G/E step."""
+        cfg = self.cfg
+        opt_g = self.optimizers["generator"]
         recon = (x_rec - frontal).abs().sum(1).mean()
         enc_view = F.cross_entropy(rec["view_logits"], prof_views)
-        g_loss = (cfg.adversarial * adv + cfg.view_fake * view_fake + cfg.reconstruction * recon
-                  + cfg.encoder_view * enc_view)
-        stats: dict[str, float] = {}
+        g_loss = cfg.reconstruction * recon + cfg.encoder_view * enc_view
+        if extra is not None:
+            g_loss = g_loss + extra
         if cfg.identity > 0 and self.recognizer is not None:
-            rec_model = self.recognizer.to(profile.device)
+            rec_model = self.recognizer.to(x_rec.device)
             ident = identity_loss(rec_model.embed, x_rec, frontal)  # type: ignore[operator]
             g_loss = g_loss + cfg.identity * ident
             stats["identity"] = float(ident.detach())
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
-        opt_d.zero_grad(set_to_none=True)  # the G step left gradients on the critic; drop them
-
-        stats.update(d_stats)
         stats.update({
             "g_loss": float(g_loss.detach()),
-            "g_adv": float(adv.detach()),
-            "g_view_ce": float(view_fake.detach()),
+            "adv_scale": float(scale),
             "recon_l1": float((x_rec.detach() - frontal).abs().mean()),
             "enc_view_acc": float((rec["view_logits"].detach().argmax(1) == prof_views).float().mean()),
         })
@@ -227,5 +278,11 @@ def make_teacher_task(generator: CRGANGenerator, discriminator: CRGANCritic,
     ``num_subjects`` is accepted for the common family signature and unused: CR-GAN has no identity
     classifier (identity is kept by reconstruction and, optionally, the recognizer loss).
     """
+    loss = dict(loss or {})
+    # the pipeline's teacher config types loss values as floats: give integral ones back to int fields
+    for key in ("n_critic", "warmup_steps", "ramp_steps"):
+        value = loss.get(key)
+        if isinstance(value, float) and value.is_integer():
+            loss[key] = int(value)
     cfg = from_dict(CRGANLossConfig, loss, "loss")
     return CRGANTask(generator, discriminator, recognizer, cfg, lr, seed)

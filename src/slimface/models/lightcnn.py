@@ -19,8 +19,6 @@ unpickling is refused rather than executed.
 
 from __future__ import annotations
 
-import pickle
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -213,38 +211,16 @@ def _classifier_keys(variant: str) -> tuple[str, ...]:
     return ("fc2.weight",) if variant == "lightcnn29v2" else ("fc2.weight", "fc2.bias")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0][:160] if text else "") or type(exc).__name__
-
-
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Read a LightCNN state dict safely (``weights_only=True``), unwrapping ``state_dict`` and
-    stripping the ``module.`` prefix that ``DataParallel`` leaves in the official checkpoints."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"LightCNN checkpoint {path} does not exist; check the path")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        text = str(exc)
-        found = re.search(r"\bGLOBAL ([\w.]+)", text)
-        if found:
-            raise CheckpointError(
-                f"{path}: slimface refuses to unpickle code (it needs {found.group(1)}); re-save it with "
-                f"torch.save(state_dict) from a trusted environment"
-            ) from None
-        detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-        reason = detail.group(1).strip()[:120] if detail else _first_line(exc)
-        raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint ({reason}); if it is a trusted legacy file, "
-            f"re-save it with torch.save(state_dict)"
-        ) from None
-    except Exception as exc:  # corrupt zip (RuntimeError), truncated file (EOFError), garbage (KeyError)
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({_first_line(exc)})") from None
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+    """Read a LightCNN state dict safely (:func:`~slimface.train.checkpoint.safe_load`), unwrapping
+    ``state_dict`` and stripping the ``module.`` prefix that ``DataParallel`` leaves in the official
+    checkpoints."""
+    from slimface.train.checkpoint import safe_load
+
+    obj: Mapping = safe_load(path, what="LightCNN checkpoint")
+    if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+    if not obj or not all(isinstance(v, Tensor) for v in obj.values()):
         raise CheckpointError(
             f"{path} holds no LightCNN state dict (expected a dict of tensors, or one under 'state_dict')"
         )

@@ -19,7 +19,6 @@ Why each piece exists:
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 
 from slimface.errors import CheckpointError
-from slimface.fileio import TMP_PREFIX, atomic_write, remove_stale_temps, write_error
+from slimface.fileio import atomic_write, remove_stale_temps, write_error
 
 log = logging.getLogger("slimface.train")
 
@@ -125,34 +124,51 @@ def save_checkpoint(path_dir: str | Path, step: int, state: dict[str, Any], keep
     return target
 
 
-def safe_load(path: str | Path) -> dict[str, Any]:
+def safe_load(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
     """Load a checkpoint/exported model with ``weights_only=True``; anything else is CheckpointError.
 
-    A file that needs arbitrary unpickling (custom classes, ``__reduce__`` tricks) is refused without
-    executing it; a truncated or corrupt file is reported as such.
+    The one ``torch.load`` of the project (training checkpoints, official LightCNN files...; ``what``
+    names the file in messages). A file that needs arbitrary unpickling (custom classes,
+    ``__reduce__`` tricks, a plain pickle stream) is refused without executing it; a truncated or
+    corrupt file is reported as unreadable.
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; check the path")
+        raise CheckpointError(f"{what} {path} does not exist; check the path")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "Weights only load failed" in str(exc):
+        # torch words every refusal "Weights only load failed": tell code from damage by what it hit
+        text = str(exc)
+        found = re.search(r"\bGLOBAL ([\w.]+)", text)
+        if found or _is_plain_pickle(path):
+            needs = f" (it needs {found.group(1)})" if found else ""
             raise CheckpointError(
-                f"checkpoint {path} contains arbitrary Python objects and was not loaded "
-                "(only tensors and plain data are allowed); re-export it with slimface"
-            ) from exc
-        raise CheckpointError(f"checkpoint {path} is corrupt ({_first_line(exc)}); delete it") from exc
+                f"{what} {path} contains arbitrary Python objects and was not loaded: slimface refuses to "
+                f"unpickle code{needs}; re-save it with torch.save(state_dict) from a trusted environment"
+            ) from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        reason = detail.group(1).strip()[:120] if detail else _first_line(exc)
+        raise CheckpointError(
+            f"{what} {path} is not a readable PyTorch checkpoint: corrupt or truncated ({reason}); delete it"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as exc:
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated ({_first_line(exc)}); delete it"
-        ) from exc
+            f"{what} {path} is not a readable PyTorch checkpoint: corrupt or truncated ({_first_line(exc)}); "
+            "delete it"
+        ) from None
     if not isinstance(obj, dict):
         raise CheckpointError(
-            f"checkpoint {path} holds a {type(obj).__name__}, not a state dict; "
+            f"{what} {path} holds a {type(obj).__name__}, not a state dict; "
             "pass a slimface checkpoint"
         )
     return obj
+
+
+def _is_plain_pickle(path: Path) -> bool:
+    """A bare pickle stream (``pickle.dump``), not torch.save's zip: only code-free data is allowed."""
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -145,3 +145,18 @@ def test_batchnorm_on_pruned_concatenation_updates_the_gathered_statistics() -> 
     idx = torch.tensor([0, 1, 2, 3, 8, 9, 10, 11])
     assert torch.allclose(layer.running_mean[idx], ref.running_mean, atol=1e-6)
     assert torch.equal(layer.running_mean[4:8], torch.zeros(4))
+
+
+def test_module_mode_switches_and_restores_even_on_error() -> None:
+    from slimface.nn.modes import module_mode
+
+    net = torch.nn.Sequential(torch.nn.BatchNorm2d(2))
+    net.train()
+    with module_mode(net) as inner:
+        assert inner is net and not net.training and not net[0].training
+    assert net.training and net[0].training
+    net.eval()
+    with pytest.raises(RuntimeError), module_mode(net, training=True):
+        assert net[0].training
+        raise RuntimeError("boom")
+    assert not net.training and not net[0].training

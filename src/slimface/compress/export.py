@@ -25,6 +25,7 @@ from torch import nn
 from slimface.compress.space import active_config
 from slimface.errors import CheckpointError
 from slimface.models.registry import Family, Generator, build_generator, generator_from_arch
+from slimface.nn.modes import module_mode
 from slimface.nn.profile import count_macs, count_params
 from slimface.nn.super_layers import load_subnet_weights
 from slimface.train.distributed import unwrap
@@ -97,9 +98,7 @@ def save_export(generator: Generator, out_dir: str | Path, config: str | None = 
     out.mkdir(parents=True, exist_ok=True)
     gen = unwrap(generator)
     assert isinstance(gen, Generator)
-    was_training = gen.training
-    gen.eval()
-    try:
+    with module_mode(gen):
         macs = int(macs if macs is not None else count_macs(gen, gen.example_inputs(1)))
         params = int(params if params is not None else count_params(gen))
         state = {k: v.detach().cpu().contiguous().clone() for k, v in gen.state_dict().items()}
@@ -107,8 +106,6 @@ def save_export(generator: Generator, out_dir: str | Path, config: str | None = 
         save_file(state, str(tmp))
         _replace_into(tmp, out / "model.safetensors")
         prog, kind = _write_program(gen, out) if program else (None, None)
-    finally:
-        gen.train(was_training)
     arch: dict[str, Any] = {
         "format": FORMAT, "version": VERSION, "arch": gen.arch(),
         "config": config if config is not None else config_string(gen),

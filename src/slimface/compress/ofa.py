@@ -30,6 +30,7 @@ from slimface.compress.distill import DistillConfig, DistillLoss, FeatureTaps, M
 from slimface.compress.space import Config, ConfigSpace, active_config
 from slimface.config import check
 from slimface.errors import CheckpointError
+from slimface.nn.modes import module_mode
 from slimface.train.distributed import StepRandom, shared_generator, unwrap
 from slimface.train.losses import freeze
 
@@ -114,21 +115,18 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[Batch], cfg: Mapping[str,
     inner = unwrap(model)
     bns = _bns(inner)
     momenta = [bn.momentum for bn in bns]
-    was_training = inner.training
     n = 0
     try:
         for bn in bns:
             bn.reset_running_stats()
             bn.momentum = None
-        inner.train()
-        with torch.no_grad():
+        with module_mode(inner, training=True), torch.no_grad():
             for batch in batches:
                 forward(inner, batch)
                 n += 1
     finally:
         for bn, m in zip(bns, momenta):
             bn.momentum = m
-        inner.train(was_training)
     if n == 0:
         raise ValueError("recalibrate_bn needs at least one batch")
     return n

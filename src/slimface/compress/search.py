@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from slimface.compress.ofa import Batch, default_forward, preserve_bn, recalibrate_bn
 from slimface.compress.space import Config, ConfigSpace, active_config, macs_of, params_of
 from slimface.errors import ConfigError
+from slimface.nn.modes import module_mode
 from slimface.nn.profile import count_conv_macs, format_count, parse_count
 from slimface.train import distributed as D
 
@@ -69,18 +70,14 @@ def _eval_outputs(model: nn.Module, cfg: Config, val_batches: Sequence[Batch], b
     if not val_batches:
         raise ConfigError("the validation split is empty; hold out some training identities for search")
     inner = D.unwrap(model)
-    was_training = inner.training
     total, count = 0.0, 0
     with active_config(inner, cfg), preserve_bn(inner), torch.no_grad():
         recalibrate_bn(inner, bn_batches or val_batches)
-        inner.eval()
-        try:
+        with module_mode(inner):
             for batch in val_batches:
                 values = fn(default_forward(inner, batch), batch)
                 total += float(values.sum())
                 count += values.numel()
-        finally:
-            inner.train(was_training)
     return total / max(count, 1)
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from slimface.nn.modes import module_mode
 from slimface.nn.super_layers import SuperMixin, super_layers
 
 
@@ -52,16 +53,10 @@ def count_macs(model: nn.Module, inputs: tuple[Any, ...]) -> int:
     """
     from torchprofile import profile_macs
 
-    was_training = model.training
-    model.eval()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with torch.no_grad():
-                per_node = profile_macs(model, inputs, reduction=None)
-        return int(sum(_node_macs(node, int(m)) for node, m in per_node.items()))
-    finally:
-        model.train(was_training)
+    with module_mode(model), warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        per_node = profile_macs(model, inputs, reduction=None)
+    return int(sum(_node_macs(node, int(m)) for node, m in per_node.items()))
 
 
 
@@ -421,10 +416,8 @@ def count_macs_fast(model: nn.Module, inputs: tuple[Any, ...], fallback: bool = 
     """
     global _ACTIVE
     args = inputs if isinstance(inputs, tuple) else (inputs,)
-    was_training = model.training
-    model.eval()
     previous = _ACTIVE
-    try:
+    with module_mode(model):
         counter = _DispatchCounter()
         _ACTIVE = counter
         try:
@@ -437,8 +430,6 @@ def count_macs_fast(model: nn.Module, inputs: tuple[Any, ...], fallback: bool = 
         finally:
             _ACTIVE = previous
         return count_macs(model, inputs)
-    finally:
-        model.train(was_training)
 
 
 def count_params(model: nn.Module) -> int:
@@ -503,13 +494,10 @@ def count_conv_macs(model: nn.Module, inputs: tuple[Any, ...]) -> int:
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with module_mode(model), torch.no_grad():
             model(*inputs)
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return int(total)

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from slimface.config import check, from_dict
 from slimface.errors import ConfigError, DataError
 from slimface.models.crgan import CRGANCritic, CRGANGenerator, yaw_to_view
+from slimface.nn.modes import module_mode
 from slimface.train.distributed import StepRandom
 from slimface.train.losses import freeze, gradient_penalty, identity_loss, wgan_loss_d, wgan_loss_g
 
@@ -253,14 +254,9 @@ class CRGANTask:
     @torch.no_grad()
     def sample(self, batch: dict[str, Tensor]) -> Tensor:
         """Rows for a grid: profiles, their frontalisations (eval mode), ground-truth frontals."""
-        gen = self.nets["generator"]
-        was_training = gen.training
-        gen.eval()
-        try:
+        with module_mode(self.nets["generator"]) as gen:
             profile, frontal, _ = self._inputs(batch)
             out = gen(profile)
-        finally:
-            gen.train(was_training)
         return torch.cat([profile, out, frontal])
 
     def state_dict(self) -> dict[str, Any]:

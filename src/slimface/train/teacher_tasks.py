@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from slimface.config import check, from_dict
 from slimface.errors import ConfigError
 from slimface.models.patches import PATCH_NAMES, canonical_crops, patch_boxes
+from slimface.nn.modes import module_mode
 from slimface.train.distributed import StepRandom
 from slimface.train.losses import (
     freeze,
@@ -268,14 +269,9 @@ class TPGANTask:
     @torch.no_grad()
     def sample(self, batch: dict[str, Tensor]) -> Tensor:
         """Triplets for a grid: profile, its frontalisation (eval mode, z = 0), ground truth."""
-        gen = self.nets["generator"]
-        was = gen.training
-        gen.eval()
-        try:
+        with module_mode(self.nets["generator"]) as gen:
             profile, frontal = batch["profile"], batch["frontal"]
             fake = gen(profile, batch.get("landmarks"))
-        finally:
-            gen.train(was)
         return torch.stack([profile, fake, frontal], 1).flatten(0, 1)
 
 

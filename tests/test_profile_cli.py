@@ -87,13 +87,11 @@ def _check_runtimes(rts: dict, runs: int) -> None:
     assert rts["calibration"]["samples"] == rts["int8"]["n_calibration"] > 0
 
 
-def test_deploy_runtimes_report_keys_and_agreement() -> None:
-    from slimface.compress.profile_cli import deploy_runtimes_report
-
-    r = deploy_runtimes_report("crgan", resolution=64, width_mult=0.125, student="smallest", warmup=1, runs=3,
-                               threads=1, n_calibration=4)
-    _check_runtimes(r, runs=3)
-    assert r["calibration"]["samples"] == 4 and r["model"] == "crgan"
+def test_bench_report_runtimes_keys_and_agreement() -> None:
+    r = bench_report("crgan", resolution=64, width_mult=0.125, student="smallest", warmup=1, runs=3,
+                     threads=1, runtimes=True, n_calibration=4)
+    _check_runtimes(r["runtimes"], runs=3)
+    assert r["runtimes"]["calibration"]["samples"] == 4 and r["model"] == "crgan"
     assert r["student_counts"]["macs"] > 0
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from slimface.errors import ConfigError
+from slimface.evaluate.bench import RUNTIME_LABELS
 from slimface.models.registry import Generator, build_generator, get_family
 from slimface.nn.profile import count_macs, count_params
 from slimface.nn.super_layers import width_groups
@@ -110,7 +111,6 @@ def bench_report(model: str, resolution: int = 128, width_mult: float = 1.0, stu
     return report
 
 
-RUNTIME_LABELS = ("PyTorch fp32", "ONNX Runtime fp32", "ONNX Runtime int8")
 
 
 def random_calibration(example_inputs: tuple, n: int = 8, seed: int = 0,
@@ -148,7 +148,7 @@ def student_runtimes_report(student: torch.nn.Module, example_inputs: tuple, war
     directory (checked against PyTorch with ``check_onnx``), quantized with
     :func:`~slimface.deploy.quantize.quantize_int8` on ``calibration`` (default:
     :func:`random_calibration` of ``n_calibration`` batch-1 feeds), and the three runtimes are timed
-    with :func:`~slimface.evaluate.bench.benchmark_callables` (interleaved run by run, same warmup /
+    with :func:`~slimface.evaluate.bench.benchmark_runtimes` (interleaved run by run, same warmup /
     runs / threads; ORT sessions get ``threads`` intra-op threads).
 
     Returns ``{label: {latency_ms, latency_median_ms, ..., speedup_vs_pytorch}}`` for the labels of
@@ -166,7 +166,7 @@ def student_runtimes_report(student: torch.nn.Module, example_inputs: tuple, war
     from slimface.deploy.onnx_export import check_onnx, export_onnx
     from slimface.deploy.quantize import quantize_int8
     from slimface.deploy.runtime import load_frontalizer
-    from slimface.evaluate.bench import benchmark_callables
+    from slimface.evaluate.bench import benchmark_runtimes
 
     student = student.eval().cpu()
     inputs = tuple(t.cpu() for t in example_inputs)
@@ -179,53 +179,24 @@ def student_runtimes_report(student: torch.nn.Module, example_inputs: tuple, war
         rep = quantize_int8(fp32_path, Path(tmp) / "student.int8.onnx", calib, **(quantize_kwargs or {}))
         info = rep.as_dict()
         info.pop("path", None)
-        rt_fp32 = load_frontalizer(fp32_path, threads=threads)
-        rt_int8 = load_frontalizer(rep.path, threads=threads)
+        onnx = {RUNTIME_LABELS[1]: load_frontalizer(fp32_path, threads=threads),
+                RUNTIME_LABELS[2]: load_frontalizer(rep.path, threads=threads)}
         x, lm = inputs[0], (inputs[1] if len(inputs) > 1 else None)
-        xn = np.ascontiguousarray(x.numpy())
-        lmn = None if lm is None else np.ascontiguousarray(lm.numpy())
         with torch.inference_mode():
             ref = student(x, lm).float().numpy().astype(np.float64)
-        d = np.abs(np.asarray(rt_int8(xn, lmn), dtype=np.float64) - ref)
+        int8_out = onnx[RUNTIME_LABELS[2]](x.numpy(), None if lm is None else lm.numpy())
+        d = np.abs(np.asarray(int8_out, dtype=np.float64) - ref)
         out["int8_max_abs_diff_vs_pytorch"], out["int8_mean_abs_diff_vs_pytorch"] = float(d.max()), float(d.mean())
-        fns = {
-            RUNTIME_LABELS[0]: (lambda: student(x, lm)),
-            RUNTIME_LABELS[1]: (lambda: rt_fp32(xn, lmn)),
-            RUNTIME_LABELS[2]: (lambda: rt_int8(xn, lmn)),
-        }
-        timed = benchmark_callables(fns, warmup=warmup, runs=runs, threads=threads)
-        del rt_fp32, rt_int8  # release the sessions before the temporary files go
-    base = timed[RUNTIME_LABELS[0]]
-    for label in RUNTIME_LABELS:
-        entry = timed[label]
-        entry["speedup_vs_pytorch"] = base["latency_ms"] / entry["latency_ms"]
-        entry["speedup_vs_pytorch_median"] = base["latency_median_ms"] / entry["latency_median_ms"]
-        out[label] = entry
+        timed = benchmark_runtimes(student, inputs, onnx, warmup=warmup, runs=runs, threads=threads)
+        del onnx  # release the sessions before the temporary files go
+    out.update({label: timed[label] for label in RUNTIME_LABELS})
     fp, q = timed[RUNTIME_LABELS[1]], timed[RUNTIME_LABELS[2]]
     out["int8_vs_ort_fp32"] = fp["latency_ms"] / q["latency_ms"]
     out["int8_vs_ort_fp32_median"] = fp["latency_median_ms"] / q["latency_median_ms"]
     out["int8"] = info
     out["calibration"] = {"samples": len(calib), "source": source}
-    out["threads"], out["warmup"], out["runs"] = base["threads"], warmup, runs
+    out["threads"], out["warmup"], out["runs"] = timed[RUNTIME_LABELS[0]]["threads"], warmup, runs
     return out
-
-
-def deploy_runtimes_report(model: str, resolution: int = 128, width_mult: float = 1.0,
-                           student: str | None = "smallest", warmup: int = 100, runs: int = 100,
-                           threads: int | None = None, n_calibration: int = 8) -> dict[str, Any]:
-    """PyTorch fp32 / ORT fp32 / ORT int8 latency of a student *architecture* (random weights, eval
-    mode), without building its teacher: :func:`student_runtimes_report` plus the model fields."""
-    check_arch_args(model, resolution, width_mult)
-    _, space = student_space(model, resolution, 3, width_mult)
-    cfg = resolve_student(space, student or "smallest")
-    stud = build_generator(model, resolution, 3, width_mult, separable=True, sub=cfg).eval()
-    inputs = stud.example_inputs()
-    report = student_runtimes_report(stud, inputs, warmup=warmup, runs=runs, threads=threads,
-                                     n_calibration=n_calibration)
-    report.update({"model": model, "resolution": resolution, "width_mult": width_mult,
-                   "student_config": space.encode(cfg),
-                   "student_counts": {"params": count_params(stud), "macs": count_macs(stud, inputs)}})
-    return report
 
 
 def scale_config_to_full(model: str, code: str, resolution: int, channels: int, width_mult: float) -> str:

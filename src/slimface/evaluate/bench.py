@@ -36,6 +36,8 @@ import torch
 from torch import nn
 
 __all__ = [
+    "RUNTIME_LABELS",
+    "benchmark_runtimes",
     "benchmark_pair",
     "benchmark_teacher_student",
     "benchmark_callables",
@@ -246,6 +248,39 @@ def benchmark_callables(
             "times_ms": [t * 1000.0 for t in ts],
         }
     return out
+
+
+RUNTIME_LABELS = ("PyTorch fp32", "ONNX Runtime fp32", "ONNX Runtime int8")
+
+
+def benchmark_runtimes(
+    student: nn.Module,
+    example_inputs: tuple,
+    onnx: Mapping[str, Callable[..., Any]],
+    warmup: int = 100,
+    runs: int = 100,
+    threads: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The student under PyTorch fp32 (label ``RUNTIME_LABELS[0]``) and under each loaded ONNX
+    frontalizer of ``onnx`` (label -> ``runtime(image, landmarks)``, e.g. from
+    :func:`slimface.deploy.runtime.load_frontalizer`), timed interleaved on the CPU with
+    :func:`benchmark_callables`; every entry also gets ``speedup_vs_pytorch`` (mean and
+    ``_median``)."""
+    import numpy as np
+
+    x = example_inputs[0].cpu()
+    lm = example_inputs[1].cpu() if len(example_inputs) > 1 else None
+    xn = np.ascontiguousarray(x.numpy())
+    lmn = None if lm is None else np.ascontiguousarray(lm.numpy())
+    fns: dict[str, Callable[[], Any]] = {RUNTIME_LABELS[0]: lambda: student(x, lm)}
+    for label, runtime in onnx.items():
+        fns[label] = lambda r=runtime: r(xn, lmn)
+    timed = benchmark_callables(fns, warmup=warmup, runs=runs, threads=threads)
+    base = timed[RUNTIME_LABELS[0]]
+    for entry in timed.values():
+        entry["speedup_vs_pytorch"] = base["latency_ms"] / entry["latency_ms"]
+        entry["speedup_vs_pytorch_median"] = base["latency_median_ms"] / entry["latency_median_ms"]
+    return timed
 
 
 def benchmark_pair(

@@ -153,7 +153,7 @@ def bench_run(pipe: "Pipeline") -> dict[str, Any]:
     """Table 4: teacher vs compressed student latency and memory, at the run's size and full size."""
     from slimface.compress.export import load_export
     from slimface.compress.profile_cli import bench_report, scale_config_to_full
-    from slimface.evaluate.bench import benchmark_callables, benchmark_teacher_student
+    from slimface.evaluate.bench import RUNTIME_LABELS, benchmark_runtimes, benchmark_teacher_student
     from slimface.nn.profile import count_macs, count_params
 
     b = pipe.cfg.bench
@@ -170,18 +170,13 @@ def bench_run(pipe: "Pipeline") -> dict[str, Any]:
             r[key]["params"] = count_params(net)
             r[key]["macs"] = count_macs(net, inputs)
         entry: dict[str, Any] = {"run_size": r}
-        runtimes: dict[str, Callable[[], Any]] = {}
-        with torch.no_grad():
-            x, lm = inputs
-            runtimes["PyTorch fp32"] = lambda s=student: s(x, lm)
-            for suffix, label in (("model.onnx", "ONNX Runtime fp32"), ("model.int8.onnx", "ONNX Runtime int8")):
-                if (export_dir / suffix).is_file():
-                    from slimface.deploy.runtime import load_frontalizer
+        from slimface.deploy.runtime import load_frontalizer
 
-                    rt = load_frontalizer(export_dir / suffix, threads=b.threads)
-                    xn, lmn = x.numpy(), lm.numpy()
-                    runtimes[label] = lambda r_=rt: r_(xn, lmn)
-            entry["runtimes"] = benchmark_callables(runtimes, warmup=b.warmup, runs=b.runs, threads=b.threads)
+        onnx = {label: load_frontalizer(export_dir / name, threads=b.threads)
+                for name, label in (("model.onnx", RUNTIME_LABELS[1]), ("model.int8.onnx", RUNTIME_LABELS[2]))
+                if (export_dir / name).is_file()}
+        entry["runtimes"] = benchmark_runtimes(student, inputs, onnx, warmup=b.warmup, runs=b.runs,
+                                               threads=b.threads)
         if b.full_size:
             code = json.loads((pipe.family_dir(fam) / "search" / "result.json").read_text())["config"]
             full_cfg = scale_config_to_full(fam, code, pipe.cfg.data.resolution, pipe.cfg.data.channels,

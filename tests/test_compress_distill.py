@@ -264,12 +264,12 @@ def test_keyword_overrides_and_fixed_config_as_the_pipeline_calls_them() -> None
     fixed = dict(space.smallest(), enc2=16)
     torch.manual_seed(2)
     task = OFATask(family=TOY_FAMILY, supernet=toy_supernet(), teacher=_teacher(), teacher_disc=ToyDisc(),
-                   space=space, distill=dcfg, recognizer=None, lr=1e-3, total_steps=8, seed=3, sandwich=True,
+                   space=space, distill=dcfg, recognizer=None, lr=1e-3, total_steps=8, seed=3, sampling="sandwich",
                    fixed_config=fixed)
     assert task.cfg.lr == 1e-3 and task.cfg.steps == 8 and task.cfg.decay_steps == 4 and task.cfg.seed == 3
     assert task.cfg.sampling == "sandwich" and task.loss.cfg.recon_weight == 10.0
     assert task.configs_for_step(0) == [fixed] and "cfg=" in task.fingerprint
-    plain = OFATask(TOY_FAMILY, toy_supernet(), _teacher(), ToyDisc(), sandwich=True)
+    plain = OFATask(TOY_FAMILY, toy_supernet(), _teacher(), ToyDisc(), sampling="sandwich")
     assert len(plain.configs_for_step(0)) == 3
 
 
@@ -296,3 +296,28 @@ def test_output_distillation_term_matches_l1_to_the_teacher_image() -> None:
     assert float(total) == pytest.approx(parts["recon"] + 10.0 * parts["teacher"], rel=1e-6)
     _, without = loss.generator_loss(None, fake, fake, target, None, None)
     assert "teacher" not in without
+
+
+def test_budget_sampling_trains_sub_networks_under_a_mac_target() -> None:
+    """sampling='budget': every step's sub-network fits the budget (conv MACs), the targets vary,
+    and a budget below the smallest sub-network is a one-line ConfigError."""
+    from slimface.errors import ConfigError
+    from slimface.nn.profile import ConvMacsModel
+
+    family, teacher, student = _real("tpgan")
+    disc = family.build_discriminator(resolution=64, channels=3, width_mult=0.125)
+    space = ConfigSpace.from_supernet(family, student)
+    macs = ConvMacsModel(student, student.example_inputs(1))
+    lo, hi = macs(space.smallest()), macs(space.largest())
+    budget = lo + 0.3 * (hi - lo)
+    task = OFATask(family, student, teacher, disc, sampling="budget", budget_macs=budget, budget_low=0.9)
+    picked = [task.configs_for_step(step)[0] for step in range(12)]
+    costs = [macs(c) for c in picked]
+    assert all(c <= budget for c in costs)
+    assert min(costs) >= 0.9 * budget - 0.1 * (hi - lo)  # shrunk just under a target, not to the bottom
+    assert len({space.encode(c) for c in picked}) >= 3
+    assert picked == [task.configs_for_step(step)[0] for step in range(12)]  # a function of (seed, step)
+    uniform = OFATask(family, student, teacher, disc)
+    assert sum(macs(uniform.configs_for_step(s)[0]) for s in range(12)) > sum(costs)
+    with pytest.raises(ConfigError, match="below the smallest sub-network"):
+        OFATask(family, student, teacher, disc, sampling="budget", budget_macs=lo / 2)

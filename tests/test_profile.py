@@ -67,6 +67,31 @@ def test_conv_macs_is_a_lower_bound_of_the_full_count() -> None:
     assert count_conv_macs(with_bn, (x,)) < count_macs(with_bn, (x,))
 
 
+
+@pytest.mark.parametrize("family", ["tpgan", "crgan", "pim"])
+def test_conv_macs_model_equals_the_hooked_count_for_any_widths(family: str) -> None:
+    """The formula (one probe forward, then no forward per config) gives count_conv_macs exactly."""
+    from slimface.compress.space import ConfigSpace
+    from slimface.models.registry import build_generator, get_family
+    from slimface.nn.profile import ConvMacsModel, count_conv_macs
+    from slimface.nn.super_layers import set_widths
+
+    net = build_generator(family, 64, 3, 0.125, separable=True).eval()
+    space = ConfigSpace.from_supernet(get_family(family), net)
+    gen = torch.Generator().manual_seed(0)
+    cfgs = [None, space.smallest(), space.largest(), *(space.sample(gen) for _ in range(4))]
+    set_widths(net, space.smallest())  # built from a narrow state: the formula must not depend on it
+    model = ConvMacsModel(net, net.example_inputs(1))
+    counts = set()
+    for cfg in cfgs:
+        set_widths(net, cfg)
+        expected = count_conv_macs(net, net.example_inputs(1))
+        set_widths(net, None)
+        assert model(cfg) == expected, cfg
+        counts.add(expected)
+    assert len(counts) >= 3
+
+
 # ----------------------------------------------------------------------------- count_macs_fast
 from slimface.nn.profile import count_macs_fast  # noqa: E402
 

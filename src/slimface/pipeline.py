@@ -136,7 +136,10 @@ class Pipeline:
         if fam:
             fam_settings = {**rec, "teacher": to_dict(c.teacher(fam))}
             order = TRAIN_STAGES.index(kind)
-            parts = {"supernet": to_dict(c.student), "search": to_dict(c.search),
+            student = to_dict(c.student)
+            if c.student.sampling == "budget":  # the supernet then depends on the budget too
+                student["search_budget"] = c.search.budget
+            parts = {"supernet": student, "search": to_dict(c.search),
                      "finetune": to_dict(c.finetune), "export": to_dict(c.deploy)}
             for name in TRAIN_STAGES[1 : order + 1]:
                 fam_settings[name] = parts[name]
@@ -419,7 +422,9 @@ class Pipeline:
             family=fam, supernet=supernet, teacher=self.teacher_generator(family),
             teacher_disc=self._teacher_disc(family), space=ConfigSpace.from_supernet(fam, supernet),
             distill=dcfg, recognizer=self.recognizer if s.identity_weight > 0 else None,
-            lr=settings.lr, total_steps=settings.steps, seed=self.cfg.seed, sandwich=s.sandwich,
+            lr=settings.lr, total_steps=settings.steps, seed=self.cfg.seed, sampling=s.sampling,
+            budget_macs=self.budget_macs(family) if s.sampling == "budget" and not fixed else None,
+            budget_low=s.budget_low,
             fixed_config=fixed,
         )
 
@@ -429,6 +434,11 @@ class Pipeline:
         out = self.family_dir(family) / "supernet"
         supernet = self._supernet(family)
         task = self._ofa_task(family, supernet)
+        if self.cfg.student.warm_start:
+            from slimface.compress.warmstart import warm_start
+
+            report = warm_start(supernet, task.teacher, task.space.groups)
+            _say(f"  warm start from the {family} teacher: {report.summary()}")
         metrics = Trainer(task, self.pair_dataset(self.data.train_pairs),
                           self.train_config(self.cfg.student.train, out, 3)).fit()
         save_weights(supernet, out / "supernet.safetensors")

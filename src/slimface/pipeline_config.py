@@ -87,7 +87,14 @@ class TeacherSettings:
 
 @dataclass
 class StudentSettings:
-    sandwich: bool = False
+    # uniform: one random sub-network per step (the reference); sandwich: largest + smallest + random;
+    # budget: random sub-networks shrunk under a MAC target in [budget_low, 1] x the search budget,
+    # so a short run trains the region the search will pick from
+    sampling: Literal["uniform", "sandwich", "budget"] = "uniform"
+    budget_low: float = 0.5
+    # start the supernet from the teacher (copied layers, rank-1 factorised separable convs, channels
+    # sorted by importance) rather than from random weights; see slimface.compress.warmstart
+    warm_start: bool = False
     recon_weight: float = 100.0
     teacher_weight: float = 0.0  # output distillation: L1 to the teacher's image
     distill_weight: float = 1.0
@@ -95,6 +102,9 @@ class StudentSettings:
     identity_weight: float = 0.0
     gan_mode: Optional[Literal["bce", "wgan-gp"]] = None  # None: the family's own (bce; wgan-gp for crgan)
     train: TrainSettings = field(default_factory=TrainSettings)
+
+    def validate(self) -> None:
+        check(0 < self.budget_low <= 1, f"student.budget_low must be in (0, 1], got {self.budget_low}")
 
 
 @dataclass

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from slimface.compress.distill import DistillConfig, DistillLoss, FeatureTaps, Mapper, is_conditional
 from slimface.compress.space import Config, ConfigSpace, active_config
 from slimface.config import check
-from slimface.errors import CheckpointError
+from slimface.errors import CheckpointError, ConfigError
 from slimface.nn.modes import module_mode
 from slimface.train.distributed import StepRandom, shared_generator, unwrap
 from slimface.train.losses import freeze
@@ -47,7 +47,9 @@ class OFAConfig:
     lr: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
-    sampling: Literal["uniform", "sandwich"] = "uniform"
+    sampling: Literal["uniform", "sandwich", "budget"] = "uniform"
+    budget_macs: float = 0.0  # sampling "budget": the search budget (MACs) the sub-networks aim under
+    budget_low: float = 0.5  # sampling "budget": MAC targets drawn uniformly in [budget_low, 1] x budget
     seed: int = 0
     bn_batches: int = 4
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -57,7 +59,11 @@ class OFAConfig:
         check(0 <= self.decay_steps <= self.steps, f"ofa.decay_steps must be in [0, steps={self.steps}], got {self.decay_steps}")
         check(self.lr > 0, f"ofa.lr must be > 0, got {self.lr}")
         check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "ofa.beta1/beta2 must be in [0, 1)")
-        check(self.sampling in ("uniform", "sandwich"), f"ofa.sampling {self.sampling!r}: use 'uniform' or 'sandwich'")
+        check(self.sampling in ("uniform", "sandwich", "budget"),
+              f"ofa.sampling {self.sampling!r}: use 'uniform', 'sandwich' or 'budget'")
+        if self.sampling == "budget":
+            check(self.budget_macs > 0, "sampling 'budget' needs a MACs budget > 0 (the search budget)")
+            check(0 < self.budget_low <= 1, f"budget_low must be in (0, 1], got {self.budget_low}")
         check(self.seed >= 0, f"ofa.seed must be >= 0, got {self.seed}")
         check(self.bn_batches >= 1, f"ofa.bn_batches must be >= 1, got {self.bn_batches}")
         self.distill.validate()
@@ -160,11 +166,13 @@ class OFATask:
         lr: float | None = None,
         total_steps: int | None = None,
         seed: int | None = None,
-        sandwich: bool | None = None,
+        sampling: str | None = None,
+        budget_macs: float | None = None,
+        budget_low: float | None = None,
         fixed_config: Mapping[str, int] | str | None = None,
     ) -> None:
         """Settings come from ``config``; the keyword overrides (``distill``, ``lr``, ``total_steps``
-        -- decay over its second half --, ``seed``, ``sandwich``) replace single fields of it.
+        -- decay over its second half --, ``seed``, ``sampling``, ``budget_macs``, ``budget_low``) replace single fields of it.
         ``fixed_config`` trains that one sub-network every step (fine-tuning)."""
         c = copy.deepcopy(config) if config is not None else OFAConfig()
         if distill is not None:
@@ -175,8 +183,12 @@ class OFATask:
             c.steps, c.decay_steps = total_steps, total_steps // 2
         if seed is not None:
             c.seed = seed
-        if sandwich is not None:
-            c.sampling = "sandwich" if sandwich else "uniform"
+        if sampling is not None:
+            c.sampling = sampling  # type: ignore[assignment]
+        if budget_macs is not None:
+            c.budget_macs = float(budget_macs)
+        if budget_low is not None:
+            c.budget_low = float(budget_low)
         self.cfg = c
         self.cfg.validate()
         self.family = family
@@ -185,6 +197,9 @@ class OFATask:
         if fixed_config is not None:
             self.fixed = self.space.decode(fixed_config) if isinstance(fixed_config, str) else dict(fixed_config)
             self.space.validate(self.fixed)
+        self._conv_macs: Callable[[Config], int] = lambda cfg: 0
+        if c.sampling == "budget" and self.fixed is None:
+            self._conv_macs = self._budget_model(unwrap(supernet))
         names = list(family.student_spec.distill)
         self.teacher = freeze(teacher)
         device = next(supernet.parameters()).device
@@ -220,6 +235,22 @@ class OFATask:
             self.fingerprint += f" cfg={self.space.encode(self.fixed)}"
 
     # ---------------------------------------------------------------- config choice
+    def _budget_model(self, net: nn.Module) -> Callable[[Config], int]:
+        """Conv MACs as a formula of the widths (for near-budget sampling); checks the budget is
+        reachable at all."""
+        from slimface.nn.profile import ConvMacsModel, format_count
+
+        if not hasattr(net, "example_inputs"):
+            raise ConfigError("sampling 'budget' needs a generator with example_inputs(); use 'uniform'")
+        model = ConvMacsModel(net, net.example_inputs(1))  # type: ignore[operator]
+        smallest = model(self.space.smallest())
+        if smallest > self.cfg.budget_macs:
+            raise ConfigError(
+                f"budget {format_count(self.cfg.budget_macs)} is below the smallest sub-network's conv MACs "
+                f"({format_count(smallest)}); raise the search budget or sample 'uniform'"
+            )
+        return model
+
     def configs_for_step(self, step: int) -> list[Config]:
         """The sub-networks trained at ``step`` (same on every rank: seeded by (seed, step))."""
         if self.fixed is not None:
@@ -227,6 +258,10 @@ class OFATask:
         gen = shared_generator(self.cfg.seed, step)
         if self.cfg.sampling == "sandwich":
             return [self.space.largest(), self.space.smallest(), self.space.sample(gen)]
+        if self.cfg.sampling == "budget":
+            low = self.cfg.budget_low
+            target = self.cfg.budget_macs * (low + (1 - low) * float(torch.rand((), generator=gen)))
+            return [self.space.shrink(self.space.sample(gen), self._conv_macs, target, gen)]
         return [self.space.sample(gen)]
 
     def _activate(self, cfg: Config | None) -> None:

@@ -35,7 +35,7 @@ from slimface.compress.ofa import Batch, default_forward, preserve_bn, recalibra
 from slimface.compress.space import Config, ConfigSpace, active_config, macs_of, params_of
 from slimface.errors import ConfigError
 from slimface.nn.modes import module_mode
-from slimface.nn.profile import count_conv_macs, format_count, parse_count
+from slimface.nn.profile import ConvMacsModel, format_count, parse_count
 from slimface.train import distributed as D
 
 EvaluateFn = Callable[..., float]  # fn(cfg) or fn(supernet, cfg) -> metric (higher is better)
@@ -146,12 +146,6 @@ def _write_jsonl_atomic(path: Path, records: Sequence[Mapping[str, Any]]) -> Non
 
 
 # -------------------------------------------------------------------- search
-def _conv_macs(net: nn.Module, cfg: Config) -> int:
-    """Cheap lower bound of the exact MACs (convs and linears only, no tracing)."""
-    with active_config(net, cfg):
-        return count_conv_macs(net, net.example_inputs(1))  # type: ignore[operator]
-
-
 class _Searcher:
     def __init__(self, space: ConfigSpace, budget: float, evaluate_fn: EvaluateFn,
                  cost_fn: Callable[[Config], tuple[int, int]], cache_path: Path | None,
@@ -177,21 +171,12 @@ class _Searcher:
         return self.cost(cfg)[0] < self.budget
 
     def repair(self, cfg: Config, gen: torch.Generator) -> Config:
-        """Shrink random groups one choice at a time until the cheap bound fits the budget, so the
-        sampled candidates land near the budget instead of being rejected one costly count each."""
+        """Shrink random groups until the cheap bound fits the budget, so the sampled candidates
+        land near the budget instead of being rejected one costly count each."""
         if self.bound_fn is None:
             return cfg
-        cfg = dict(cfg)
         # the bound misses norms and element-wise ops (a few % of the exact count): aim below it
-        while self.bound_fn(cfg) >= 0.97 * self.budget:
-            shrinkable = [g for g in self.space.groups if self.space.choices[g].index(cfg[g]) > 0]
-            if not shrinkable:
-                break
-            for _ in range(max(1, len(shrinkable) // 8)):  # a few groups per bound evaluation
-                g = shrinkable[int(torch.randint(len(shrinkable), (1,), generator=gen))]
-                opts = self.space.choices[g]
-                cfg[g] = opts[max(0, opts.index(cfg[g]) - 1)]
-        return cfg
+        return self.space.shrink(cfg, self.bound_fn, 0.97 * self.budget, gen)
 
     def evaluate(self, cfgs: Sequence[Config]) -> list[dict[str, Any]]:
         """Records for ``cfgs``; unknown ones are evaluated (sharded over ranks) and cached."""
@@ -263,7 +248,7 @@ def search(
         cost_fn = lambda c: (macs_of(net, c, resolution), params_of(net, c))  # noqa: E731
         reference_fn = lambda c: macs_of(net, c, resolution, reference=True)  # noqa: E731
         if hasattr(net, "example_inputs"):
-            bound_fn = lambda c: _conv_macs(net, c)  # noqa: E731
+            bound_fn = ConvMacsModel(net, net.example_inputs(1))  # type: ignore[operator]
     if _takes_two(evaluate_fn):
         two, net2 = evaluate_fn, supernet
         evaluate_fn = lambda c: two(net2, c)  # noqa: E731

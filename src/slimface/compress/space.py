@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import weakref
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -118,6 +118,22 @@ class ConfigSpace:
     def crossover(self, a: Mapping[str, int], b: Mapping[str, int], gen: torch.Generator) -> Config:
         """Each group's width from ``a`` or ``b`` with equal chance."""
         return {g: (a[g] if float(torch.rand((), generator=gen)) < 0.5 else b[g]) for g in self.groups}
+
+    def shrink(self, cfg: Mapping[str, int], cost: Callable[[Config], float], target: float,
+               gen: torch.Generator) -> Config:
+        """Step random groups down one choice at a time until ``cost(cfg) <= target`` (or every
+        group is at its smallest): a random config moved just under a MACs target, so sampled
+        candidates land near a budget instead of being rejected."""
+        out = dict(cfg)
+        while cost(out) > target:
+            shrinkable = [g for g in self.groups if self.choices[g].index(out[g]) > 0]
+            if not shrinkable:
+                break
+            for _ in range(max(1, len(shrinkable) // 8)):  # a few groups per cost evaluation
+                g = shrinkable[int(torch.randint(len(shrinkable), (1,), generator=gen))]
+                opts = self.choices[g]
+                out[g] = opts[max(0, opts.index(out[g]) - 1)]
+        return out
 
     def enumerate(self, limit: int = 100_000) -> Iterator[Config]:
         """Every config (for exhaustive search); refuses spaces larger than ``limit``."""

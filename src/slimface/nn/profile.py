@@ -501,3 +501,57 @@ def count_conv_macs(model: nn.Module, inputs: tuple[Any, ...]) -> int:
         for h in handles:
             h.remove()
     return int(total)
+
+
+class ConvMacsModel:
+    """:func:`count_conv_macs` of any sub-network as a formula of the widths, without running it.
+
+    One full-width forward records, per conv/linear, the spatial size it works on and the channel
+    layouts of its input and output; a config's count is then a sum over layers of
+    ``active_out * active_in * k^2 * positions`` (about a millisecond in Python instead of a
+    forward pass), which lets the search shrink candidates and the supernet sample near-budget
+    sub-networks cheaply. Layers outside the super layers count at their full size.
+    """
+
+    def __init__(self, model: nn.Module, inputs: tuple[Any, ...]) -> None:
+        self.fixed = 0
+        # (out layout, in layout or None, multiplier per active (out x in) channel pair)
+        self.terms: list[tuple[Any, Any, int]] = []
+        records: list[tuple[nn.Module, int]] = []
+
+        def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+            x = args[0]
+            if isinstance(module, nn.ConvTranspose2d):
+                k = module.kernel_size[0] * module.kernel_size[1]
+                records.append((module, (x.numel() // x.shape[1]) * k))
+            elif isinstance(module, nn.Conv2d):
+                k = module.kernel_size[0] * module.kernel_size[1]
+                records.append((module, (out.numel() // out.shape[1]) * k))
+            elif isinstance(module, nn.Linear):
+                records.append((module, out.numel() // out.shape[-1]))
+
+        handles = [m.register_forward_hook(hook) for m in model.modules()
+                   if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+        try:
+            with module_mode(model), torch.no_grad():
+                model(*inputs)
+        finally:
+            for h in handles:
+                h.remove()
+        for module, per_pair in records:
+            depthwise = getattr(module, "depthwise", False) or (isinstance(module, nn.Conv2d) and module.groups > 1)
+            if isinstance(module, SuperMixin):
+                self.terms.append((module.out_chans, None if depthwise else module.in_chans, per_pair))
+            else:
+                out_c = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+                in_c = 1 if depthwise else (module.in_features if isinstance(module, nn.Linear) else module.in_channels)
+                self.fixed += out_c * in_c * per_pair
+
+    def __call__(self, widths: dict[str, int] | None) -> int:
+        total = self.fixed
+        for out_c, in_c, per_pair in self.terms:
+            n = out_c.active_total(widths)
+            if in_c is not None:
+                n *= in_c.active_total(widths)
+            total += n * per_pair
+        return int(total)

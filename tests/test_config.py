@@ -75,3 +75,25 @@ def test_exponent_without_dot_is_a_number(tmp_path: Path) -> None:
     p.write_text("steps: 4\ninner:\n  lr: 1e-3\n")
     assert load_config(Outer, p).inner.lr == pytest.approx(1e-3)
     assert load_config(Outer, p, {"inner.lr": "2E-4"}).inner.lr == pytest.approx(2e-4)
+
+
+def test_budget_sampling_ties_the_supernet_stage_to_the_search_budget() -> None:
+    """With sampling 'budget' the supernet is trained for one budget, so changing the budget must
+    re-run it; with uniform sampling only the search and later stages depend on the budget."""
+    from slimface.pipeline import Pipeline
+    from slimface.pipeline_config import PipelineConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+
+    def settings(stage: str, **over: object) -> dict:
+        cfg = load_config(PipelineConfig, root, {k.replace("__", "."): v for k, v in over.items()})
+        return Pipeline(cfg, progress=False)._stage_settings(stage)
+
+    assert settings("supernet.tpgan", student__sampling="budget") != settings(
+        "supernet.tpgan", student__sampling="budget", search__budget="3x")
+    assert settings("supernet.tpgan", student__sampling="uniform") == settings(
+        "supernet.tpgan", student__sampling="uniform", search__budget="3x")
+    assert settings("search.tpgan", student__sampling="uniform") != settings(
+        "search.tpgan", student__sampling="uniform", search__budget="3x")
+    with pytest.raises(ConfigError, match="budget_low"):
+        load_config(PipelineConfig, root, {"student.budget_low": 0})

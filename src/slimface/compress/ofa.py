@@ -61,9 +61,7 @@ class OFAConfig:
         check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "ofa.beta1/beta2 must be in [0, 1)")
         check(self.sampling in ("uniform", "sandwich", "budget"),
               f"ofa.sampling {self.sampling!r}: use 'uniform', 'sandwich' or 'budget'")
-        if self.sampling == "budget":
-            check(self.budget_macs > 0, "sampling 'budget' needs a MACs budget > 0 (the search budget)")
-            check(0 < self.budget_low <= 1, f"budget_low must be in (0, 1], got {self.budget_low}")
+        check(0 < self.budget_low <= 1, f"budget_low must be in (0, 1], got {self.budget_low}")
         check(self.seed >= 0, f"ofa.seed must be >= 0, got {self.seed}")
         check(self.bn_batches >= 1, f"ofa.bn_batches must be >= 1, got {self.bn_batches}")
         self.distill.validate()
@@ -240,6 +238,8 @@ class OFATask:
         reachable at all."""
         from slimface.nn.profile import ConvMacsModel, format_count
 
+        if self.cfg.budget_macs <= 0:
+            raise ConfigError("sampling 'budget' needs a MACs budget > 0 (the search budget)")
         if not hasattr(net, "example_inputs"):
             raise ConfigError("sampling 'budget' needs a generator with example_inputs(); use 'uniform'")
         model = ConvMacsModel(net, net.example_inputs(1))  # type: ignore[operator]

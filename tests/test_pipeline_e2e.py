@@ -146,3 +146,21 @@ def test_missing_config_and_dataset(tmp_path: Path) -> None:
     proc = slimface("run", "--config", str(cfg), "--out", str(tmp_path / "o"), "--only", "data", cwd=tmp_path,
                     timeout=120)
     assert proc.returncode == 2 and "no_such_dir" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_evaluate_right_after_the_teacher(tiny_run, tmp_path: Path) -> None:
+    """`slimface evaluate` on a run with a trained teacher but no student yet: raw and teacher rows."""
+    import shutil
+
+    work, out, _ = tiny_run
+    teacher_only = tmp_path / "teacher_only"
+    shutil.copytree(out, teacher_only, ignore=shutil.ignore_patterns("supernet", "search", "finetune", "export",
+                                                                        "evaluate", "report", "bench"))
+    proc = slimface("evaluate", "--config", str(TINY), "--out", str(teacher_only), "--set",
+                    f"data.root={work / 'data'}", "--no-progress", cwd=work, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "evaluating the teacher only" in proc.stdout
+    models = json.loads((teacher_only / "evaluate" / "results.json").read_text())["models"]
+    assert set(models) == {"no frontalization", "tpgan teacher"}
+    assert 0 <= models["tpgan teacher"]["rank1"]["avg"] <= 100
+    assert (teacher_only / "evaluate" / "frontalization_grid.png").stat().st_size > 0

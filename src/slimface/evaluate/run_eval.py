@@ -46,6 +46,9 @@ def _frontalizers(pipe: "Pipeline") -> dict[str, Frontalize]:
         teacher = pipe.teacher_generator(fam)
         models[f"{fam} teacher"] = lambda x, lm, g=teacher: g(x, lm)
         export_dir = pipe.family_dir(fam) / "export"
+        if not export_dir.exists():  # a teacher-only run: `slimface evaluate` right after training it
+            print(f"  {fam}: no exported student in {export_dir}; evaluating the teacher only", flush=True)
+            continue
         student = load_export(export_dir).eval().to(pipe.device)
         models[f"{fam} compressed"] = lambda x, lm, g=student: g(x, lm)
         for suffix, label in (("model.onnx", "ONNX fp32"), ("model.int8.onnx", "ONNX int8")):

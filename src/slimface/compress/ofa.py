@@ -170,7 +170,8 @@ class OFATask:
         fixed_config: Mapping[str, int] | str | None = None,
     ) -> None:
         """Settings come from ``config``; the keyword overrides (``distill``, ``lr``, ``total_steps``
-        -- decay over its second half --, ``seed``, ``sampling``, ``budget_macs``, ``budget_low``) replace single fields of it.
+        -- decay over its second half --, ``seed``, ``sampling``, ``budget_macs``, ``budget_low``)
+        replace single fields of it.
         ``fixed_config`` trains that one sub-network every step (fine-tuning)."""
         c = copy.deepcopy(config) if config is not None else OFAConfig()
         if distill is not None:

@@ -41,7 +41,8 @@ class WarmStartReport:
     energy: float = 1.0  # share of the factorised kernels' squared norm the rank-1 parts keep
 
     def summary(self) -> str:
-        text = f"copied {self.copied} tensors, factorised {self.factorized} convs (rank-1 keeps {self.energy:.0%} of their energy)"
+        text = (f"copied {self.copied} tensors, factorised {self.factorized} convs "
+                f"(rank-1 keeps {self.energy:.0%} of their energy)")
         if self.kept:
             text += f"; {len(self.kept)} tensors kept their initial values (e.g. {self.kept[0]})"
         return text

@@ -211,6 +211,23 @@ def test_image_grid_pixel_size_and_content(tmp_path: Path) -> None:
         image_grid(rows, row_labels=["one"], out=tmp_path / "bad.png")
 
 
+def test_image_grid_wraps_long_column_labels(tmp_path: Path) -> None:
+    """A model name wider than its column goes on several lines instead of running into the next."""
+    from PIL import ImageDraw, ImageFont
+
+    from slimface.evaluate.figures import _wrap
+
+    draw, font = ImageDraw.Draw(Image.new("RGB", (1, 1))), ImageFont.load_default()
+    wrapped = _wrap(draw, "tpgan compressed (ONNX int8)", font, 64)
+    assert wrapped.replace("\n", " ") == "tpgan compressed (ONNX int8)" and "\n" in wrapped
+    assert all(draw.textbbox((0, 0), line, font=font)[2] <= 64 for line in wrapped.split("\n"))
+    assert _wrap(draw, "GT", font, 64) == "GT"
+    cell = torch.zeros(3, 64, 64)
+    short = Image.open(image_grid([[cell, cell]], col_labels=["a", "b"], out=tmp_path / "s.png"))
+    long = Image.open(image_grid([[cell, cell]], col_labels=["a", "tpgan compressed model"], out=tmp_path / "l.png"))
+    assert long.size[0] == short.size[0] and long.size[1] > short.size[1]
+
+
 def test_pareto_front_known_answer() -> None:
     pts = [
         {"macs": 1e9, "metric": 80.0},

@@ -39,6 +39,18 @@ def _text_size(draw: ImageDraw.ImageDraw, text: str, font: Any) -> tuple[int, in
     return int(right - left), int(bottom - top)
 
 
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
+    """``text`` with newlines at spaces so that each line fits ``width`` pixels (a single word that
+    is wider stays whole)."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and _text_size(draw, f"{lines[-1]} {word}", font)[0] <= width - GRID_PAD:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return "\n".join(lines)
+
+
 def image_grid(
     rows: Sequence[Sequence[Tensor | None]],
     row_labels: Sequence[str] | None = None,
@@ -68,6 +80,8 @@ def image_grid(
     font = ImageFont.load_default()
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     label_w = (max(_text_size(probe, t, font)[0] for t in row_labels) + 2 * GRID_PAD) if row_labels else 0
+    if col_labels is not None:  # wrap at spaces so a long model name stays over its own column
+        col_labels = [_wrap(probe, t, font, cell_w) for t in col_labels]
     label_h = (max(_text_size(probe, t, font)[1] for t in col_labels) + 2 * GRID_PAD + 2) if col_labels else 0
     width = label_w + ncols * cell_w + (ncols + 1) * GRID_PAD
     height = label_h + len(rows) * cell_h + (len(rows) + 1) * GRID_PAD
@@ -76,7 +90,8 @@ def image_grid(
 
     for j in range(ncols if col_labels else 0):
         x = label_w + GRID_PAD + j * (cell_w + GRID_PAD)
-        draw.text((x + GRID_PAD, GRID_PAD), col_labels[j], fill=(0, 0, 0), font=font)  # type: ignore[index]
+        draw.multiline_text((x + GRID_PAD, GRID_PAD), col_labels[j], fill=(0, 0, 0), font=font,  # type: ignore[index]
+                            spacing=1)
     for i, row in enumerate(rows):
         y = label_h + GRID_PAD + i * (cell_h + GRID_PAD)
         if row_labels:

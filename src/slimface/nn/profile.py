@@ -477,36 +477,17 @@ def count_conv_macs(model: nn.Module, inputs: tuple[Any, ...]) -> int:
     (torchprofile counts the same layers plus norms and element-wise ops), so it is a safe lower
     bound for screening candidates against a budget; reported numbers come from count_macs.
     """
-    total = 0
+    return ConvMacsModel(model, inputs).probed
 
-    def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
-        nonlocal total
-        x = args[0]
-        if isinstance(module, nn.ConvTranspose2d):
-            k = module.kernel_size[0] * module.kernel_size[1]
-            total += x.numel() * out.shape[1] * k
-        elif isinstance(module, nn.Conv2d):
-            k = module.kernel_size[0] * module.kernel_size[1]
-            depthwise = getattr(module, "depthwise", False) or module.groups > 1
-            total += out.numel() * (1 if depthwise else x.shape[1]) * k
-        elif isinstance(module, nn.Linear):
-            total += out.numel() * x.shape[-1]
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
-    try:
-        with module_mode(model), torch.no_grad():
-            model(*inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return int(total)
+def _depthwise(module: nn.Module) -> bool:
+    return bool(getattr(module, "depthwise", False)) or (isinstance(module, nn.Conv2d) and module.groups > 1)
 
 
 class ConvMacsModel:
     """:func:`count_conv_macs` of any sub-network as a formula of the widths, without running it.
 
-    One full-width forward records, per conv/linear, the spatial size it works on and the channel
+    One probe forward (at any widths) records, per conv/linear, the spatial size it works on and the channel
     layouts of its input and output; a config's count is then a sum over layers of
     ``active_out * active_in * k^2 * positions`` (about a millisecond in Python instead of a
     forward pass), which lets the search shrink candidates and the supernet sample near-budget
@@ -515,6 +496,7 @@ class ConvMacsModel:
 
     def __init__(self, model: nn.Module, inputs: tuple[Any, ...]) -> None:
         self.fixed = 0
+        self.probed = 0  # the count of the probe forward itself (the widths active during it)
         # (out layout, in layout or None, multiplier per active (out x in) channel pair)
         self.terms: list[tuple[Any, Any, int]] = []
         records: list[tuple[nn.Module, int]] = []
@@ -522,13 +504,18 @@ class ConvMacsModel:
         def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
             x = args[0]
             if isinstance(module, nn.ConvTranspose2d):
-                k = module.kernel_size[0] * module.kernel_size[1]
-                records.append((module, (x.numel() // x.shape[1]) * k))
+                per_pair = (x.numel() // x.shape[1]) * module.kernel_size[0] * module.kernel_size[1]
+                c_out, c_in = out.shape[1], x.shape[1]
             elif isinstance(module, nn.Conv2d):
-                k = module.kernel_size[0] * module.kernel_size[1]
-                records.append((module, (out.numel() // out.shape[1]) * k))
+                per_pair = (out.numel() // out.shape[1]) * module.kernel_size[0] * module.kernel_size[1]
+                c_out, c_in = out.shape[1], (1 if _depthwise(module) else x.shape[1])
             elif isinstance(module, nn.Linear):
-                records.append((module, out.numel() // out.shape[-1]))
+                per_pair = out.numel() // out.shape[-1]
+                c_out, c_in = out.shape[-1], x.shape[-1]
+            else:
+                return
+            records.append((module, per_pair))
+            self.probed += per_pair * c_out * c_in
 
         handles = [m.register_forward_hook(hook) for m in model.modules()
                    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
@@ -539,7 +526,7 @@ class ConvMacsModel:
             for h in handles:
                 h.remove()
         for module, per_pair in records:
-            depthwise = getattr(module, "depthwise", False) or (isinstance(module, nn.Conv2d) and module.groups > 1)
+            depthwise = _depthwise(module)
             if isinstance(module, SuperMixin):
                 self.terms.append((module.out_chans, None if depthwise else module.in_chans, per_pair))
             else:

@@ -164,3 +164,7 @@ def test_evaluate_right_after_the_teacher(tiny_run, tmp_path: Path) -> None:
     assert set(models) == {"no frontalization", "tpgan teacher"}
     assert 0 <= models["tpgan teacher"]["rank1"]["avg"] <= 100
     assert (teacher_only / "evaluate" / "frontalization_grid.png").stat().st_size > 0
+    report = (teacher_only / "report" / "report.md").read_text()
+    assert "| tpgan teacher |" in report
+    assert report.count("No compressed student in this run yet") == 3  # Tables 3, 4 and deployment
+    assert "No compressed student" not in (out / "report" / "report.md").read_text()

@@ -76,9 +76,9 @@ def write_report(pipe: "Pipeline") -> Path:
         t2 = {name: _pitch_yaw(e) for name, e in models.items() if "ONNX" not in name}
         lines += ["## Table 2 — rank-1 (%) per pitch × yaw", "", table2_markdown(t2), ""]
     # ---- Table 3 and 4
-    lines += ["## Table 3 — compression", "",
-              "| model | size | teacher params | teacher MACs | compressed params | compressed MACs | config |",
-              "|---|---|---|---|---|---|---|"]
+    t3 = ["## Table 3 — compression", "",
+          "| model | size | teacher params | teacher MACs | compressed params | compressed MACs | config |",
+          "|---|---|---|---|---|---|---|"]
     t4 = ["## Table 4 — measured latency and memory (batch 1)", "",
           "| model | size | teacher latency | compressed latency | speedup | teacher peak memory | "
           "compressed peak memory | memory reduction | threads |",
@@ -117,7 +117,7 @@ def write_report(pipe: "Pipeline") -> Path:
             else:
                 sp, sm = s.get("params"), s.get("macs")
             if tp and sp and tm and sm:
-                lines.append(f"| {fam} | {size} | {format_count(tp)} | {format_count(tm)} | {format_count(sp)} "
+                t3.append(f"| {fam} | {size} | {format_count(tp)} | {format_count(tm)} | {format_count(sp)} "
                              f"({tp / sp:.1f}×) | {format_count(sm)} ({tm / sm:.1f}×) | "
                              f"`{r.get('student_config') or search.get('config', '')}` |")
             t4.append(f"| {fam} | {size} | {t['latency_ms']:.2f} ms | {s['latency_ms']:.2f} ms | "
@@ -170,7 +170,11 @@ def write_report(pipe: "Pipeline") -> Path:
                 p["chosen"] = p.get("config") == search.get("config")
             if pts:
                 plot_pareto(pts, out / f"pareto_{fam}.png")
-    lines += [""] + t4 + [""] + deploy + [""]
+    for table in (t3, t4, deploy):
+        if len(table) == 4:  # header only: a teacher-only run
+            table.append("\n_No compressed student in this run yet: run the search, finetune, export and bench "
+                         "stages._")
+    lines += t3 + [""] + t4 + [""] + deploy + [""]
     if fams and fams[0] in results["families"]:
         results["teacher"] = results["families"][fams[0]]["teacher"]
         results["student"] = results["families"][fams[0]]["student"]

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from _nets import randomize_bn
 from slimface.compress.space import ConfigSpace
 from slimface.compress.warmstart import (
     channel_importance, factorize_separable, permute_channels, sort_channels, warm_start,
@@ -17,16 +18,6 @@ from slimface.nn.super_layers import SeparableConv2d, set_widths
 
 FAMILIES = ["tpgan", "crgan", "pim"]
 KW = dict(resolution=64, channels=3, width_mult=0.125)
-
-
-def _randomise_bn(model: nn.Module, gen: torch.Generator) -> None:
-    """Non-trivial BN affine and running stats, so a wrongly permuted BN changes the output."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=gen))
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.randn(m.num_features, generator=gen))
-            m.bias.data.copy_(torch.randn(m.num_features, generator=gen))
 
 
 def _inputs(net: nn.Module, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +34,7 @@ def test_sorting_channels_keeps_the_teachers_function(name: str) -> None:
     gen = torch.Generator().manual_seed(0)
     family = get_family(name)
     teacher = family.build_generator(separable=False, sub=None, **KW).eval()
-    _randomise_bn(teacher, gen)
+    randomize_bn(teacher)
     groups = ConfigSpace.from_supernet(family, family.build_generator(separable=True, sub=None, **KW)).groups
     x = _inputs(teacher, gen)
     before = copy.deepcopy(teacher.state_dict())
@@ -98,7 +89,7 @@ def test_warm_start_reproduces_a_teacher_whose_kernels_are_separable(name: str) 
     family = get_family(name)
     donor = family.build_generator(separable=True, sub=None, **KW).eval()
     teacher = family.build_generator(separable=False, sub=None, **KW).eval()
-    _randomise_bn(teacher, gen)
+    randomize_bn(teacher)
     modules = dict(teacher.named_modules())
     with torch.no_grad():
         for mname, m in donor.named_modules():

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _nets import randomize_bn
 from slimface.errors import ConfigError, DataError
 from slimface.models.crgan import (
     CRGAN_STUDENT_SPEC,
@@ -48,17 +49,6 @@ def _seed_and_threads() -> Iterator[None]:
 def _small(separable: bool = False, channels: int = 3, sub: dict[str, int] | None = None,
            mult: float = 0.25) -> CRGANGenerator:
     return CRGANGenerator(64, channels, mult, separable, sub)
-
-
-def _randomize_bn(model: torch.nn.Module) -> None:
-    """Non-trivial BN affine/statistics so sub-network slicing of every BN tensor is exercised."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-                m.running_mean.uniform_(-0.2, 0.2)  # type: ignore[union-attr]
-                m.running_var.uniform_(0.5, 1.5)  # type: ignore[union-attr]
 
 
 def test_yaw_to_view_covers_all_13_multipie_yaws() -> None:
@@ -130,7 +120,7 @@ def test_width_groups_follow_module_names_and_residual_coupling() -> None:
 @pytest.mark.parametrize("separable", [False, True])
 def test_supernet_matches_static_subnet(separable: bool) -> None:
     sup = _small(separable)
-    _randomize_bn(sup)
+    randomize_bn(sup)
     choices = CRGAN_STUDENT_SPEC.choices(width_groups(sup))
     assert set(choices) == set(width_groups(sup))  # every group is prunable
     rng = random.Random(1)

@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+from _nets import randomize_bn
 from slimface.errors import ConfigError
 from slimface.models.discriminators import DomainDiscriminator, PatchDiscriminator
 from slimface.models.patches import canonical_crops, crop_patches, paste, paste_max, patch_boxes
@@ -14,7 +15,7 @@ from slimface.models.pim import PIMGenerator
 from slimface.models.registry import get_family
 from slimface.models.tpgan import TPGANGenerator
 from slimface.nn.profile import count_macs, count_params
-from slimface.nn.super_layers import SuperBatchNorm2d, load_subnet_weights, set_widths, width_groups
+from slimface.nn.super_layers import load_subnet_weights, set_widths, width_groups
 from slimface.train.teacher_tasks import PIMTask, TPGANTask
 
 
@@ -40,17 +41,6 @@ def _batch(res: int = 64, b: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
         "subject": torch.arange(b) % 3,
         "yaw": torch.full((b,), 45.0),
     }
-
-
-def _randomize_bn(model: torch.nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, SuperBatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
 
 
 # ------------------------------------------------------------------------------------------ patches
@@ -161,7 +151,7 @@ def _random_cfg(g: torch.nn.Module, family: str, seed: int) -> dict[str, int]:
 def test_supernet_equals_static_subnet(separable: bool) -> None:
     torch.manual_seed(0)
     sup = TPGANGenerator(64, 3, 0.25, separable=separable)
-    _randomize_bn(sup)
+    randomize_bn(sup)
     sup.eval()
     b = _batch(64, 2)
     groups = width_groups(sup)

@@ -149,7 +149,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"speedup {report['speedup']:.2f}x  memory reduction {report['memory_reduction']:.2f}x")
         rts = report.get("runtimes")
         if rts:
-            from slimface.compress.profile_cli import RUNTIME_LABELS
+            from slimface.evaluate.bench import RUNTIME_LABELS
 
             for label in RUNTIME_LABELS:
                 r = rts[label]

@@ -418,12 +418,13 @@ class Pipeline:
                                          "gan_mode": s.gan_mode or fam.extras.get("gan_mode", "bce")},
                          where="student")
         settings = self.cfg.finetune.train if fixed else s.train
+        teacher = self.teacher_generator(family)
         return OFATask(
-            family=fam, supernet=supernet, teacher=self.teacher_generator(family),
+            family=fam, supernet=supernet, teacher=teacher,
             teacher_disc=self._teacher_disc(family), space=ConfigSpace.from_supernet(fam, supernet),
             distill=dcfg, recognizer=self.recognizer if s.identity_weight > 0 else None,
             lr=settings.lr, total_steps=settings.steps, seed=self.cfg.seed, sampling=s.sampling,
-            budget_macs=self.budget_macs(family) if s.sampling == "budget" and not fixed else None,
+            budget_macs=self.budget_macs(family, teacher) if s.sampling == "budget" and not fixed else None,
             budget_low=s.budget_low,
             fixed_config=fixed,
         )
@@ -446,8 +447,9 @@ class Pipeline:
         save_weights(task.nets["disc"], out / "discriminator.safetensors")
         return {"final": metrics}
 
-    def budget_macs(self, family: str) -> float:
-        """The search budget in MACs: absolute ("2.5G") or relative to the teacher ("10x")."""
+    def budget_macs(self, family: str, teacher: nn.Module | None = None) -> float:
+        """The search budget in MACs: absolute ("2.5G") or relative to the teacher ("10x"; ``teacher``:
+        the loaded teacher generator, if the caller has it already)."""
         from slimface.nn.profile import count_macs, parse_count
 
         text = str(self.cfg.search.budget).strip().lower()
@@ -458,8 +460,8 @@ class Pipeline:
                 raise ConfigError(f"search.budget {self.cfg.search.budget!r}: expected e.g. 10x, 2.5G or 300M") from exc
             if factor <= 1:
                 raise ConfigError(f"search.budget {text}: a reduction factor must be above 1 (e.g. 10x)")
-            teacher = self.teacher_generator(family)
-            return count_macs(teacher, teacher.example_inputs()) / factor
+            teacher = teacher if teacher is not None else self.teacher_generator(family)
+            return count_macs(teacher, teacher.example_inputs()) / factor  # type: ignore[operator]
         try:
             macs = parse_count(text)
         except ValueError as exc:

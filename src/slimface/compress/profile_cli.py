@@ -111,8 +111,6 @@ def bench_report(model: str, resolution: int = 128, width_mult: float = 1.0, stu
     return report
 
 
-
-
 def random_calibration(example_inputs: tuple, n: int = 8, seed: int = 0,
                        jitter_px: float = 1.0) -> list[dict[str, Any]]:
     """``n`` batch-1 feeds for int8 calibration of a random-weight architecture.

@@ -27,7 +27,8 @@ from torch import Tensor, nn
 
 from slimface.nn.channels import Chans
 from slimface.nn.super_layers import (
-    SeparableConv2d, SuperBatchNorm2d, SuperConv2d, SuperConvTranspose2d, SuperLinear, SuperMixin, super_layers,
+    SeparableConv2d, SuperBatchNorm2d, SuperConv2d, SuperConvTranspose2d, SuperLinear, SuperMixin, own_tensors,
+    super_layers,
 )
 
 
@@ -108,7 +109,7 @@ def permute_channels(model: nn.Module, perms: Mapping[str, Tensor]) -> None:
         out_dim, in_dim = _dims(layer)
         out_idx = _layout_index(layer.out_chans, perms)
         in_idx = _layout_index(layer.in_chans, perms) if in_dim is not None else None
-        for name, t in list(layer.named_parameters(recurse=False)) + list(layer.named_buffers(recurse=False)):
+        for name, t in own_tensors(layer).items():
             if t.dim() == 0:
                 continue  # num_batches_tracked
             new = t
@@ -143,10 +144,6 @@ def factorize_separable(weight: Tensor) -> tuple[Tensor, Tensor, float]:
 
 
 # -------------------------------------------------------------------- warm start
-def _own_tensors(module: nn.Module) -> dict[str, Tensor]:
-    return dict(module.named_parameters(recurse=False)) | dict(module.named_buffers(recurse=False))
-
-
 @torch.no_grad()
 def warm_start(supernet: nn.Module, teacher: nn.Module, groups: Iterable[str] = (),
                sort: bool = True) -> WarmStartReport:
@@ -154,8 +151,9 @@ def warm_start(supernet: nn.Module, teacher: nn.Module, groups: Iterable[str] = 
 
     ``groups``: the prunable width groups to sort by importance first (``sort=False`` keeps the
     teacher's order)."""
-    source = copy.deepcopy(teacher)
-    if sort:
+    source = teacher
+    if sort:  # reorder a copy: the caller's teacher keeps its channel order
+        source = copy.deepcopy(teacher)
         sort_channels(source, groups)
     src = dict(source.named_modules())
     report = WarmStartReport()
@@ -177,12 +175,12 @@ def warm_start(supernet: nn.Module, teacher: nn.Module, groups: Iterable[str] = 
                 report.factorized += 1
                 kept_energy.append((share, float(t.weight.pow(2).sum())))
                 done.update(f"{name}.{sub}.{k}" for sub in ("depthwise", "pointwise")
-                            for k in _own_tensors(getattr(module, sub)))
+                            for k in own_tensors(getattr(module, sub)))
             continue
         if t is None:
             continue
-        theirs = _own_tensors(t)
-        for key, mine in _own_tensors(module).items():
+        theirs = own_tensors(t)
+        for key, mine in own_tensors(module).items():
             full = f"{name}.{key}" if name else key
             if full in done:
                 continue

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from slimface.evaluate.bench import RUNTIME_LABELS
 from slimface.evaluate.rank1 import table1_markdown, table2_markdown
 from slimface.fileio import atomic_write
 from slimface.nn.profile import format_count
@@ -118,8 +119,8 @@ def write_report(pipe: "Pipeline") -> Path:
                 sp, sm = s.get("params"), s.get("macs")
             if tp and sp and tm and sm:
                 t3.append(f"| {fam} | {size} | {format_count(tp)} | {format_count(tm)} | {format_count(sp)} "
-                             f"({tp / sp:.1f}×) | {format_count(sm)} ({tm / sm:.1f}×) | "
-                             f"`{r.get('student_config') or search.get('config', '')}` |")
+                          f"({tp / sp:.1f}×) | {format_count(sm)} ({tm / sm:.1f}×) | "
+                          f"`{r.get('student_config') or search.get('config', '')}` |")
             t4.append(f"| {fam} | {size} | {t['latency_ms']:.2f} ms | {s['latency_ms']:.2f} ms | "
                       f"{r['speedup']:.2f}× | {t.get('peak_memory_mb', float('nan')):.1f} MB | "
                       f"{s.get('peak_memory_mb', float('nan')):.1f} MB | {r.get('memory_reduction', float('nan')):.2f}× | "
@@ -129,11 +130,11 @@ def write_report(pipe: "Pipeline") -> Path:
             fam_res["memory_reduction"] = b["run_size"].get("memory_reduction")
             fam_res["mac_reduction"] = (fam_res["teacher"]["macs"] or 0) / max(fam_res["student"]["macs"] or 1, 1)
         runtimes = b.get("runtimes", {})
-        base_ms = runtimes.get("PyTorch fp32", {}).get("latency_ms")
+        base_ms = runtimes.get(RUNTIME_LABELS[0], {}).get("latency_ms")
         base_r1 = fam_res["student"]["rank1"]["avg"] if fam_res["student"]["rank1"] else None
         fam_res["runtimes"] = {}
-        for label, key in (("PyTorch fp32", f"{fam} compressed"), ("ONNX Runtime fp32", f"{fam} compressed (ONNX fp32)"),
-                           ("ONNX Runtime int8", f"{fam} compressed (ONNX int8)")):
+        evaluated_as = (f"{fam} compressed", f"{fam} compressed (ONNX fp32)", f"{fam} compressed (ONNX int8)")
+        for label, key in zip(RUNTIME_LABELS, evaluated_as):
             rt = runtimes.get(label)
             r1 = _rank1(models[key])["avg"] if key in models else None
             if rt is None:
@@ -149,7 +150,7 @@ def write_report(pipe: "Pipeline") -> Path:
         full_rts = (b.get("full_size") or {}).get("runtimes") or {}
         if full_rts:
             fam_res["full_size_runtimes"] = {}
-            for label in ("PyTorch fp32", "ONNX Runtime fp32", "ONNX Runtime int8"):
+            for label in RUNTIME_LABELS:
                 rt = full_rts.get(label)
                 if rt is None:
                     continue

@@ -362,6 +362,11 @@ def set_widths(model: nn.Module, widths: Mapping[str, int] | None) -> None:
         layer.set_widths(widths)
 
 
+def own_tensors(module: nn.Module) -> dict[str, Tensor]:
+    """A module's own parameters and buffers by local name (not its children's)."""
+    return dict(module.named_parameters(recurse=False)) | dict(module.named_buffers(recurse=False))
+
+
 def load_subnet_weights(supernet: nn.Module, subnet: nn.Module) -> None:
     """Copy the active slices of ``supernet`` (after set_widths) into a static ``subnet``.
 
@@ -379,7 +384,7 @@ def load_subnet_weights(supernet: nn.Module, subnet: nn.Module) -> None:
             if isinstance(src, SuperMixin):
                 tensors = src.sliced_state()
             else:
-                tensors = dict(src.named_parameters(recurse=False)) | dict(src.named_buffers(recurse=False))
+                tensors = own_tensors(src)
             for key, value in tensors.items():
                 full = f"{name}.{key}" if name else key
                 if full not in target:

@@ -174,7 +174,6 @@ class Pipeline:
         self.timings[stage] = wall
         if D.is_main():
             self.stage_dir.mkdir(parents=True, exist_ok=True)
-        
             text = json.dumps({"stage": stage, "wall_s": wall, "outputs": outputs,
                                "fingerprint": _fingerprint(self._stage_settings(stage))}, indent=2, default=str)
             atomic_write(self._marker(stage), lambda f: f.write(text.encode()))  # disk full: one-line error

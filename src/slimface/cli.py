@@ -137,7 +137,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     report = bench_report(
         args.model, resolution=args.resolution, width_mult=args.width_mult, student=args.student,
         warmup=args.warmup, runs=args.runs, threads=args.threads, device=args.device,
-        runtimes=args.runtimes,
+        runtimes=args.runtimes, fold_bn=not args.no_fold_bn,
     )
     if args.json:
         print(json.dumps(report, indent=2))
@@ -236,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--runtimes", action="store_true",
                    help="also time the student under PyTorch fp32, ONNX Runtime fp32 and ONNX Runtime int8 "
                         "(exported and quantized in a temporary directory)")
+    b.add_argument("--no-fold-bn", action="store_true",
+                   help="time the PyTorch models as built, without folding batch norms into their convs")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 

@@ -83,8 +83,10 @@ def profile_report(model: str, resolution: int = 128, width_mult: float = 1.0,
 
 def bench_report(model: str, resolution: int = 128, width_mult: float = 1.0, student: str | None = "smallest",
                  warmup: int = 100, runs: int = 100, threads: int | None = None,
-                 device: str = "cpu", runtimes: bool = False, n_calibration: int = 8) -> dict[str, Any]:
-    """Latency/peak memory of teacher vs student at batch 1 (random weights; eval mode).
+                 device: str = "cpu", runtimes: bool = False, n_calibration: int = 8,
+                 fold_bn: bool = True) -> dict[str, Any]:
+    """Latency/peak memory of teacher vs student at batch 1 (random weights; eval mode; batch norms
+    folded into their convs unless ``fold_bn`` is False).
 
     ``runtimes``: also compare the *student* under PyTorch fp32 / ONNX Runtime fp32 / ONNX Runtime
     int8 (see :func:`student_runtimes_report`), stored under ``report["runtimes"]``.
@@ -100,14 +102,14 @@ def bench_report(model: str, resolution: int = 128, width_mult: float = 1.0, stu
     teacher.eval(), stud.eval()
     inputs = teacher.example_inputs()
     report = benchmark_teacher_student(teacher, stud, inputs, warmup=warmup, runs=runs, threads=threads,
-                                       device=device)
+                                       device=device, fold_bn=fold_bn)
     report.update({"model": model, "resolution": resolution, "width_mult": width_mult, "student_config": code})
     for key, net in (("teacher_counts", teacher), ("student_counts", stud)):
         report[key] = {"params": count_params(net), "macs": count_macs(net, inputs)}
     if runtimes:
         del teacher  # a full-size teacher holds hundreds of MB; the runtime comparison needs only the student
         report["runtimes"] = student_runtimes_report(stud, inputs, warmup=warmup, runs=runs, threads=threads,
-                                                     n_calibration=n_calibration)
+                                                     n_calibration=n_calibration, fold_bn=fold_bn)
     return report
 
 
@@ -139,7 +141,7 @@ def random_calibration(example_inputs: tuple, n: int = 8, seed: int = 0,
 def student_runtimes_report(student: torch.nn.Module, example_inputs: tuple, warmup: int = 100, runs: int = 100,
                             threads: int | None = None, calibration: list[dict[str, Any]] | None = None,
                             n_calibration: int = 8, quantize_kwargs: dict[str, Any] | None = None,
-                            ) -> dict[str, Any]:
+                            fold_bn: bool = True) -> dict[str, Any]:
     """One student under PyTorch fp32, ONNX Runtime fp32 and ONNX Runtime int8, timed in one process.
 
     The student is exported with :func:`~slimface.deploy.onnx_export.export_onnx` into a temporary
@@ -185,7 +187,8 @@ def student_runtimes_report(student: torch.nn.Module, example_inputs: tuple, war
         int8_out = onnx[RUNTIME_LABELS[2]](x.numpy(), None if lm is None else lm.numpy())
         d = np.abs(np.asarray(int8_out, dtype=np.float64) - ref)
         out["int8_max_abs_diff_vs_pytorch"], out["int8_mean_abs_diff_vs_pytorch"] = float(d.max()), float(d.mean())
-        timed = benchmark_runtimes(student, inputs, onnx, warmup=warmup, runs=runs, threads=threads)
+        timed = benchmark_runtimes(student, inputs, onnx, warmup=warmup, runs=runs, threads=threads,
+                                   fold_bn=fold_bn)
         del onnx  # release the sessions before the temporary files go
     out.update({label: timed[label] for label in RUNTIME_LABELS})
     fp, q = timed[RUNTIME_LABELS[1]], timed[RUNTIME_LABELS[2]]

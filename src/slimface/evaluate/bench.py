@@ -6,6 +6,10 @@ with the candidates **interleaved run by run** (run ``i`` calls every model once
 rotating with ``i``), so that CPU frequency changes, other load on the machine and cache effects hit
 every candidate alike and the speed-up ratio stays fair.
 
+Models are timed as deployed: eval-mode copies with batch norms folded into their convs
+(:func:`inference_copy`), which is what ONNX Runtime does to its graph too; ``fold_bn=False`` times
+them as given.
+
 Timing: ``time.perf_counter`` around each call under ``torch.inference_mode()``; on CUDA the
 device is synchronised before and after each call and the latency comes from CUDA events.
 
@@ -41,6 +45,7 @@ __all__ = [
     "benchmark_pair",
     "benchmark_teacher_student",
     "benchmark_callables",
+    "inference_copy",
     "peak_memory_bytes",
     "param_bytes",
     "count_params",
@@ -250,6 +255,21 @@ def benchmark_callables(
     return out
 
 
+def inference_copy(model: nn.Module, example_inputs: tuple, fold_bn: bool = True) -> tuple[nn.Module, int]:
+    """An eval-mode copy of ``model`` as it is deployed: batch norms folded into their convs (as ONNX
+    Runtime does to its graph), so eager PyTorch is not timed on per-op overhead a deployment removes.
+    The caller's model is left untouched (put in eval mode). Returns the copy (the model itself when
+    it has no batch norm or ``fold_bn`` is False) and how many batch norms were folded."""
+    import copy
+
+    from slimface.nn.fold import fold_batchnorm
+
+    if not fold_bn or not any(isinstance(x, nn.BatchNorm2d) for x in model.modules()):
+        return model.eval(), 0  # nothing to fold: time the model itself
+    m = copy.deepcopy(model).eval()
+    return m, fold_batchnorm(m, example_inputs)
+
+
 RUNTIME_LABELS = ("PyTorch fp32", "ONNX Runtime fp32", "ONNX Runtime int8")
 
 
@@ -260,8 +280,10 @@ def benchmark_runtimes(
     warmup: int = 100,
     runs: int = 100,
     threads: int | None = None,
+    fold_bn: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """The student under PyTorch fp32 (label ``RUNTIME_LABELS[0]``) and under each loaded ONNX
+    """The student under PyTorch fp32 (label ``RUNTIME_LABELS[0]``; batch norms folded, see
+    :func:`inference_copy`) and under each loaded ONNX
     frontalizer of ``onnx`` (label -> ``runtime(image, landmarks)``, e.g. from
     :func:`slimface.deploy.runtime.load_frontalizer`), timed interleaved on the CPU with
     :func:`benchmark_callables`; every entry also gets ``speedup_vs_pytorch`` (mean and
@@ -272,6 +294,7 @@ def benchmark_runtimes(
     lm = example_inputs[1].cpu() if len(example_inputs) > 1 else None
     xn = np.ascontiguousarray(x.numpy())
     lmn = None if lm is None else np.ascontiguousarray(lm.numpy())
+    student, folded = inference_copy(student, tuple(t.cpu() for t in example_inputs), fold_bn)
     fns: dict[str, Callable[[], Any]] = {RUNTIME_LABELS[0]: lambda: student(x, lm)}
     for label, runtime in onnx.items():
         fns[label] = lambda r=runtime: r(xn, lmn)
@@ -280,6 +303,7 @@ def benchmark_runtimes(
     for entry in timed.values():
         entry["speedup_vs_pytorch"] = base["latency_ms"] / entry["latency_ms"]
         entry["speedup_vs_pytorch_median"] = base["latency_median_ms"] / entry["latency_median_ms"]
+    base["folded_batchnorms"] = folded
     return timed
 
 
@@ -291,13 +315,19 @@ def benchmark_pair(
     threads: int | None = None,
     device: str = "cpu",
     measure_memory: bool = True,
+    fold_bn: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Latency (interleaved, see module docstring) and peak memory of each model on the same inputs.
+
+    Each model is timed as deployed: an eval-mode copy with its batch norms folded into the convs
+    (:func:`inference_copy`; ``fold_bn=False`` times the model as given). The models passed in are
+    not changed.
 
     ``example_inputs`` are the positional arguments of ``forward`` (e.g. ``(image, landmarks)`` at
     batch 1). Models are put in eval mode and moved to ``device``. Returns, per model name:
     ``latency_ms`` (mean), ``latency_median_ms``, ``latency_std_ms``, ``latency_min_ms``, ``runs``,
-    ``warmup``, ``threads``, ``device``, ``params``, ``times_ms`` and, with ``measure_memory``,
+    ``warmup``, ``threads``, ``device``, ``params`` (of the model as given), ``folded_batchnorms``,
+    ``times_ms`` and, with ``measure_memory``,
     ``peak_memory_mb``, ``param_memory_mb``, ``activation_peak_mb``.
     """
     dev = torch.device(device)
@@ -305,12 +335,14 @@ def benchmark_pair(
         raise RuntimeError("device='cuda' requested but CUDA is not available")
     inputs = _to_device(tuple(example_inputs), dev)
     with _num_threads(threads) as nthreads:
-        prepared = {name: m.to(dev).eval() for name, m in models.items()}
-        fns = {name: (lambda m=m: m(*inputs)) for name, m in prepared.items()}
+        prepared = {name: inference_copy(m, inputs, fold_bn) for name, m in
+                    ((name, m.to(dev)) for name, m in models.items())}
+        fns = {name: (lambda m=m: m(*inputs)) for name, (m, _) in prepared.items()}
         result = benchmark_callables(fns, warmup=warmup, runs=runs, threads=None, device=device)
-        for name, m in prepared.items():
+        for name, (m, folded) in prepared.items():
             result[name]["threads"] = nthreads
-            result[name]["params"] = count_params(m)
+            result[name]["params"] = count_params(models[name])
+            result[name]["folded_batchnorms"] = folded
             if measure_memory:
                 mem = peak_memory_bytes(m, inputs, dev)
                 result[name]["peak_memory_mb"] = mem["peak_bytes"] / _MB
@@ -328,6 +360,7 @@ def benchmark_teacher_student(
     threads: int | None = None,
     device: str = "cpu",
     measure_memory: bool = True,
+    fold_bn: bool = True,
 ) -> dict[str, Any]:
     """Table 4 for one teacher/student pair: both measured interleaved, plus the two ratios.
 
@@ -342,6 +375,7 @@ def benchmark_teacher_student(
         threads=threads,
         device=device,
         measure_memory=measure_memory,
+        fold_bn=fold_bn,
     )
     out: dict[str, Any] = {
         "teacher": res["teacher"],

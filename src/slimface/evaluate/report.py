@@ -175,6 +175,9 @@ def write_report(pipe: "Pipeline") -> Path:
         if len(table) == 4:  # header only: a teacher-only run
             table.append("\n_No compressed student in this run yet: run the search, finetune, export and bench "
                          "stages._")
+    if len(t4) > 4:
+        t4 += ["", "_Teacher and student are timed as deployed (eval mode, batch norms folded into their convs) "
+               "and alternated run by run in one process._"]
     lines += t3 + [""] + t4 + [""] + deploy + [""]
     if fams and fams[0] in results["families"]:
         results["teacher"] = results["families"][fams[0]]["teacher"]

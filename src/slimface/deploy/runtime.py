@@ -2,7 +2,8 @@
 
 Formats, tried in this order:
 1. loaders registered with :func:`register_format` (e.g. the slimface export directory/file of
-   state_dict + architecture JSON, plugged in by the module that defines that format);
+   state_dict + architecture JSON, plugged in by the module that defines that format); a slimface
+   generator loaded this way gets its batch norms folded into its convs (:mod:`slimface.nn.fold`);
 2. ``.onnx`` -> ONNX Runtime (fp32 and int8 models alike; both are plain ONNX);
 3. ``.pt`` / ``.pth`` / ``.ts`` -> TorchScript (``torch.jit.load``).
 Resolution and channels come from the ONNX ``metadata_props`` / TorchScript extra file written by
@@ -320,6 +321,11 @@ def load_frontalizer(path: str | Path, device: str = "cpu", threads: int | None 
             if isinstance(obj, Frontalizer):
                 return obj
             if isinstance(obj, nn.Module):
+                example = getattr(obj, "example_inputs", None)
+                if callable(example):  # a slimface generator: fold its batch norms, as ONNX Runtime does
+                    from slimface.nn.fold import fold_batchnorm
+
+                    fold_batchnorm(obj.eval(), example())
                 f = from_module(obj, device=device)
                 f.source = path
                 return f

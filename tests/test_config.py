@@ -97,3 +97,31 @@ def test_budget_sampling_ties_the_supernet_stage_to_the_search_budget() -> None:
         "search.tpgan", student__sampling="uniform", search__budget="3x")
     with pytest.raises(ConfigError, match="budget_low"):
         load_config(PipelineConfig, root, {"student.budget_low": 0})
+
+
+def test_per_family_student_recipe() -> None:
+    """``teachers.<family>.student`` changes that family's student settings only; the teacher stage
+    does not depend on them; a bad key is a one-line error at load time."""
+    from slimface.pipeline import Pipeline
+    from slimface.pipeline_config import PipelineConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    base = {"families": ["tpgan", "crgan"], "student.identity_weight": 50.0, "student.train.steps": 4}
+    cfg = load_config(PipelineConfig, root, {**base, "teachers.crgan.student.identity_weight": 7,
+                                             "teachers.crgan.student.sampling": "uniform",
+                                             "teachers.crgan.student.train": {"lr": 1e-4}})
+    cr, tp = cfg.student_for("crgan"), cfg.student_for("tpgan")
+    assert (cr.identity_weight, cr.sampling, cr.train.lr, cr.train.steps) == (7.0, "uniform", 1e-4, 4)
+    assert tp == cfg.student and tp.identity_weight == 50.0
+
+    def settings(stage: str, over: dict) -> dict:
+        return Pipeline(load_config(PipelineConfig, root, {**base, **over}), progress=False)._stage_settings(stage)
+
+    change = {"teachers.crgan.student.identity_weight": 7}
+    assert settings("teacher.crgan", {}) == settings("teacher.crgan", change)
+    assert settings("supernet.crgan", {}) != settings("supernet.crgan", change)
+    assert settings("supernet.tpgan", {}) == settings("supernet.tpgan", change)
+    with pytest.raises(ConfigError, match=r"teachers\.crgan\.student: unknown key 'identity'"):
+        load_config(PipelineConfig, root, {**base, "teachers.crgan.student.identity": 7})
+    with pytest.raises(ConfigError, match="budget_low"):
+        load_config(PipelineConfig, root, {**base, "teachers.crgan.student.budget_low": 2})

@@ -134,10 +134,13 @@ class Pipeline:
             return rec
         kind, _, fam = stage.partition(".")
         if fam:
-            fam_settings = {**rec, "teacher": to_dict(c.teacher(fam))}
+            teacher = to_dict(c.teacher(fam))
+            teacher.pop("student")  # the teacher does not depend on its family's student recipe
+            fam_settings = {**rec, "teacher": teacher}
             order = TRAIN_STAGES.index(kind)
-            student = to_dict(c.student)
-            if c.student.sampling == "budget":  # the supernet then depends on the budget too
+            student_settings = c.student_for(fam)
+            student = to_dict(student_settings)
+            if student_settings.sampling == "budget":  # the supernet then depends on the budget too
                 student["search_budget"] = c.search.budget
             parts = {"supernet": student, "search": to_dict(c.search),
                      "finetune": to_dict(c.finetune), "export": to_dict(c.deploy)}
@@ -409,7 +412,7 @@ class Pipeline:
         from slimface.config import from_dict
         from slimface.models.registry import get_family
 
-        s = self.cfg.student
+        s = self.cfg.student_for(family)
         fam = get_family(family)
         dcfg = from_dict(DistillConfig, {"recon_weight": s.recon_weight, "teacher_weight": s.teacher_weight,
                                          "distill_weight": s.distill_weight,
@@ -434,13 +437,14 @@ class Pipeline:
         out = self.family_dir(family) / "supernet"
         supernet = self._supernet(family)
         task = self._ofa_task(family, supernet)
-        if self.cfg.student.warm_start:
+        student = self.cfg.student_for(family)
+        if student.warm_start:
             from slimface.compress.warmstart import warm_start
 
             report = warm_start(supernet, task.teacher, task.space.groups)
             _say(f"  warm start from the {family} teacher: {report.summary()}")
         metrics = Trainer(task, self.pair_dataset(self.data.train_pairs),
-                          self.train_config(self.cfg.student.train, out, 3)).fit()
+                          self.train_config(student.train, out, 3)).fit()
         save_weights(supernet, out / "supernet.safetensors")
         save_weights(task.nets["mappers"], out / "mappers.safetensors")
         save_weights(task.nets["disc"], out / "discriminator.safetensors")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
-from slimface.config import check
+from slimface.config import check, from_dict, to_dict
 
 
 def _check_width(value: float, name: str) -> None:
@@ -80,6 +80,9 @@ class TeacherSettings:
     checkpoint: Optional[Path] = None  # a trained teacher generator to compress instead of training
     loss: dict[str, float] = field(default_factory=dict)
     train: TrainSettings = field(default_factory=TrainSettings)
+    # this family's changes to the top-level ``student`` settings (its compression recipe), e.g.
+    # {sampling: uniform, identity_weight: 300}; nested ``train`` keys merge key by key
+    student: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         _check_width(self.width_mult, f"teachers.{self.family}.width_mult")
@@ -173,6 +176,20 @@ class PipelineConfig:
         check(len(self.families) >= 1, "families: name at least one model to compress")
         for name in self.teachers:
             check(name in known, f"teachers: unknown model {name!r}; choose from {sorted(known)}")
+            self.student_for(name)  # a bad per-family student key fails at load time
 
     def teacher(self, family: str) -> TeacherSettings:
         return self.teachers.get(family) or TeacherSettings(family=family)  # type: ignore[arg-type]
+
+    def student_for(self, family: str) -> StudentSettings:
+        """The student settings for ``family``: the top-level ``student`` with the family's changes."""
+        changes = self.teacher(family).student
+        if not changes:
+            return self.student
+        merged = to_dict(self.student)
+        for key, value in changes.items():
+            if key == "train" and isinstance(value, dict):
+                merged["train"] = {**merged["train"], **value}
+            else:
+                merged[key] = value
+        return from_dict(StudentSettings, merged, where=f"teachers.{family}.student")

@@ -100,7 +100,7 @@ def test_budget_sampling_ties_the_supernet_stage_to_the_search_budget() -> None:
 
 
 def test_per_family_student_recipe() -> None:
-    """``teachers.<family>.student`` changes that family's student settings only; the teacher stage
+    """``teachers.<family>.student`` / ``.finetune`` change that family's settings only; the teacher stage
     does not depend on them; a bad key is a one-line error at load time."""
     from slimface.pipeline import Pipeline
     from slimface.pipeline_config import PipelineConfig
@@ -121,6 +121,11 @@ def test_per_family_student_recipe() -> None:
     assert settings("teacher.crgan", {}) == settings("teacher.crgan", change)
     assert settings("supernet.crgan", {}) != settings("supernet.crgan", change)
     assert settings("supernet.tpgan", {}) == settings("supernet.tpgan", change)
+    ft = {"teachers.crgan.finetune.train": {"steps": 9}}
+    assert load_config(PipelineConfig, root, {**base, **ft}).finetune_for("crgan").train.steps == 9
+    assert settings("teacher.crgan", {}) == settings("teacher.crgan", ft)
+    assert settings("finetune.crgan", {}) != settings("finetune.crgan", ft)
+    assert settings("finetune.tpgan", {}) == settings("finetune.tpgan", ft)
     with pytest.raises(ConfigError, match=r"teachers\.crgan\.student: unknown key 'identity'"):
         load_config(PipelineConfig, root, {**base, "teachers.crgan.student.identity": 7})
     with pytest.raises(ConfigError, match="budget_low"):

@@ -135,7 +135,8 @@ class Pipeline:
         kind, _, fam = stage.partition(".")
         if fam:
             teacher = to_dict(c.teacher(fam))
-            teacher.pop("student")  # the teacher does not depend on its family's student recipe
+            for recipe in ("student", "finetune"):  # the teacher does not depend on its family's recipe
+                teacher.pop(recipe)
             fam_settings = {**rec, "teacher": teacher}
             order = TRAIN_STAGES.index(kind)
             student_settings = c.student_for(fam)
@@ -143,7 +144,7 @@ class Pipeline:
             if student_settings.sampling == "budget":  # the supernet then depends on the budget too
                 student["search_budget"] = c.search.budget
             parts = {"supernet": student, "search": to_dict(c.search),
-                     "finetune": to_dict(c.finetune), "export": to_dict(c.deploy)}
+                     "finetune": to_dict(c.finetune_for(fam)), "export": to_dict(c.deploy)}
             for name in TRAIN_STAGES[1 : order + 1]:
                 fam_settings[name] = parts[name]
             return fam_settings
@@ -419,7 +420,7 @@ class Pipeline:
                                          "gan_weight": s.gan_weight, "identity_weight": s.identity_weight,
                                          "gan_mode": s.gan_mode or fam.extras.get("gan_mode", "bce")},
                          where="student")
-        settings = self.cfg.finetune.train if fixed else s.train
+        settings = self.cfg.finetune_for(family).train if fixed else s.train
         teacher = self.teacher_generator(family)
         return OFATask(
             family=fam, supernet=supernet, teacher=teacher,
@@ -532,7 +533,7 @@ class Pipeline:
         load_weights(task.nets["mappers"], sup_dir / "mappers.safetensors", "distillation mappers")
         load_weights(task.nets["disc"], sup_dir / "discriminator.safetensors", "student discriminator")
         metrics = Trainer(task, self.pair_dataset(self.data.train_pairs),
-                          self.train_config(self.cfg.finetune.train, out, 4)).fit()
+                          self.train_config(self.cfg.finetune_for(family).train, out, 4)).fit()
         save_weights(supernet, out / "supernet.safetensors")
         return {"final": metrics, "config": space.encode(cfg)}
 

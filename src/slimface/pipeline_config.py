@@ -80,9 +80,11 @@ class TeacherSettings:
     checkpoint: Optional[Path] = None  # a trained teacher generator to compress instead of training
     loss: dict[str, float] = field(default_factory=dict)
     train: TrainSettings = field(default_factory=TrainSettings)
-    # this family's changes to the top-level ``student`` settings (its compression recipe), e.g.
-    # {sampling: uniform, identity_weight: 300}; nested ``train`` keys merge key by key
+    # this family's changes to the top-level ``student`` / ``finetune`` settings (its compression
+    # recipe), e.g. student: {sampling: uniform, identity_weight: 300}, finetune: {train: {steps: 400}};
+    # nested ``train`` keys merge key by key
     student: dict[str, Any] = field(default_factory=dict)
+    finetune: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         _check_width(self.width_mult, f"teachers.{self.family}.width_mult")
@@ -176,20 +178,28 @@ class PipelineConfig:
         check(len(self.families) >= 1, "families: name at least one model to compress")
         for name in self.teachers:
             check(name in known, f"teachers: unknown model {name!r}; choose from {sorted(known)}")
-            self.student_for(name)  # a bad per-family student key fails at load time
+            self.student_for(name), self.finetune_for(name)  # a bad per-family key fails at load time
 
     def teacher(self, family: str) -> TeacherSettings:
         return self.teachers.get(family) or TeacherSettings(family=family)  # type: ignore[arg-type]
 
     def student_for(self, family: str) -> StudentSettings:
         """The student settings for ``family``: the top-level ``student`` with the family's changes."""
-        changes = self.teacher(family).student
-        if not changes:
-            return self.student
-        merged = to_dict(self.student)
-        for key, value in changes.items():
-            if key == "train" and isinstance(value, dict):
-                merged["train"] = {**merged["train"], **value}
-            else:
-                merged[key] = value
-        return from_dict(StudentSettings, merged, where=f"teachers.{family}.student")
+        return _with_changes(self.student, self.teacher(family).student, f"teachers.{family}.student")
+
+    def finetune_for(self, family: str) -> FinetuneSettings:
+        """The fine-tune settings for ``family``: the top-level ``finetune`` with the family's changes."""
+        return _with_changes(self.finetune, self.teacher(family).finetune, f"teachers.{family}.finetune")
+
+
+def _with_changes(settings: Any, changes: dict[str, Any], where: str) -> Any:
+    """``settings`` (a dataclass) with ``changes`` applied and validated; ``train`` merges key by key."""
+    if not changes:
+        return settings
+    merged = to_dict(settings)
+    for key, value in changes.items():
+        if key == "train" and isinstance(value, dict):
+            merged["train"] = {**merged["train"], **value}
+        else:
+            merged[key] = value
+    return from_dict(type(settings), merged, where=where)

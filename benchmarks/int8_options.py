@@ -148,7 +148,7 @@ def main() -> None:
         for f in feeds:
             d = np.abs(sessions["ORT fp32"].run(None, f)[0].astype(np.float64) - sessions[label].run(None, f)[0])
             mx, sm, n = max(mx, float(d.max())), sm + float(d.sum()), n + d.size
-        int8_ops, fp32_ops = _fused_op_counts(Path(path))
+        int8_ops, fp32_ops = _fused_op_counts(Path(path), kw.get("disabled", ()))  # as the timed session
         print(f"{label:34s} diff vs fp32 max {mx:.3f} mean {sm / n:.4f}  int8 {sum(int8_ops.values())} ops "
               f"(QLinearConv {int8_ops.get('QLinearConv', 0)}), fp32 compute {fp32_ops}")
     f0 = feeds[0]

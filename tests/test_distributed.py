@@ -128,3 +128,22 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     for r, s in zip(train, single_train):
         assert r["l1"] == pytest.approx(s["l1"], abs=1e-5)
     assert ddp_stdout.count("step 6/6  loss_G") == 1
+
+
+@pytest.mark.parametrize("world,joins", [("2", True), ("1", False), (None, False)])
+def test_pipeline_joins_the_launchers_group_before_any_stage(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                              world: str | None, joins: bool) -> None:
+    """Under torchrun the group must exist before the data stage, or every rank thinks it is rank 0."""
+    from slimface.config import from_dict
+    from slimface.pipeline import Pipeline
+    from slimface.pipeline_config import PipelineConfig
+
+    if world is None:
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("WORLD_SIZE", world)
+    calls: list[int] = []
+    monkeypatch.setattr(D, "init_distributed", lambda *a, **k: calls.append(1))
+    Pipeline(from_dict(PipelineConfig, {"out_dir": str(tmp_path), "device": "cpu"}), progress=False)
+    assert D.launched() is joins
+    assert bool(calls) is joins

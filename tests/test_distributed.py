@@ -142,8 +142,24 @@ def test_pipeline_joins_the_launchers_group_before_any_stage(monkeypatch: pytest
         monkeypatch.delenv("WORLD_SIZE", raising=False)
     else:
         monkeypatch.setenv("WORLD_SIZE", world)
-    calls: list[int] = []
-    monkeypatch.setattr(D, "init_distributed", lambda *a, **k: calls.append(1))
+    for var, value in (("RANK", "1"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29555")):
+        monkeypatch.setenv(var, value)
+    calls: list[dict] = []
+    monkeypatch.setattr(D.dist, "init_process_group", lambda **kw: calls.append(kw))
     Pipeline(from_dict(PipelineConfig, {"out_dir": str(tmp_path), "device": "cpu"}), progress=False)
-    assert D.launched() is joins
-    assert bool(calls) is joins
+    assert len(calls) == (1 if joins else 0)
+    if joins:  # the CPU group of the launcher's env, not a guessed one
+        assert calls[0]["backend"] == "gloo" and calls[0]["init_method"] == "env://"
+
+
+def test_pipeline_under_an_incomplete_launcher_env_says_what_is_missing(monkeypatch: pytest.MonkeyPatch,
+                                                                         tmp_path: Path) -> None:
+    from slimface.config import from_dict
+    from slimface.errors import ConfigError
+    from slimface.pipeline import Pipeline
+    from slimface.pipeline_config import PipelineConfig
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(ConfigError, match="RANK is not set; launch with torchrun"):
+        Pipeline(from_dict(PipelineConfig, {"out_dir": str(tmp_path), "device": "cpu"}), progress=False)

@@ -111,8 +111,7 @@ class Pipeline:
         torch.manual_seed(cfg.seed)
         from slimface.train import distributed as D
 
-        if D.launched():  # join the group now, so rank 0 alone renders data, logs and writes markers
-            D.init_distributed()
+        D.init_distributed()  # under torchrun join now, so rank 0 alone renders data, logs and writes markers
         if cfg.device == "auto":
             self.device = D.default_device()
         else:

@@ -95,11 +95,6 @@ def local_rank() -> int:
     return _env_int("LOCAL_RANK", 0) if is_dist() else 0
 
 
-def launched() -> bool:
-    """True in a process that a launcher (torchrun) started as one of several ranks."""
-    return _env_int("WORLD_SIZE", 1) > 1
-
-
 def is_main() -> bool:
     """Rank 0 (or a single process): the one that logs, checkpoints and writes samples."""
     return rank() == 0
@@ -319,7 +314,6 @@ def unwrap(net: nn.Module) -> nn.Module:
 __all__ = [
     "DistInfo",
     "init_distributed",
-    "launched",
     "cleanup",
     "is_dist",
     "rank",

@@ -53,7 +53,9 @@ def _chain(path: Path, channels: int, size: int, kernel: int, depthwise: bool, s
 
 def measure(threads: int = 1, runs: int = 60, warmup: int = 10) -> list[dict[str, object]]:
     import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from slimface.deploy.quantize import _Reader
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,15 +64,7 @@ def measure(threads: int = 1, runs: int = 60, warmup: int = 10) -> list[dict[str
             _chain(fp, c, s, k, dw)
             rng = np.random.default_rng(1)
             feeds = [{"x": rng.standard_normal((1, c, s, s)).astype(np.float32)} for _ in range(8)]
-
-            class Reader(CalibrationDataReader):
-                def __init__(self) -> None:
-                    self.it = iter(feeds)
-
-                def get_next(self):  # noqa: ANN202
-                    return next(self.it, None)
-
-            quantize_static(str(fp), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            quantize_static(str(fp), str(q), _Reader(feeds, ["x"]), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
             so = ort.SessionOptions()
             so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3

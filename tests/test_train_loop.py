@@ -221,3 +221,45 @@ def test_extra_state_is_saved_and_restored(tmp_path: Path) -> None:
     assert not torch.equal(second.gen.get_state(), saved)
     Trainer(second, toy.ToyData(), toy.make_config(tmp_path, steps=3)).fit()  # nothing left to train
     assert torch.equal(second.gen.get_state(), saved)
+
+
+class _LayoutTask(toy.ToyTask):
+    """Records the memory layout of its nets, a frozen net and the batch inside each step."""
+
+    def __init__(self) -> None:
+        super().__init__(stochastic=False)
+        self.frozen_nets = {"critic": toy.ToyD().requires_grad_(False)}
+        self.seen: list[tuple[bool, bool, bool]] = []
+
+    def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        nhwc = torch.channels_last
+        w = self.nets["G"].body[0].weight
+        frozen_w = self.frozen_nets["critic"].body[0].weight
+        self.seen.append((w.is_contiguous(memory_format=nhwc) and not w.is_contiguous(),
+                          frozen_w.is_contiguous(memory_format=nhwc) and not frozen_w.is_contiguous(),
+                          batch["profile"].is_contiguous(memory_format=nhwc)
+                          and not batch["profile"].is_contiguous()))
+        return super().train_step(batch, step)
+
+    def on_eval(self, step: int) -> dict[str, float]:
+        return {}
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_channels_last_trains_nhwc_and_hands_back_nchw(tmp_path: Path, channels_last: bool) -> None:
+    task = _LayoutTask()
+    data = toy.ToyData(aug=False)
+    # 8x8 images with one channel are ambiguous in layout; 2 channels make NHWC strides visible
+    data.x, data.y = data.x.repeat(1, 2, 1, 1), data.y.repeat(1, 2, 1, 1)
+    g = task.nets["G"].body
+    g[0], g[3] = torch.nn.Conv2d(2, 8, 3, padding=1), torch.nn.Conv2d(8, 2, 3, padding=1)
+    task.nets["D"].body[0] = torch.nn.Conv2d(2, 8, 3, stride=2, padding=1)
+    task.frozen_nets["critic"].body[0] = torch.nn.Conv2d(2, 8, 3, stride=2, padding=1).requires_grad_(False)
+    task.optimizers = {k: torch.optim.Adam(n.parameters(), lr=1e-3) for k, n in task.nets.items()}
+    task.schedulers = {"G": torch.optim.lr_scheduler.StepLR(task.optimizers["G"], 10)}
+    before = {k: v.clone() for k, v in task.nets["G"].state_dict().items()}
+    Trainer(task, data, toy.make_config(tmp_path, steps=3, channels_last=channels_last)).fit()
+    assert task.seen == [(channels_last,) * 3] * 3
+    after = task.nets["G"].state_dict()
+    assert all(v.is_contiguous() for v in after.values())  # NCHW again for export/eval/saving
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the optimiser still updated them

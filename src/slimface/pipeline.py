@@ -217,7 +217,7 @@ class Pipeline:
             steps=settings.steps, batch_size=settings.batch_size, log_every=settings.log_every,
             ckpt_every=settings.ckpt_every, sample_every=max(settings.steps // 2, 1),
             keep_last=settings.keep_last, seed=self.cfg.seed + seed_offset, out_dir=out_dir,
-            progress=self.progress,
+            progress=self.progress, channels_last=settings.channels_last,
         )
 
     @property

@@ -54,6 +54,7 @@ class TrainSettings:
     log_every: int = 50
     ckpt_every: int = 200
     keep_last: int = 2
+    channels_last: bool = True  # NHWC training (faster convs on CPU; see TrainConfig)
 
     def validate(self) -> None:
         check(self.steps >= 1, f"steps must be at least 1, got {self.steps}")

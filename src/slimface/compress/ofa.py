@@ -233,6 +233,11 @@ class OFATask:
         if self.fixed is not None:
             self.fingerprint += f" cfg={self.space.encode(self.fixed)}"
 
+    @property
+    def frozen_nets(self) -> dict[str, nn.Module]:
+        nets = {"teacher": self.teacher}
+        return nets if self.recognizer is None else {**nets, "recognizer": self.recognizer}
+
     # ---------------------------------------------------------------- config choice
     def _budget_model(self, net: nn.Module) -> Callable[[Config], int]:
         """Conv MACs as a formula of the widths (for near-budget sampling); checks the budget is

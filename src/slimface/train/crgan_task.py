@@ -135,6 +135,10 @@ class CRGANTask:
         }
         self.schedulers: dict[str, Any] = {}
 
+    @property
+    def frozen_nets(self) -> dict[str, nn.Module]:
+        return {"recognizer": self.recognizer} if self.recognizer is not None else {}
+
     # -- helpers -------------------------------------------------------------------------------
     def _inputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         for key in ("profile", "frontal", "yaw"):

@@ -88,6 +88,9 @@ class TrainConfig:
     eval_every: int = 0  # 0: only at the end (if the task has on_eval)
     sample_count: int = 8  # images in a sample grid
     find_unused_parameters: bool = False  # DDP: True if some trainable params get no grad in a step
+    # NHWC weights and batches while training (every net of the task, frozen ones too): oneDNN's conv
+    # training step is 1.1-1.4x faster so on CPU; the nets are NCHW again when fit() returns
+    channels_last: bool = True
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -120,6 +123,8 @@ class TrainTask(Protocol):
       plain types only), e.g. a supernet's configuration RNG. A task that is not an ``nn.Module`` may
       spell these ``state_dict()`` / ``load_state_dict(d)`` instead.
     * ``on_eval(step) -> dict[str, float]`` -- evaluation metrics (rank 0 only, no_grad, eval mode).
+    * ``frozen_nets: dict[str, nn.Module]`` -- nets the step runs but does not train (a distillation
+      teacher, a recognizer): they follow the loop's memory format (``channels_last``) with ``nets``.
     """
 
     nets: dict[str, nn.Module]
@@ -153,14 +158,26 @@ def _seed_worker(worker_id: int) -> None:
     np.random.seed(s)
 
 
-def _to_device(obj: Any, device: torch.device) -> Any:
+def _to_device(obj: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """Move a batch; with ``channels_last`` its image tensors (4-D floating) become NHWC too, since a
+    conv whose weight and input disagree in layout is slower than either layout alone."""
     if isinstance(obj, Tensor):
-        return obj.to(device, non_blocking=device.type == "cuda")
+        obj = obj.to(device, non_blocking=device.type == "cuda")
+        if channels_last and obj.dim() == 4 and obj.is_floating_point():
+            obj = obj.contiguous(memory_format=torch.channels_last)
+        return obj
     if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
+        return {k: _to_device(v, device, channels_last) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(v, device) for v in obj)
+        return type(obj)(_to_device(v, device, channels_last) for v in obj)
     return obj
+
+
+def _set_memory_format(nets: dict[str, nn.Module], channels_last: bool) -> None:
+    """In place (the parameter objects, and so the optimisers' references, stay the same)."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for net in nets.values():
+        D.unwrap(net).to(memory_format=fmt)
 
 
 @contextmanager
@@ -276,11 +293,15 @@ class Trainer:
                 return {"step": float(self.step), **self.last_metrics}
             if info.world_size > 1:
                 sync_changed = D.set_sync_stats(self.task.nets, True)
+            if cfg.channels_last:
+                _set_memory_format(self._all_nets(), True)
             self._wrap_nets()
             self._loop(sampler, info)
             return {"step": float(self.step), **self.last_metrics}
         finally:
             self._unwrap_nets()
+            if cfg.channels_last:
+                _set_memory_format(self._all_nets(), False)
             D.restore_sync_stats(sync_changed)
             if self._progress is not None:
                 self._progress.close()
@@ -339,7 +360,7 @@ class Trainer:
 
             def next_batch() -> Any:
                 idx = sampler.next_indices()
-                return _to_device(self.collate([self.dataset[i] for i in idx]), device)
+                return _to_device(self.collate([self.dataset[i] for i in idx]), device, self.cfg.channels_last)
 
             return next_batch, lambda: None
         g = torch.Generator().manual_seed(
@@ -359,7 +380,7 @@ class Trainer:
         def next_batch_workers() -> Any:
             b = next(it)
             sampler.advance()  # position = batches consumed, not prefetched
-            return _to_device(b, device)
+            return _to_device(b, device, self.cfg.channels_last)
 
         def close() -> None:
             nonlocal it
@@ -376,6 +397,10 @@ class Trainer:
                 self.collate([self.dataset[i] for i in range(k)]), self.device
             )
         return self._sample_batch
+
+    def _all_nets(self) -> dict[str, nn.Module]:
+        frozen = getattr(self.task, "frozen_nets", None) or {}
+        return {**{f"frozen.{k}": v for k, v in frozen.items()}, **self.task.nets}
 
     # ------------------------------------------------------------------ DDP
     def _wrap_nets(self) -> None:

@@ -169,6 +169,10 @@ class TPGANTask:
     def _freezes_recognizer(self) -> bool:
         return True
 
+    @property
+    def frozen_nets(self) -> dict[str, nn.Module]:
+        return {"recognizer": self.frozen_recognizer} if self.frozen_recognizer is not None else {}
+
     # ------------------------------------------------------------------------------------ pieces
     def _unpack(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
         for key in ("profile", "frontal", "subject"):

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimface.evaluate.bench import benchmark_callables, benchmark_teacher_student
+from slimface.evaluate.bench import RUNTIME_BLOCK, benchmark_callables, benchmark_teacher_student
 
 CANONICAL_LANDMARKS_128 = [[44.0, 41.0], [86.0, 41.0], [64.0, 65.0], [50.0, 89.0], [80.0, 89.0]]
 
@@ -171,7 +171,8 @@ def _ort_rows(
         fns[f"{name} (torch fp32)"] = lambda m=model: m(*inputs)
         fns[f"{name} (ORT fp32)"] = lambda f=f32: f(img, lm)
         fns[f"{name} (ORT int8)"] = lambda f=i8: f(img, lm)
-    return benchmark_callables(fns, warmup=opts["warmup"], runs=opts["runs"], threads=opts["threads"])
+    return benchmark_callables(fns, warmup=opts["warmup"], runs=opts["runs"], threads=opts["threads"],
+                               block=RUNTIME_BLOCK)
 
 
 def markdown_table(result: dict[str, Any]) -> str:

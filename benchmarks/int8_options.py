@@ -72,7 +72,7 @@ def main() -> None:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from slimface.deploy.quantize import DEFAULT_OP_TYPES, _fused_op_counts, _Reader
-    from slimface.evaluate.bench import benchmark_callables
+    from slimface.evaluate.bench import RUNTIME_BLOCK, benchmark_callables
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", type=Path)
@@ -154,7 +154,7 @@ def main() -> None:
     f0 = feeds[0]
     for rep in range(args.repeats):
         r = benchmark_callables({k: (lambda s=s: s.run(None, f0)) for k, s in sessions.items()},
-                                warmup=args.warmup, runs=args.runs, threads=args.threads)
+                                warmup=args.warmup, runs=args.runs, threads=args.threads, block=RUNTIME_BLOCK)
         print(f"repeat {rep}: " + "; ".join(f"{k} {v['latency_ms']:.2f} ms (median {v['latency_median_ms']:.2f})"
                                            for k, v in r.items()), flush=True)
 

@@ -146,6 +146,28 @@ def test_benchmark_callables() -> None:
         benchmark_callables({"f": f}, runs=0)
 
 
+def test_blocks_time_each_callable_in_runs_after_one_settling_call() -> None:
+    log: list[str] = []
+    timed: list[str] = []
+    fns = {n: (lambda n=n: log.append(n)) for n in "abc"}
+
+    def timer(fn) -> float:  # noqa: ANN001
+        fn()
+        timed.append(log[-1])
+        return 0.001
+
+    from slimface.evaluate.bench import _interleaved
+
+    times = _interleaved(fns, warmup=1, runs=5, timer=timer, block=2)
+    assert {n: len(t) for n, t in times.items()} == {"a": 5, "b": 5, "c": 5}
+    after_warmup = log[3:]
+    # rounds of (settle + 2 timed) per callable, the first callable rotating; the last round has 1 left
+    assert "".join(after_warmup) == "aaabbbccc" + "bbbcccaaa" + "ccaabb"
+    assert "".join(timed) == "aabbcc" + "bbccaa" + "cab"
+    with pytest.raises(ValueError, match="block"):
+        _interleaved(fns, warmup=0, runs=1, timer=timer, block=0)
+
+
 def _load_script():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location("bench_latency", ROOT / "benchmarks" / "bench_latency.py")

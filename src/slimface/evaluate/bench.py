@@ -184,12 +184,20 @@ def _interleaved(
     warmup: int,
     runs: int,
     timer: Callable[[Callable[[], Any]], float],
+    block: int = 1,
 ) -> dict[str, list[float]]:
-    """Warm up then time every callable ``runs`` times, rotating the call order each run."""
+    """Warm up then time every callable ``runs`` times, rotating the call order each run.
+
+    ``block`` > 1 rotates between blocks of ``block`` timed calls of one callable instead, each block
+    after one untimed call: ONNX Runtime's worker threads spin on for a while after a run and slow
+    whatever runs next (a PyTorch call right after an ORT one took 3x longer at 2 threads here).
+    """
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
     if warmup < 0:
         raise ValueError(f"warmup must be >= 0, got {warmup}")
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
     if not fns:
         raise ValueError("nothing to benchmark")
     names = list(fns)
@@ -198,10 +206,13 @@ def _interleaved(
         for k in range(n):
             fns[names[(i + k) % n]]()
     times: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(runs):
+    for i in range(-(-runs // block)):
         for k in range(n):
             name = names[(i + k) % n]
-            times[name].append(timer(fns[name]))
+            if block > 1:
+                fns[name]()  # settles the previous callable's threads
+            for _ in range(min(block, runs - i * block)):
+                times[name].append(timer(fns[name]))
     return times
 
 
@@ -231,17 +242,19 @@ def benchmark_callables(
     runs: int = 100,
     threads: int | None = None,
     device: str = "cpu",
+    block: int = 1,
 ) -> dict[str, dict[str, Any]]:
     """Time zero-argument callables with the interleaved protocol (e.g. ONNX Runtime sessions).
 
     Use it to compare PyTorch fp32, ORT fp32 and ORT int8 in one process: wrap each as
-    ``lambda: sess.run(None, feeds)``. ``threads`` is only recorded here (ORT threads are fixed when
-    the session is created); torch's thread count is set for the duration when given.
+    ``lambda: sess.run(None, feeds)``, with ``block`` > 1 (see :func:`_interleaved`). ``threads`` is
+    only recorded here (ORT threads are fixed when the session is created); torch's thread count is
+    set for the duration when given.
     """
     dev = torch.device(device)
     timer = _make_cuda_timer(dev) if dev.type == "cuda" else _cpu_timer
     with _num_threads(threads) as nthreads, torch.inference_mode():
-        times = _interleaved(fns, warmup, runs, timer)
+        times = _interleaved(fns, warmup, runs, timer, block)
     out: dict[str, dict[str, Any]] = {}
     for name, ts in times.items():
         out[name] = {
@@ -271,6 +284,7 @@ def inference_copy(model: nn.Module, example_inputs: tuple, fold_bn: bool = True
 
 
 RUNTIME_LABELS = ("PyTorch fp32", "ONNX Runtime fp32", "ONNX Runtime int8")
+RUNTIME_BLOCK = 10  # runtimes are timed in blocks of 10 calls (see _interleaved)
 
 
 def benchmark_runtimes(
@@ -298,7 +312,7 @@ def benchmark_runtimes(
     fns: dict[str, Callable[[], Any]] = {RUNTIME_LABELS[0]: lambda: student(x, lm)}
     for label, runtime in onnx.items():
         fns[label] = lambda r=runtime: r(xn, lmn)
-    timed = benchmark_callables(fns, warmup=warmup, runs=runs, threads=threads)
+    timed = benchmark_callables(fns, warmup=warmup, runs=runs, threads=threads, block=RUNTIME_BLOCK)
     base = timed[RUNTIME_LABELS[0]]
     for entry in timed.values():
         entry["speedup_vs_pytorch"] = base["latency_ms"] / entry["latency_ms"]

@@ -506,7 +506,6 @@ class Pipeline:
         from slimface.train import distributed as D
 
         if D.is_main():
-        
             atomic_write(out / "result.json", lambda f: f.write(json.dumps(info, indent=2).encode()))
         _say(f"  best {info['config']}  metric {info['metric']:.4f}  MACs {info['macs'] / 1e6:.1f}M "
              f"(budget {budget / 1e6:.1f}M, {info['evaluated']} evaluated)")

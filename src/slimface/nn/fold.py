@@ -1,9 +1,10 @@
 """Fold eval-mode batch norms into the conv that feeds them, for inference.
 
 Why: at batch 1 a small student is dominated by per-op overhead, not MACs; a separable student has
-roughly one batch norm per conv, and ONNX Runtime already folds them (its fp32 graph runs the student
-~3x faster than eager PyTorch before this). Folding gives eager PyTorch, TorchScript and the
-benchmarks the same graph, and the outputs stay the same up to float rounding.
+roughly one batch norm per conv, and ONNX Runtime already folds them, so unfolded eager PyTorch would
+be timed on a different graph (measurements: docs/experiments/2026-11-21-deployment-runtimes.md).
+Folding gives eager PyTorch, TorchScript and the benchmarks the same graph, and the outputs stay the
+same up to float rounding.
 
 Which pairs fold is found by running the model once, not from module order (a block may register a
 batch norm next to a conv that does not feed it): a batch norm folds into a conv when its input *is*

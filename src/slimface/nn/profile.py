@@ -4,9 +4,10 @@ torchprofile traces the model and counts multiply-accumulates per aten op from t
 so a supernet with active widths is counted as the sub-network it runs, and the count needs no
 per-layer bookkeeping of ours. Params of an active sub-network are the sizes of the sliced weights.
 
-:func:`count_macs` is the reference (torchprofile's ``jit`` trace, ~1-5 s on a TP-GAN supernet).
+:func:`count_macs` is the reference (torchprofile's ``jit`` trace, slow on a large supernet).
 :func:`count_macs_fast` gives the same integer from one eager forward pass watched by a
-``TorchDispatchMode`` (~10x faster); the architecture search counts its candidates with it.
+``TorchDispatchMode`` (no trace, so much cheaper); the architecture search counts its candidates with
+it. Timings: docs/experiments/2026-11-21-cpu-speedups.md.
 """
 
 from __future__ import annotations

@@ -69,3 +69,34 @@ def remove_stale_temps(folder: str | Path) -> None:
             p.unlink()
         except OSError:
             pass
+
+
+def key_sidecar(path: str | Path) -> Path:
+    """``<path>.key``: names the key a cache file belongs to."""
+    path = Path(path)
+    return path.with_name(path.name + ".key")
+
+
+def set_aside_unless_keyed(path: str | Path, key: str) -> Path | None:
+    """If ``path`` exists and its sidecar names another key (or none), move it to
+    ``<name>.stale-<oldkey>`` (nothing is deleted) and return where it went; else None. The sidecar
+    itself is written by :func:`write_key` when the file is (re)written under ``key``."""
+    path = Path(path)
+    side = key_sidecar(path)
+    old = side.read_text().strip() if side.is_file() else ""
+    if not path.exists() or old == key:
+        return None
+    moved = path.with_name(f"{path.name}.stale-{old or 'unkeyed'}")
+    n = 1
+    while moved.exists():
+        n += 1
+        moved = path.with_name(f"{path.name}.stale-{old or 'unkeyed'}-{n}")
+    os.replace(path, moved)
+    return moved
+
+
+def write_key(path: str | Path, key: str) -> None:
+    """Record that ``path`` belongs to ``key`` (its sidecar), unless it already says so."""
+    side = key_sidecar(path)
+    if not (side.is_file() and side.read_text().strip() == key):
+        atomic_write(side, key + "\n")

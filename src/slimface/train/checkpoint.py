@@ -215,6 +215,24 @@ def check_fingerprint(state: dict[str, Any], expected: str, path: str | Path) ->
         )
 
 
+def set_aside(path_dir: str | Path, key: str) -> Path:
+    """Move a checkpoint folder made under another stage key to ``<name>.stale-<key>`` beside it
+    (``-2``, ``-3``... if taken): nothing is deleted, and resume no longer sees it."""
+    path_dir = Path(path_dir)
+    safe = re.sub(r"[^\w.-]", "_", key)[:40] or "unkeyed"
+    dest = path_dir.with_name(f"{path_dir.name}.stale-{safe}")
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = path_dir.with_name(f"{path_dir.name}.stale-{safe}-{n}")
+    try:
+        os.replace(path_dir, dest)
+    except OSError as exc:
+        raise write_error(dest, exc) from exc
+    _fsync_dir(path_dir.parent)
+    return dest
+
+
 # --------------------------------------------------------------------------- RNG state
 def capture_rng() -> dict[str, Any]:
     """All global RNG states as tensors/plain types (so they survive ``weights_only`` loading)."""
@@ -277,6 +295,7 @@ __all__ = [
     "load_checked",
     "load_latest",
     "check_fingerprint",
+    "set_aside",
     "capture_rng",
     "restore_rng",
     "preserve_rng",

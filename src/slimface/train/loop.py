@@ -12,6 +12,8 @@ Guarantees:
   ``out_dir/checkpoints``. With ``deterministic=True`` on CPU and ``num_workers=0`` the final weights are
   bit-identical to an uninterrupted run: nets, optimisers, schedulers, the sampler position (mid-epoch
   too), every RNG (python, numpy, torch, CUDA; per rank) and the task's ``extra_state()`` are restored.
+  With ``TrainConfig.key`` set, only checkpoints made under that key are resumed; others move aside to
+  ``checkpoints.stale-<key>/`` and training starts from step 0 (one line says why).
   Sample grids and evaluation run inside :func:`~slimface.train.checkpoint.preserve_rng`, so how often
   they run never changes the training trajectory.
 * SIGINT/SIGTERM: the current step finishes, a checkpoint is saved, and :class:`TrainingInterrupted`
@@ -48,6 +50,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from slimface.config import check, to_dict
 from slimface.errors import CheckpointError, ConfigError
+from slimface.models.judge import refuse_judge
 from slimface.train import distributed as D
 from slimface.train.checkpoint import (
     SUFFIX_SHA,
@@ -59,6 +62,7 @@ from slimface.train.checkpoint import (
     preserve_rng,
     restore_rng,
     save_checkpoint,
+    set_aside,
 )
 from slimface.train.logging import Progress, ScalarWriter, format_log_line, save_grid
 from slimface.train.sampler import ResumableSampler, _BatchIndexStream
@@ -91,6 +95,11 @@ class TrainConfig:
     # NHWC weights and batches while training (every net of the task, frozen ones too): oneDNN's conv
     # training step is 1.1-1.4x faster so on CPU; the nets are NCHW again when fit() returns
     channels_last: bool = True
+    # what this run is trained from (the pipeline's resume key: its inputs' content and settings). A
+    # checkpoint made under another key is moved aside (checkpoints.stale-<key>/) and training starts
+    # again from step 0, saying ``key_reason`` in one line; "" turns the check off
+    key: str = ""
+    key_reason: str = ""
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -207,6 +216,8 @@ class Trainer:
         for attr in ("nets", "optimizers", "train_step"):
             if not hasattr(task, attr):
                 raise TypeError(f"{type(task).__name__} is not a TrainTask: it has no {attr!r}")
+        for name, value in vars(task).items():  # judges only measure: no task may hold one
+            refuse_judge(value, f"training task {type(task).__name__}.{name}")
         self.task = task
         self.dataset = dataset
         self.cfg = cfg
@@ -487,6 +498,7 @@ class Trainer:
             "metrics": dict(self.last_metrics),
             "world_size": D.world_size(),
             "config": to_dict(self.cfg),
+            "key": self.cfg.key,
         }
 
     def _save(self, sampler: ResumableSampler, info: D.DistInfo) -> Path | None:
@@ -511,6 +523,9 @@ class Trainer:
                     "resume is off; use another --out, delete them, or resume"
                 )
             found = load_latest(self.ckpt_dir) if cfg.resume else None
+            if found is not None and cfg.key and found[0].get("key") != cfg.key:
+                self._set_aside(str(found[0].get("key") or "unkeyed"))
+                found = None
             if found is not None:
                 state, p = found
                 found_path = str(p)
@@ -531,6 +546,16 @@ class Trainer:
         if D.is_main():
             self.scalars.truncate_after(self.step)
             self._line(f"resumed from {found_path} at step {self.step}")
+
+    def _set_aside(self, old_key: str) -> None:
+        """Checkpoints (and their scalar log) made from other inputs: moved, not deleted, and said why."""
+        cfg = self.cfg
+        moved = set_aside(self.ckpt_dir, old_key)
+        scalars = cfg.out_dir / "scalars.jsonl"
+        if scalars.is_file():
+            scalars.replace(moved / scalars.name)
+        reason = cfg.key_reason or f"checkpoints were made under key {old_key}, this run is {cfg.key}"
+        self._line(f"{reason}: {cfg.out_dir.name} restarts from step 0 (old checkpoints moved to {moved})")
 
     def _apply_state(
         self, state: dict[str, Any], path: Path, sampler: ResumableSampler, info: D.DistInfo

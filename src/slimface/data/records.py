@@ -44,6 +44,19 @@ def subject_sort_key(subject: str) -> tuple[int, int, str]:
     return (0, int(subject), subject) if subject.isdigit() else (1, 0, subject)
 
 
+def identity_subset(subjects: Sequence[str], which: str) -> list[str]:
+    """The identities a recognizer learns: ``all``, ``first_half`` / ``second_half`` of the sorted ids
+    (the first half takes the odd one), or ``even`` / ``odd`` positions. Halves are disjoint and
+    together give every identity, so a judge and the loss recognizer never share a face."""
+    ordered = sorted(subjects, key=subject_sort_key)
+    half = (len(ordered) + 1) // 2
+    picks = {"all": ordered, "first_half": ordered[:half], "second_half": ordered[half:],
+             "even": ordered[0::2], "odd": ordered[1::2]}
+    if which not in picks:
+        raise ValueError(f"identity subset {which!r}: use one of {', '.join(picks)}")
+    return picks[which]
+
+
 @dataclass
 class FaceRecord:
     """One face image and what its name/manifest says about it.

@@ -6,7 +6,10 @@ range 1) and return one value per image, so per-yaw breakdowns are a simple grou
 - ``l1``:   mean absolute error on the [0, 1] scale (half the [-1, 1] training L1);
 - ``psnr``: 10·log10(1 / MSE) in dB; identical images give ``inf``;
 - ``ssim``: Wang et al. 2004 with an 11×11 Gaussian window (σ = 1.5), K1 = 0.01, K2 = 0.03, computed
-  on the "valid" region (no padding, as the reference MATLAB code) and averaged over channels.
+  on the "valid" region (no padding, as the reference MATLAB code) and averaged over channels;
+- ``hf_ratio``: the output's high-frequency energy (mean squared 3×3 Laplacian) relative to the ground
+  truth's. 1 for the ground truth itself; stripes and checkerboards (a generator fooling its
+  identity loss) push it above 1, blur below — an artefact figure SSIM and PSNR do not give.
 """
 
 from __future__ import annotations
@@ -93,10 +96,29 @@ def ssim(a: Tensor, b: Tensor, window: int = SSIM_WINDOW, sigma: float = SSIM_SI
     return smap.flatten(1).mean(1).float()
 
 
+_LAPLACIAN = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
+
+
+def high_frequency_energy(x: Tensor) -> Tensor:
+    """Per image: mean squared response of a 3×3 Laplacian ("valid" region, every channel) on [0, 1]."""
+    x = _to01(x)
+    c = x.shape[1]
+    kernel = torch.tensor(_LAPLACIAN, dtype=x.dtype, device=x.device).expand(c, 1, 3, 3)
+    return F.conv2d(x, kernel, groups=c).pow(2).flatten(1).mean(1)
+
+
+def hf_ratio(pred: Tensor, target: Tensor) -> Tensor:
+    """High-frequency energy of ``pred`` over that of ``target``, pooled over the batch (a scalar)."""
+    _check_pair(pred, target)
+    return (high_frequency_energy(pred).sum() / high_frequency_energy(target).sum().clamp_min(1e-12)).float()
+
+
 def image_quality(pred: Tensor, target: Tensor) -> dict[str, float]:
-    """Batch means of L1, PSNR (each image capped at ``PSNR_CAP_DB``) and SSIM."""
+    """Batch means of L1, PSNR (each image capped at ``PSNR_CAP_DB``) and SSIM, and the batch's
+    high-frequency energy ratio."""
     return {
         "l1": float(l1(pred, target).mean()),
         "psnr": float(psnr(pred, target).clamp(max=PSNR_CAP_DB).mean()),
         "ssim": float(ssim(pred, target).mean()),
+        "hf_ratio": float(hf_ratio(pred, target)),
     }

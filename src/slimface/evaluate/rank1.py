@@ -56,6 +56,46 @@ def nearest_gallery(probe_emb: Tensor, gallery_emb: Tensor, gallery_subjects: Se
     return [gallery[i] for i in idx]
 
 
+def rank1_hits(
+    probe_emb: Tensor,
+    probe_subjects: Sequence[Hashable],
+    gallery_emb: Tensor,
+    gallery_subjects: Sequence[Hashable],
+) -> np.ndarray:
+    """Per probe: 1 if its nearest gallery identity is its own, else 0 (int8 array).
+
+    A probe whose subject has no gallery image is a protocol error (it could never be matched), so it
+    raises :class:`DataError` instead of silently counting as a miss.
+    """
+    subjects = _as_list(probe_subjects)
+    if len(subjects) != probe_emb.shape[0]:
+        raise ValueError(f"{probe_emb.shape[0]} probe embeddings, {len(subjects)} subjects")
+    if not subjects:
+        raise DataError("rank-1 needs at least one probe; the probe set is empty")
+    gallery = _as_list(gallery_subjects)
+    known = set(gallery)
+    missing = [s for s in subjects if s not in known]
+    if missing:
+        raise DataError(f"probe subject {missing[0]!r} has no gallery image; add its frontal image to the gallery")
+    predicted = nearest_gallery(probe_emb, gallery_emb, gallery)
+    return np.array([int(p == s) for s, p in zip(subjects, predicted)], dtype=np.int8)
+
+
+def group_rates(hits: np.ndarray, probe_groups: Sequence[Hashable]) -> dict[Any, float]:
+    """Rank-1 (%) per group, sorted, plus ``"avg"``: the unweighted mean over the groups."""
+    groups = _as_list(probe_groups)
+    if len(groups) != len(hits):
+        raise ValueError(f"{len(hits)} hits but {len(groups)} groups")
+    tally: dict[Any, list[int]] = {}
+    for hit, group in zip(hits.tolist(), groups):
+        t = tally.setdefault(group, [0, 0])
+        t[0] += hit
+        t[1] += 1
+    out: dict[Any, float] = {g: 100.0 * h / n for g, (h, n) in sorted(tally.items(), key=lambda kv: _sort_key(kv[0]))}
+    out["avg"] = float(np.mean(list(out.values())))
+    return out
+
+
 def rank1_per_group(
     probe_emb: Tensor,
     probe_subjects: Sequence[Hashable],
@@ -65,30 +105,40 @@ def rank1_per_group(
 ) -> dict[Any, float]:
     """Rank-1 (%) per probe group plus ``"avg"``, the unweighted mean over the groups.
 
-    Groups are whatever the caller passes (e.g. ``yaw_group(yaw)``); they come back sorted. A probe
-    whose subject has no gallery image is a protocol error (it could never be matched), so it raises
-    :class:`DataError` instead of silently counting as a miss.
+    Groups are whatever the caller passes (e.g. ``yaw_group(yaw)``); they come back sorted. Probes
+    without a gallery identity raise :class:`DataError` (see :func:`rank1_hits`).
     """
-    subjects = _as_list(probe_subjects)
+    if len(_as_list(probe_groups)) != probe_emb.shape[0]:
+        raise ValueError(f"{probe_emb.shape[0]} probe embeddings, {len(_as_list(probe_groups))} groups")
+    return group_rates(rank1_hits(probe_emb, probe_subjects, gallery_emb, gallery_subjects), probe_groups)
+
+
+def bootstrap_rank1(
+    hits: np.ndarray,
+    probe_groups: Sequence[Hashable],
+    baseline: np.ndarray | None = None,
+    reps: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[Any, tuple[float, float]]:
+    """Percentile bootstrap interval of rank-1 (%) per group and of ``"avg"``, resampling probes
+    within each group. With ``baseline`` (hits of another model on the *same* probes) the interval is
+    of the paired difference ``rate(hits) - rate(baseline)``: both resampled with the same indices."""
     groups = _as_list(probe_groups)
-    if not (len(subjects) == len(groups) == probe_emb.shape[0]):
-        raise ValueError(f"{probe_emb.shape[0]} probe embeddings, {len(subjects)} subjects, {len(groups)} groups")
-    if not subjects:
-        raise DataError("rank-1 needs at least one probe; the probe set is empty")
-    gallery = _as_list(gallery_subjects)
-    known = set(gallery)
-    missing = [s for s in subjects if s not in known]
-    if missing:
-        raise DataError(f"probe subject {missing[0]!r} has no gallery image; add its frontal image to the gallery")
-    predicted = nearest_gallery(probe_emb, gallery_emb, gallery)
-    hits: dict[Any, list[int]] = {}
-    for subject, pred, group in zip(subjects, predicted, groups):
-        hits.setdefault(group, [0, 0])
-        hits[group][0] += int(pred == subject)
-        hits[group][1] += 1
-    out: dict[Any, float] = {g: 100.0 * h / n for g, (h, n) in sorted(hits.items(), key=lambda kv: _sort_key(kv[0]))}
-    out["avg"] = float(np.mean(list(out.values())))
-    return out
+    if len(groups) != len(hits) or (baseline is not None and len(baseline) != len(hits)):
+        raise ValueError("hits, baseline and groups must have one entry per probe")
+    rng = np.random.default_rng(seed)
+    values = hits.astype(np.float64) - (0 if baseline is None else baseline.astype(np.float64))
+    by_group: dict[Any, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    draws: dict[Any, np.ndarray] = {}
+    for g, idx in sorted(by_group.items(), key=lambda kv: _sort_key(kv[0])):
+        v = values[np.asarray(idx)]
+        draws[g] = 100.0 * v[rng.integers(0, len(v), size=(reps, len(v)))].mean(axis=1)
+    draws["avg"] = np.mean(np.stack(list(draws.values())), axis=0)
+    tail = 100.0 * (1 - level) / 2
+    return {g: (float(np.percentile(d, tail)), float(np.percentile(d, 100 - tail))) for g, d in draws.items()}
 
 
 def _sort_key(group: Any) -> tuple[int, Any]:

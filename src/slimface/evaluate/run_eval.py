@@ -7,6 +7,7 @@ student (PyTorch fp32), and its ONNX Runtime fp32 / int8 exports when they exist
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -14,7 +15,8 @@ import torch
 from torch import Tensor
 
 from slimface.evaluate.quality import image_quality
-from slimface.evaluate.rank1 import embed_all, pose_group, rank1_per_group, yaw_group
+from slimface.evaluate.rank1 import bootstrap_rank1, embed_all, group_rates, pose_group, rank1_hits, yaw_group
+from slimface.fileio import atomic_write
 
 if TYPE_CHECKING:
     from slimface.pipeline import Pipeline
@@ -38,7 +40,8 @@ def _subsample(pairs: list, per_group: int, has_pitch: bool) -> list:
     return out
 
 
-def _frontalizers(pipe: "Pipeline") -> dict[str, Frontalize]:
+def _frontalizers(pipe: "Pipeline", refused: dict[str, str] | None = None) -> dict[str, Frontalize]:
+    """Every model to judge; ``refused`` collects family -> why its int8 model was refused on this CPU."""
     from slimface.compress.export import load_export
 
     models: dict[str, Frontalize] = {"no frontalization": lambda x, lm: x}
@@ -53,10 +56,13 @@ def _frontalizers(pipe: "Pipeline") -> dict[str, Frontalize]:
         models[f"{fam} compressed"] = lambda x, lm, g=student: g(x, lm)
         for suffix, label in (("model.onnx", "ONNX fp32"), ("model.int8.onnx", "ONNX int8")):
             path = export_dir / suffix
-            if path.is_file():
-                from slimface.deploy.runtime import load_frontalizer
+            from slimface.deploy.int8_guard import load_or_refusal
 
-                rt = load_frontalizer(path)
+            rt, why = load_or_refusal(path)
+            if why is not None and refused is not None:  # reported instead of a collapsed rank-1
+                refused[fam] = why
+                print(f"  {fam}: {why}", flush=True)
+            if rt is not None:
                 models[f"{fam} compressed ({label})"] = (
                     lambda x, lm, r=rt: torch.as_tensor(
                         np.asarray(r(x.cpu().numpy(), lm.cpu().numpy())), dtype=torch.float32, device=x.device)
@@ -64,8 +70,50 @@ def _frontalizers(pipe: "Pipeline") -> dict[str, Frontalize]:
     return models
 
 
+#: the loss recognizer's name in results: its rank-1 is reported, marked as seen in training
+LOSS_RECOGNIZER = "loss recognizer"
+
+
+def _scorers(pipe: "Pipeline") -> dict[str, tuple[Any, dict[str, Any]]]:
+    """Who scores rank-1, in report order: the independent judges (primary first), then the loss
+    recognizer. Values: (an object with ``embed``, what the report says about it)."""
+    out: dict[str, tuple[Any, dict[str, Any]]] = {}
+    for name, judge in pipe.judges.items():
+        out[name] = (judge, {**asdict(judge.info)})
+    r = pipe.cfg.recognizer
+    out[LOSS_RECOGNIZER] = (pipe.recognizer, {
+        "name": LOSS_RECOGNIZER, "kind": f"{r.variant} w{r.width_mult:g}",
+        "source": str(r.checkpoint or pipe.out / "recognizer" / "recognizer.safetensors"),
+        "identities": f"{r.identities} of the training identities", "seen_in_training": True})
+    return out
+
+
+def _scored_subset(n_probes: int, groups: list[int], per_group: int) -> list[int]:
+    """Probe indices a slow judge (dlib) scores: at most ``per_group`` per group, spread evenly."""
+    if per_group <= 0:
+        return list(range(n_probes))
+    by_group: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    keep: list[int] = []
+    for idx in by_group.values():
+        step = max(1, len(idx) // per_group)
+        keep.extend(idx[::step][:per_group])
+    return sorted(keep)
+
+
+def _ceiling(scorer: Any, frontals: list[Tensor], subjects: list[str], gallery_emb: Tensor,
+             gallery_subjects: list[str], bs: int) -> float:
+    """Rank-1 (%) of ground-truth frontal images (not the gallery's own) against the gallery."""
+    if not frontals:
+        return float("nan")
+    emb = embed_all(scorer, frontals, bs)
+    return float(100.0 * rank1_hits(emb, subjects, gallery_emb, gallery_subjects).mean())
+
+
 def evaluate_run(pipe: "Pipeline") -> dict[str, Any]:
-    """Rank-1 per yaw (and pitch x yaw), image quality, and figures for every model of the run."""
+    """Rank-1 per yaw (and pitch x yaw) by every judge and by the loss recognizer, bootstrap
+    intervals, image quality (with the high-frequency artefact ratio), and figures for every model."""
     from slimface.evaluate.figures import image_grid, plot_rank1_vs_yaw
 
     data = pipe.data
@@ -74,43 +122,96 @@ def evaluate_run(pipe: "Pipeline") -> dict[str, Any]:
     probes = _subsample(data.test_pairs, pipe.cfg.eval_probes_per_group, data.has_pitch)
     bs = pipe.cfg.eval_batch_size
     batches = pipe.batches(probes, bs)
-    recognizer = pipe.recognizer
     gallery_ds = pipe.pair_dataset([(g, g) for g in data.gallery])
-    gallery_emb = embed_all(recognizer, (gallery_ds[i]["frontal"] for i in range(len(gallery_ds))), bs)
+    gallery_images = [gallery_ds[i]["frontal"] for i in range(len(gallery_ds))]
     gallery_subjects = [g.subject for g in data.gallery]
     subjects = [p[0].subject for p in probes]
     yaw_groups = [yaw_group(p[0].yaw) for p in probes]
     pose_groups = [pose_group(p[0].pitch, p[0].yaw) for p in probes]
+    scorers = _scorers(pipe)
+    # a slow judge (dlib) scores a subset of the probes; the others score every probe
+    subsets = {name: (_scored_subset(len(probes), yaw_groups, pipe.cfg.judge.dlib_probes_per_group)
+                      if name == "dlib" else list(range(len(probes)))) for name in scorers}
+    subset_sets = {name: set(idx) for name, idx in subsets.items()}
+    gallery_emb = {name: embed_all(sc, gallery_images, bs) for name, (sc, _) in scorers.items()}
+    # each judge's ceiling: ground-truth frontals (other illuminations than the gallery's) of its probes
+    gallery_paths = {str(g.path) for g in data.gallery}
+    judges_info: dict[str, Any] = {}
+    for name, (sc, info) in scorers.items():
+        seen: dict[str, Any] = {}
+        for i in subsets[name]:
+            f = probes[i][1]
+            if str(f.path) not in gallery_paths:
+                seen.setdefault(str(f.path), f)
+        front_ds = pipe.pair_dataset([(f, f) for f in seen.values()])
+        ceiling = _ceiling(sc, [front_ds[k]["frontal"] for k in range(len(front_ds))],
+                           [f.subject for f in seen.values()], gallery_emb[name], gallery_subjects, bs)
+        judges_info[name] = {**info, "probes": len(subsets[name]), "ceiling_rank1": ceiling,
+                             "ceiling_images": len(seen)}
+        print(f"  scorer {name:16s} ({info['kind']}; {'SEEN in training' if info['seen_in_training'] else 'independent'})"
+              f": ceiling {ceiling:5.1f} on {len(seen)} ground-truth frontals", flush=True)
 
     grid_ids = _grid_probe_ids(probes)
-    results: dict[str, Any] = {"probes": len(probes), "gallery": len(gallery_subjects), "models": {}}
+    results: dict[str, Any] = {"probes": len(probes), "gallery": len(gallery_subjects), "models": {},
+                               "primary_judge": next(iter(scorers)), "scorers": judges_info}
+    hits: dict[str, dict[str, np.ndarray]] = {}
     grid_images: dict[str, dict[int, Tensor]] = {}
-    for name, fn in _frontalizers(pipe).items():
-        embs, quality, kept = [], [], {}
+    results["int8_refused"] = refused = {}
+    for name, fn in _frontalizers(pipe, refused).items():
+        # the ONNX copies of a student are judged by the fast scorers only (dlib adds nothing there)
+        active = {k: v for k, v in scorers.items() if not ("ONNX" in name and k == "dlib")}
+        embs: dict[str, list[Tensor]] = {k: [] for k in active}
+        quality, kept = [], {}
         offset = 0
         with torch.no_grad():
             for batch in batches:
                 x, lm = batch["profile"].to(pipe.device), batch["landmarks"].to(pipe.device)
                 y = fn(x, lm).clamp(-1, 1)
-                embs.append(recognizer.embed(y).cpu())
+                for k, (sc, _) in active.items():
+                    rows = [j for j in range(y.shape[0]) if offset + j in subset_sets[k]]
+                    if rows:
+                        embs[k].append(embed_all(sc, [y[rows]], bs))
                 quality.append(image_quality(y, batch["frontal"].to(pipe.device)))
                 for j in range(y.shape[0]):
                     if offset + j in grid_ids:
                         kept[offset + j] = y[j].cpu()
                 offset += y.shape[0]
-        emb = torch.cat(embs)
-        entry = {
-            "rank1": _str_keys(rank1_per_group(emb, subjects, yaw_groups, gallery_emb, gallery_subjects)),
-            "quality": {k: float(np.mean([q[k] for q in quality])) for k in quality[0]},
-        }
-        if data.has_pitch:
-            entry["rank1_pitch_yaw"] = _str_keys(rank1_per_group(emb, subjects, pose_groups, gallery_emb,
-                                                                 gallery_subjects))
+        entry: dict[str, Any] = {"rank1_by": {}, "rank1_ci_by": {},
+                                 "quality": {k: float(np.mean([q[k] for q in quality])) for k in quality[0]}}
+        hits[name] = {}
+        for k in active:
+            idx = subsets[k]
+            h = rank1_hits(torch.cat(embs[k]), [subjects[i] for i in idx], gallery_emb[k], gallery_subjects)
+            hits[name][k] = h
+            groups_k = [yaw_groups[i] for i in idx]
+            entry["rank1_by"][k] = _str_keys(group_rates(h, groups_k))
+            entry["rank1_ci_by"][k] = {str(g): list(ci) for g, ci in
+                                       bootstrap_rank1(h, groups_k, seed=pipe.cfg.seed).items()}
+            if data.has_pitch and k == results["primary_judge"]:
+                entry["rank1_pitch_yaw"] = _str_keys(group_rates(h, [pose_groups[i] for i in idx]))
+        primary = results["primary_judge"]
+        entry["rank1"] = entry["rank1_by"][primary]
         results["models"][name] = entry
         grid_images[name] = kept
         r = entry["rank1"]
-        print(f"  {name:34s} rank-1 avg {_avg6(r):6.2f}  " + "  ".join(
-            f"{k}°:{v:5.1f}" for k, v in r.items() if k not in ("avg", "0")), flush=True)
+        others = "  ".join(f"{k} {_avg6(v):5.2f}" for k, v in entry["rank1_by"].items() if k != primary)
+        print(f"  {name:34s} {primary} avg {_avg6(r):6.2f}  " + "  ".join(
+            f"{k}°:{v:5.1f}" for k, v in r.items() if k not in ("avg", "0"))
+            + f"  | {others}  SSIM {entry['quality']['ssim']:.3f}  HF {entry['quality']['hf_ratio']:.2f}", flush=True)
+
+    # every student against its own teacher, on the same probes: the paired difference and its interval
+    for name, entry in results["models"].items():
+        fam, _, rest = name.partition(" ")
+        teacher = f"{fam} teacher"
+        if not rest.startswith("compressed") or teacher not in hits:
+            continue
+        entry["vs_teacher"] = {}
+        for k, h in hits[name].items():
+            groups_k = [yaw_groups[i] for i in subsets[k]]
+            rates = group_rates(h, groups_k)
+            base = group_rates(hits[teacher][k], groups_k)
+            ci = bootstrap_rank1(h, groups_k, baseline=hits[teacher][k], seed=pipe.cfg.seed)
+            entry["vs_teacher"][k] = {str(g): {"diff": rates[g] - base[g], "ci": list(ci[g])} for g in rates}
 
     # Figures 3-4: per probe row -> input, ground truth, each model's output
     rows, labels = [], []
@@ -124,7 +225,7 @@ def evaluate_run(pipe: "Pipeline") -> dict[str, Any]:
     per_yaw = {n: {int(k): v for k, v in e["rank1"].items() if k != "avg"} for n, e in results["models"].items()
                if "ONNX" not in n}
     plot_rank1_vs_yaw(per_yaw, out / "rank1_vs_yaw.png")
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    atomic_write(out / "results.json", json.dumps(results, indent=2))
     return {"results": str(out / "results.json"), "probes": len(probes)}
 
 
@@ -173,11 +274,12 @@ def bench_run(pipe: "Pipeline") -> dict[str, Any]:
             r[key]["params"] = count_params(net)
             r[key]["macs"] = count_macs(net, inputs)
         entry: dict[str, Any] = {"run_size": r}
-        from slimface.deploy.runtime import load_frontalizer
+        from slimface.deploy.int8_guard import load_or_refusal
 
-        onnx = {label: load_frontalizer(export_dir / name, threads=b.threads)
-                for name, label in (("model.onnx", RUNTIME_LABELS[1]), ("model.int8.onnx", RUNTIME_LABELS[2]))
-                if (export_dir / name).is_file()}
+        loaded = {label: load_or_refusal(export_dir / name, threads=b.threads)
+                  for name, label in (("model.onnx", RUNTIME_LABELS[1]), ("model.int8.onnx", RUNTIME_LABELS[2]))}
+        onnx = {label: rt for label, (rt, _) in loaded.items() if rt is not None}
+        entry["int8_refused"] = loaded[RUNTIME_LABELS[2]][1]  # int8 refused on this CPU: not timed
         entry["runtimes"] = benchmark_runtimes(student, inputs, onnx, warmup=b.warmup, runs=b.runs,
                                                threads=b.threads)
         if b.full_size:
@@ -195,7 +297,7 @@ def bench_run(pipe: "Pipeline") -> dict[str, Any]:
               + (f"; full size speedup {entry['full_size']['speedup']:.2f}x, memory "
                  f"{entry['full_size'].get('memory_reduction', float('nan')):.2f}x" if "full_size" in entry else "")
               + (f"; full size int8 vs ORT fp32 {entry['full_size']['runtimes']['int8_vs_ort_fp32']:.2f}x"
-                 if "runtimes" in entry.get("full_size", {}) else ""),
+                 if "int8_vs_ort_fp32" in entry.get("full_size", {}).get("runtimes", {}) else ""),
               flush=True)
     (out / "bench.json").write_text(json.dumps(results, indent=2, default=float))
     return {"bench": str(out / "bench.json")}

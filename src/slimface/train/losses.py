@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from slimface.models.judge import refuse_judge
+
 
 def gan_loss_d(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
     """Non-saturating cGAN discriminator loss: -log D(real) - log(1 - D(fake))."""
@@ -81,7 +83,9 @@ def multiscale_l1(outputs: dict[int, Tensor], target: Tensor, weights: dict[int,
 
 
 def freeze(module: nn.Module) -> nn.Module:
-    """Eval mode, no grads: for teachers and recognizers used as fixed judges."""
+    """Eval mode, no grads: for teachers and the loss recognizer inside a training objective.
+    A judge is refused (:func:`slimface.models.judge.refuse_judge`): no objective may see one."""
+    refuse_judge(module, "a training objective")
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)

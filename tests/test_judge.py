@@ -1,0 +1,140 @@
+"""The judge role: judges measure and are never trained against; the artefact figure; identity halves;
+bootstrap intervals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from slimface.compress.distill import DistillConfig
+from slimface.compress.ofa import OFAConfig, OFATask
+from slimface.compress.search import identity_metric
+from slimface.data.records import identity_subset
+from slimface.evaluate.quality import hf_ratio, image_quality
+from slimface.evaluate.rank1 import bootstrap_rank1, group_rates, rank1_hits
+from slimface.models.judge import Judge, JudgeInfo, JudgeNotForTraining
+from slimface.models.recognizer import LightCNNRecognizer
+from slimface.models.registry import get_family
+from slimface.train.loop import TrainConfig, Trainer
+from slimface.train.losses import freeze
+
+
+def _judge() -> Judge:
+    torch.manual_seed(0)
+    net = LightCNNRecognizer("lightcnn9", input_size=64, width_mult=0.125, num_classes=4)
+    return Judge(net, JudgeInfo("judge", "lightcnn9 w0.125", "test", "second_half"))
+
+
+def _tpgan(width: float = 0.0625):
+    fam = get_family("tpgan")
+    kw = dict(resolution=64, channels=3, width_mult=width)
+    return fam, fam.build_generator(separable=False, sub=None, **kw), fam.build_discriminator(**kw)
+
+
+def test_a_teacher_task_refuses_a_judge_as_its_recognizer() -> None:
+    fam, gen, disc = _tpgan()
+    with pytest.raises(JudgeNotForTraining, match="judge 'judge'"):
+        fam.make_teacher_task(gen, disc, recognizer=_judge(), num_subjects=4, loss={"identity": 1.0}, lr=2e-4,
+                              seed=0)
+
+
+def test_the_student_task_and_the_search_refuse_a_judge() -> None:
+    fam, teacher, disc = _tpgan()
+    student = fam.build_generator(resolution=64, channels=3, width_mult=0.0625, separable=True, sub=None)
+    from slimface.compress.space import ConfigSpace
+
+    cfg = OFAConfig(steps=2, decay_steps=0, distill=DistillConfig(identity_weight=1.0))
+    with pytest.raises(JudgeNotForTraining):
+        OFATask(fam, student, teacher, disc, cfg, recognizer=_judge())
+    space = ConfigSpace.from_supernet(fam, student)
+    x, lm = student.example_inputs(2)
+    batch = {"profile": x, "frontal": x, "landmarks": lm}
+    with pytest.raises(JudgeNotForTraining, match="search metric"):
+        identity_metric(student, space.largest(), [batch], _judge())
+
+
+def test_the_trainer_refuses_any_task_that_holds_a_judge(tmp_path) -> None:
+    class Sneaky:
+        def __init__(self) -> None:
+            self.net = torch.nn.Linear(2, 2)
+            self.nets = {"net": self.net}
+            self.optimizers = {"net": torch.optim.SGD(self.net.parameters(), lr=0.1)}
+            self.helper = _judge()  # e.g. for a "better" identity loss
+
+        def train_step(self, batch, step):  # pragma: no cover - never reached
+            return {}
+
+    with pytest.raises(JudgeNotForTraining, match="Sneaky.helper"):
+        Trainer(Sneaky(), [torch.zeros(2)] * 4, TrainConfig(steps=1, batch_size=2, out_dir=tmp_path))
+    with pytest.raises(JudgeNotForTraining):
+        freeze(_judge())  # type: ignore[arg-type]
+
+
+def test_a_judge_gives_no_gradient_and_never_changes() -> None:
+    judge = _judge()
+    before = judge.state_dict()
+    img = (torch.rand(3, 3, 64, 64) * 2 - 1).requires_grad_(True)
+    emb = judge.embed(img)
+    assert not emb.requires_grad  # nothing can be optimised against it
+    assert torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)
+    with pytest.raises(JudgeNotForTraining):
+        judge.parameters()
+    after = judge.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_hf_ratio_is_one_for_the_truth_and_rises_with_stripes() -> None:
+    torch.manual_seed(0)
+    truth = torch.nn.functional.avg_pool2d(torch.rand(4, 3, 64, 64) * 2 - 1, 5, 1, 2)  # a smooth "face"
+    assert hf_ratio(truth, truth).item() == pytest.approx(1.0, abs=1e-6)
+    stripes = truth.clone()
+    stripes[:, :, ::2, :] += 0.3  # horizontal stripes, as an identity-loss-fooling generator draws
+    assert hf_ratio(stripes.clamp(-1, 1), truth).item() > 3.0
+    blurred = torch.nn.functional.avg_pool2d(truth, 5, 1, 2)
+    assert hf_ratio(blurred, truth).item() < 0.5
+    assert image_quality(truth, truth)["hf_ratio"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_identity_halves_are_disjoint_and_cover_every_identity() -> None:
+    subjects = [f"{i:03d}" for i in range(1, 12)]
+    first, second = identity_subset(subjects, "first_half"), identity_subset(subjects, "second_half")
+    assert not set(first) & set(second) and sorted(first + second) == subjects
+    assert first == subjects[:6] and second == subjects[6:]
+    even, odd = identity_subset(subjects, "even"), identity_subset(subjects, "odd")
+    assert not set(even) & set(odd) and len(even) + len(odd) == 11
+    assert identity_subset(subjects[::-1], "all") == subjects  # numeric-aware order, not input order
+    with pytest.raises(ValueError, match="use one of"):
+        identity_subset(subjects, "third")
+
+
+def test_rank1_hits_and_group_rates() -> None:
+    gallery = torch.eye(3)
+    probes = torch.tensor([[1.0, 0.1, 0], [0, 1, 0], [1, 0, 0.2], [0, 0, 1]])
+    hits = rank1_hits(probes, ["a", "b", "c", "c"], gallery, ["a", "b", "c"])
+    assert hits.tolist() == [1, 1, 0, 1]
+    rates = group_rates(hits, [15, 15, 90, 90])
+    assert rates == {15: 100.0, 90: 50.0, "avg": 75.0}
+
+
+def test_bootstrap_interval_covers_the_true_rate_about_95_percent_of_the_time() -> None:
+    rng = np.random.default_rng(0)
+    p, n, trials, covered = 0.6, 200, 200, 0
+    groups = [15] * n
+    for t in range(trials):
+        hits = (rng.random(n) < p).astype(np.int8)
+        lo, hi = bootstrap_rank1(hits, groups, reps=400, seed=t)["avg"]
+        covered += lo <= 100 * p <= hi
+    assert 0.89 <= covered / trials <= 0.99
+
+
+def test_paired_interval_is_of_the_difference_on_the_same_probes() -> None:
+    rng = np.random.default_rng(1)
+    base = (rng.random(300) < 0.5).astype(np.int8)
+    same = base.copy()
+    ci = bootstrap_rank1(same, [30] * 300, baseline=base, reps=200)
+    assert ci["avg"] == (0.0, 0.0)  # identical models: no spread at all when paired
+    better = base.copy()
+    better[:60] = 1  # strictly more hits
+    lo, hi = bootstrap_rank1(better, [30] * 300, baseline=base, reps=500)["avg"]
+    assert 0 < lo <= hi

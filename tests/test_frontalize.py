@@ -20,6 +20,7 @@ from slimface.deploy.frontalize import (
     read_landmarks_csv,
     run_frontalize,
     similarity_transform,
+    summarize,
 )
 from slimface.deploy.onnx_export import export_onnx
 from slimface.deploy.runtime import from_module
@@ -118,8 +119,9 @@ def test_landmarks_file_end_to_end(tmp_path: Path) -> None:
     lines: list[str] = []
     out = tmp_path / "out"
     code = run_frontalize(order, onnx_path, out, csv_path, report=lines.append)
-    assert code == 0
-    assert lines[-1] == "frontalized 3 of 5 photo(s); 2 failed"
+    assert code == 1  # not every photo was written
+    assert lines[-1] == ("frontalized 3 of 5 photo(s) (landmarks: 3 csv); 2 failed: 1 no row in the landmarks "
+                         "file, 1 not a readable image")
     errors = [ln for ln in lines if ln.startswith("error:")]
     assert len(errors) == 2 and all("\n" not in ln for ln in errors)
     assert "broken.png" in errors[0] and "not a readable image" in errors[0]
@@ -132,7 +134,7 @@ def test_landmarks_file_end_to_end(tmp_path: Path) -> None:
     results = frontalize_files([photos / "a.png"], onnx_path, tmp_path / "out2", csv_path)
     r = results[0]
     assert r.ok and np.allclose(r.aligned_landmarks, CANONICAL_LANDMARKS_128 * RES / 128, atol=1e-5)
-    crop = np.asarray(Image.open(r.side_by_side_path))[:, :RES]
+    crop = np.asarray(Image.open(r.aligned_path))
     xin = torch.from_numpy(crop.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
     with torch.inference_mode():
         ref = model(xin, torch.from_numpy(r.aligned_landmarks[None].astype(np.float32)))[0]
@@ -171,3 +173,202 @@ def test_gray_model_and_bad_csv(tmp_path: Path) -> None:
     bad.write_text("file,lex,ley,rex,rey,nx,ny,mlx,mly,mrx,mry\np.png,1,2,3,4,5,6,7,8,9,oops\n")
     with pytest.raises(DataError, match=":2: landmark values"):
         frontalize_files([p], f, tmp_path / "o", bad)
+
+
+# ----------------------------------------------------------------------------- detectors, profiles, formats
+
+from slimface.cli import main as cli_main  # noqa: E402
+from slimface.data import face_detect  # noqa: E402
+from slimface.data.face_detect import DEFAULT_CHAIN, Detection, build_chain, detect_first, fit_landmarks  # noqa: E402
+from slimface.data.landmark_files import read_5pt  # noqa: E402
+from slimface.data.pose import apply_similarity, complete_profile, estimate_yaw, pose_template  # noqa: E402
+from slimface.errors import ConfigError  # noqa: E402
+
+
+def _fake68(lm5: np.ndarray) -> np.ndarray:
+    p = np.tile(np.asarray(lm5, dtype=np.float64).mean(0), (68, 1))
+    p[36:42], p[42:48], p[30], p[48], p[54] = lm5[0], lm5[1], lm5[2], lm5[3], lm5[4]
+    return p
+
+
+class _Det:
+    """A fake detector that records its calls and returns ``boxes``."""
+
+    def __init__(self, name: str, boxes: list[tuple[float, float, float, float]], calls: list[str]) -> None:
+        self.name, self.boxes, self.calls = name, boxes, calls
+
+    def __call__(self, rgb: np.ndarray) -> list[Detection]:
+        self.calls.append(self.name)
+        return [Detection(b, 1.0, self.name, "frontal") for b in self.boxes]
+
+
+def test_detector_fallback_order() -> None:
+    assert DEFAULT_CHAIN == ("hog", "cnn")
+    assert [d.name for d in build_chain(["cnn", "hog"])] == ["cnn", "hog"]  # the order given is kept
+    with pytest.raises(ConfigError, match="detector 'mtcnn' is unknown"):
+        build_chain(["hog", "mtcnn"])
+    calls: list[str] = []
+    chain = [_Det("a", [], calls), _Det("b", [(0, 0, 10, 10), (5, 5, 45, 45)], calls), _Det("c", [(0, 0, 9, 9)], calls)]
+    rgb = np.zeros((50, 50, 3), np.uint8)
+    det, n, tried = detect_first(rgb, chain)
+    assert calls == ["a", "b"] and tried == ["a", "b"]  # c is never asked once b found a face
+    assert det is not None and det.detector == "b" and det.box == (5, 5, 45, 45) and n == 2  # the largest
+    calls.clear()
+    fit = face_detect.find_face(rgb, chain, predictor=lambda img, box: _fake68(pose_template(0.0) / 4),
+                                facing_probe=lambda img, box: None)
+    assert fit is not None and fit.method == "b" and fit.faces == 2 and fit.tried == ["a", "b"]
+    assert np.allclose(fit.landmarks, pose_template(0.0) / 4) and fit.yaw == 0.0
+    calls.clear()
+    assert face_detect.find_face(rgb, chain[:1], predictor=lambda i, b: _fake68(pose_template(0.0))) is None
+
+
+def _moved(points: np.ndarray, angle: float = 8.0, scale: float = 2.5, shift: tuple[float, float] = (40, 30)) -> np.ndarray:
+    a = math.radians(angle)
+    m = np.array([[math.cos(a), -math.sin(a), shift[0]], [math.sin(a), math.cos(a), shift[1]]])
+    m[:, :2] *= scale
+    return apply_similarity(m, points)
+
+
+def test_profile_landmarks_place_the_hidden_eye_like_training() -> None:
+    true = _moved(pose_template(75.0))  # a face at +75 deg (nose to the image right) in a photo
+    junk = true.copy()
+    junk[0], junk[1] = true[1], true[0] - [30, 5]  # the 68-point model's eyes on a profile: swapped, one off
+    junk[2] = true[2] - [25, 0]  # and the nose inside the cheek
+    p68 = _fake68(junk)
+    lm, yaw, profile = fit_landmarks(p68, "right", strong=True)
+    assert profile and yaw == 75.0
+    # rebuilt from the eye and mouth corner on the facing side: the template itself, moved
+    want = complete_profile(max(junk[:2], key=lambda e: e[0]), max(junk[3:], key=lambda c: c[0]), 75.0)
+    assert np.allclose(lm, want)
+    # mirrored photo: the face looks left, yaw -75, the visible eye is index 1
+    mir = junk * [-1, 1] + [200, 0]
+    mir = mir[[1, 0, 2, 4, 3]]
+    lm_m, yaw_m, _ = fit_landmarks(_fake68(mir), "left", strong=True)
+    assert yaw_m == -75.0 and np.allclose(lm_m[1], max(mir[:2], key=lambda e: -e[0]))
+    # unknown side: the 68-point mapping as is; a HOG-turned face at 30 deg keeps its points
+    lm_u, _, prof_u = fit_landmarks(p68, None, strong=True)
+    assert not prof_u and np.allclose(lm_u, junk)
+    t30 = _moved(pose_template(30.0))
+    lm30, yaw30, prof30 = fit_landmarks(_fake68(t30), "right", strong=False)
+    assert not prof30 and yaw30 == 30.0 and np.allclose(lm30, t30)
+    assert estimate_yaw(_moved(pose_template(-45.0))) == -45.0
+
+
+def test_align_profile_to_its_template(tmp_path: Path) -> None:
+    p = tmp_path / "p.png"
+    _coord_photo(p)
+    lm = _moved(pose_template(-80.0), angle=-5, scale=2.0, shift=(120, 60))
+    crop, aligned = align_face(Image.open(p).convert("RGB"), lm, 64)
+    assert np.allclose(aligned, pose_template(-80.0, 64), atol=1e-6)
+    # the hidden eye fed to the model is the template's, even if the source put it elsewhere
+    lm2 = _moved(pose_template(-90.0), angle=-5, scale=2.0, shift=(120, 60))
+    lm2[0] += [15.0, -10.0]  # at -90 deg the subject's right eye (index 0) is hidden (weight cos 90 = 0)
+    _, aligned2 = align_face(Image.open(p).convert("RGB"), lm2, 64, yaw=-90.0)
+    assert np.allclose(aligned2, pose_template(-90.0, 64), atol=1e-6)
+
+
+def test_5pt_sidecar_csv_precedence_and_drawing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for n in ("a.png", "b.png", "c.png"):
+        _coord_photo(photos / n)
+    lm = _photo_landmarks(3.0, 2.0, (70.0, 50.0))
+    (photos / "a.5pt").write_text("\n".join(f"{x:.3f} {y:.3f}" for x, y in lm) + "\n")
+    (photos / "b.png.5pt").write_text("\n".join(f"{x:.3f},{y:.3f}" for x, y in lm + 4) + "\n")
+    (photos / "c.5pt").write_text("1 2\n3 4\n")
+    assert np.allclose(read_5pt(photos / "a.5pt"), lm, atol=1e-3)
+    monkeypatch.setattr(face_detect, "build_chain", lambda names=None: pytest.fail("detection was not needed"))
+    f = from_module(Gen(), resolution=64, channels=3)
+    lines: list[str] = []
+    rs = frontalize_files([photos / "a.png", photos / "b.png", photos / "c.png"], f, tmp_path / "o", report=lines.append)
+    (photos / "d.5pt").write_text("5 5\n5 5\n5 5\n5 5\n5 5\n")  # coincident points: this photo fails, not the batch
+    _coord_photo(photos / "d.png")
+    (r_d,) = frontalize_files([photos / "d.png"], f, tmp_path / "o")
+    assert not r_d.ok and r_d.cause == "bad_landmarks" and "coincide" in r_d.message
+    assert [r.method for r in rs] == ["5pt", "5pt", ""]
+    assert rs[2].cause == "bad_landmarks" and "c.5pt: 2 points" in rs[2].message
+    assert lines[-1].startswith("error:") and "c.5pt" in lines[-1]
+    assert summarize(rs) == "frontalized 2 of 3 photo(s) (landmarks: 2 5pt); 1 failed: 1 unusable landmark file"
+    # a CSV row wins over the .5pt file
+    csv_path = tmp_path / "lm.csv"
+    _write_csv(csv_path, {"a.png": lm + 10})
+    (r,) = frontalize_files([photos / "a.png"], f, tmp_path / "o2", csv_path)
+    assert r.method == "csv" and np.allclose(r.landmarks, lm + 10)
+    # the side-by-side shows the landmarks used: green eyes on the aligned crop, the output beside it
+    sbs = np.asarray(Image.open(r.side_by_side_path))
+    crop = np.asarray(Image.open(r.aligned_path))
+    x, y = (int(round(v)) for v in r.aligned_landmarks[0])
+    assert tuple(sbs[y, x]) == (0, 220, 0) and tuple(crop[y, x]) != (0, 220, 0)
+    assert (sbs[:11, :64] != crop[:11, :64]).any()  # the label strip ("csv yaw +0")
+    assert np.array_equal(sbs[:, 64:], np.asarray(Image.open(r.frontal_path)))
+
+
+def test_frontalize_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    onnx_path = export_onnx(Gen(), (torch.zeros(1, 3, RES, RES), torch.zeros(1, 5, 2)), tmp_path / "g.onnx")
+    good = tmp_path / "good.png"
+    _coord_photo(good)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    csv_path = tmp_path / "lm.csv"
+    _write_csv(csv_path, {"good.png": _photo_landmarks(0.0, 2.0, (70.0, 50.0))})
+    base = ["frontalize", "--model", str(onnx_path), "--out", str(tmp_path / "o"), "--landmarks", str(csv_path)]
+    assert cli_main(base + [str(good)]) == 0
+    assert cli_main(base + [str(good), str(broken)]) == 1
+    out = capsys.readouterr().out
+    assert "frontalized 1 of 2 photo(s) (landmarks: 1 csv); 1 failed: 1 not a readable image" in out
+    assert cli_main(["frontalize", str(good), "--model", str(tmp_path / "nope.onnx"), "--out", str(tmp_path / "o")]) == 2
+    assert cli_main(["frontalize", str(good), "--model", str(onnx_path), "--out", str(tmp_path / "o"),
+                     "--detectors", "hog,mtcnn"]) == 2
+    assert "detector 'mtcnn' is unknown" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli_main(["frontalize", str(good), "--out", str(tmp_path / "o")])  # no --model
+    assert e.value.code == 2
+
+
+def test_every_export_format_is_accepted(tmp_path: Path) -> None:
+    import shutil
+
+    from slimface.compress.export import save_export
+    from slimface.deploy.quantize import quantize_int8
+    from test_compress_space import TOY_FAMILY  # noqa: F401 - registers the toy family
+    from test_compress_space import toy_supernet
+
+    torch.manual_seed(0)
+    gen = toy_supernet(64).eval()
+    exp = tmp_path / "export"
+    save_export(gen, exp, config="toy")
+    x, lm = gen.example_inputs(1)
+    export_onnx(gen, (x, lm), exp / "model.onnx")
+    cal = [{"image": torch.rand(1, 3, 64, 64).numpy() * 2 - 1, "landmarks": lm.numpy()} for _ in range(4)]
+    quantize_int8(exp / "model.onnx", exp / "model.int8.onnx", cal, guard=False)
+    photo = tmp_path / "p.png"
+    _coord_photo(photo)
+    csv_path = tmp_path / "lm.csv"
+    _write_csv(csv_path, {"p.png": _photo_landmarks(0.0, 2.0, (70.0, 50.0))})
+    outs = {}
+    for target in (exp, exp / "model.safetensors", exp / "arch.json", exp / "model.pt2", exp / "model.onnx",
+                   exp / "model.int8.onnx"):
+        o = tmp_path / f"o_{target.name}"
+        assert cli_main(["frontalize", str(photo), "--model", str(target), "--out", str(o),
+                         "--landmarks", str(csv_path)]) == 0, target
+        outs[target.name] = np.asarray(Image.open(o / "p_frontal.png"), dtype=np.float32)
+    ref = outs["export"]
+    for name in ("model.safetensors", "arch.json", "model.pt2", "model.onnx"):
+        assert np.abs(outs[name] - ref).max() <= 2.0, name  # the same network, whatever the file
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(exp / "model.safetensors", lone / "model.safetensors")
+    assert cli_main(["frontalize", str(photo), "--model", str(lone / "model.safetensors"), "--out",
+                     str(tmp_path / "o"), "--landmarks", str(csv_path)]) == 2
+
+
+def test_weak_hog_side_detection_is_a_profile() -> None:
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    face = _moved(pose_template(30.0), scale=0.4, shift=(10, 10))
+    pred = lambda img, box: _fake68(face)  # noqa: E731
+    weak = face_detect.landmarks_in_box(rgb, Detection((0, 0, 60, 60), 0.1, "hog", "right"), pred)
+    assert weak.profile and weak.yaw == 75.0  # a side filter firing weakly: beyond its ~45 deg range
+    sure = face_detect.landmarks_in_box(rgb, Detection((0, 0, 60, 60), 1.5, "hog", "right"), pred)
+    assert not sure.profile and sure.yaw == 30.0 and np.allclose(sure.landmarks, face)
+    cnn = face_detect.landmarks_in_box(rgb, Detection((0, 0, 60, 60), 1.0, "cnn"), pred, lambda i, b: "left")
+    assert cnn.profile and cnn.yaw == -75.0 and cnn.method == "cnn"

@@ -1,41 +1,58 @@
 """Frontalize a user's photos with an exported generator.
 
 For each photo: find 5 landmarks, align the face to the training crop, run the model, write
-``<stem>_frontal.png`` and ``<stem>_side_by_side.png`` (aligned input | output).
+``<stem>_aligned.png`` (the model's input), ``<stem>_frontal.png`` (its output) and
+``<stem>_side_by_side.png`` (aligned input with the landmarks used and where they came from drawn
+on it | output).
 
-Landmarks come either from a CSV (``file,lex,ley,rex,rey,nx,ny,mlx,mly,mrx,mry``, pixel coordinates
-in the original photo; ``file`` matched against the photo's path as given, or its file name) or from
-dlib: the HOG frontal face detector plus the 5-point shape predictor of ``face_recognition_models``.
-dlib's 5 points are two corners per eye and the base of the nose (subnasale); they are converted to
-ours (DESIGN.md order ``left_eye, right_eye, nose, mouth_left, mouth_right``) as:
-
-see :func:`slimface.data.landmarks.dlib5_to_ours` (eye centres from the corners; nose tip, mouth
-centre and corners estimated from the eye midpoint and the nose base). These are estimates; give a
-landmarks CSV for exact points.
-
-dlib's HOG detector is trained on frontal / near-frontal faces: it usually misses profiles beyond
-about 45-60 degrees yaw. Such photos get a one-line message telling the user to pass landmarks.
+Where the landmarks come from, first that applies (landmarks given by the user win):
+1. ``--landmarks`` CSV (``file,lex,ley,rex,rey,nx,ny,mlx,mly,mrx,mry``, pixels of the original
+   photo; ``file`` matched against the photo's path as given, or its file name); a photo without
+   a row fails;
+2. a ``.5pt`` file beside the photo (5 lines ``x y``, same order), see
+   :mod:`slimface.data.landmark_files`;
+3. CFP fiducials (a photo under ``Data/Images/`` with ``Data/Fiducials/.../NN.txt``): they bound the
+   face, and dlib's 68-point predictor places the landmarks in that box;
+4. the detector chain of :mod:`slimface.data.face_detect` (dlib HOG, then dlib's CNN detector),
+   then the 68-point predictor; profiles get their hidden eye from the pose template.
 Several faces: the largest detection is used and a warning names how many were found.
 
-Alignment: the similarity transform (rotation, uniform scale, translation; least squares) that
-maps the two eye centres and the mouth centre onto the canonical positions left eye (44, 41), right
-eye (86, 41), mouth centre (65, 89) at 128x128, scaled by R/128 for resolution R.
+Alignment (:func:`align_face`): the yaw whose template (:func:`slimface.data.pose.pose_template`,
+the landmark positions of the training crops at that yaw) the landmarks fit best, then the weighted
+least-squares similarity (rotation, uniform scale, translation) onto that template at resolution
+R; the hidden eye and mouth corner weigh ``cos(yaw)``. From |yaw| 60 on, the hidden eye and corner
+fed to the model are the template's (where training put them), whatever the source said.
+
+Exit status of the command (:func:`run_frontalize`): 0 when every photo was written, 1 when any
+failed (the summary line counts failures by cause), 2 for bad usage (bad model or CSV, raised).
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
-from slimface.data.landmarks import dlib5_to_ours, dlib_models
+from slimface.data import face_detect
+from slimface.data.face_detect import Detection, Detector, FaceFit
+from slimface.data.landmark_files import cfp_fiducials_for, fiducial_box, read_fiducials, read_5pt, sidecar_5pt
+from slimface.data.pose import (
+    HIDDEN_FROM_YAW,
+    apply_similarity,
+    estimate_yaw,
+    hidden_points,
+    point_weights,
+    pose_template,
+    weighted_similarity,
+)
 from slimface.data.records import CANONICAL_LANDMARKS_128 as CANONICAL_128
 from slimface.deploy.runtime import Frontalizer, load_frontalizer
-from slimface.errors import DataError, SlimfaceError
+from slimface.errors import DataError
 
 __all__ = [
     "CANONICAL_LANDMARKS_128",
@@ -44,21 +61,33 @@ __all__ = [
     "frontalize_files",
     "run_frontalize",
     "read_landmarks_csv",
-    "detect_landmarks",
+    "find_landmarks",
     "similarity_transform",
     "align_face",
+    "draw_alignment",
     "summarize",
+    "exit_code",
 ]
 
 CANONICAL_LANDMARKS_128 = CANONICAL_128.astype(np.float64)
 CANONICAL_MOUTH_CENTRE_128 = np.array([65.0, 89.0])
 CSV_COLUMNS = ["file", "lex", "ley", "rex", "rey", "nx", "ny", "mlx", "mly", "mrx", "mry"]
-DETECT_MAX_SIDE = 1024
+
+#: Failure causes, as the summary line names them.
+CAUSES = {
+    "missing": "file not found",
+    "unreadable": "not a readable image",
+    "no_row": "no row in the landmarks file",
+    "bad_landmarks": "unusable landmark file",
+    "no_face": "no face found",
+}
 
 
 @dataclass
 class Result:
-    """Outcome for one photo; ``message`` is the one line shown to the user."""
+    """Outcome for one photo; ``message`` is the one line shown to the user, ``cause`` a key of
+    :data:`CAUSES` for a failure. ``method``: where the landmarks came from (``csv``, ``5pt``,
+    ``fiducials``, or the detector's name)."""
 
     source: Path
     ok: bool
@@ -68,6 +97,10 @@ class Result:
     landmarks: np.ndarray | None = None          # (5,2) in the original photo
     aligned_landmarks: np.ndarray | None = None  # (5,2) in the aligned crop fed to the model
     warnings: list[str] = field(default_factory=list)
+    cause: str = ""
+    method: str = ""
+    yaw: float | None = None
+    aligned_path: Path | None = None
 
 
 # ----------------------------------------------------------------------------- landmarks
@@ -107,23 +140,44 @@ def _lookup(table: dict[str, np.ndarray], image: Path) -> np.ndarray | None:
     return by_name[0] if len(by_name) == 1 else None
 
 
-def detect_landmarks(rgb: np.ndarray) -> tuple[np.ndarray | None, int]:
-    """dlib detection on an RGB uint8 image: (our 5 landmarks of the largest face or None, #faces)."""
-    detector, predictor = dlib_models()
-    h, w = rgb.shape[:2]
-    scale = min(1.0, DETECT_MAX_SIDE / max(h, w))
-    img = rgb
-    if scale < 1.0:
-        img = np.asarray(Image.fromarray(rgb).resize((round(w * scale), round(h * scale)), Image.BILINEAR))
-    img = np.ascontiguousarray(img)
-    upsample = 1 if max(img.shape[:2]) < 800 else 0
-    rects = list(detector(img, upsample))
-    if not rects:
-        return None, 0
-    rect = max(rects, key=lambda r: r.width() * r.height())
-    shape = predictor(img, rect)
-    pts = np.array([[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)], dtype=np.float64)
-    return dlib5_to_ours(pts / scale).astype(np.float64), len(rects)
+def find_landmarks(
+    path: Path,
+    rgb: np.ndarray,
+    table: dict[str, np.ndarray] | None = None,
+    chain: Sequence[Detector] | None = None,
+    fiducials: Path | None | bool = True,
+) -> tuple[FaceFit | None, str, str]:
+    """The landmarks of one photo, by the precedence in the module doc: ``(fit, cause, message)``
+    with ``fit`` None on failure (``cause`` a key of :data:`CAUSES`). ``fiducials``: True looks for
+    CFP fiducials beside the photo, a path uses that file, False/None never uses any."""
+    if table is not None:
+        lm = _lookup(table, path)
+        if lm is None:
+            return None, "no_row", f"{path}: no row for {path.name} in the landmarks file; skipped"
+        return FaceFit(np.asarray(lm, dtype=np.float64), estimate_yaw(lm), "csv"), "", ""
+    side = sidecar_5pt(path)
+    if side is not None:
+        try:
+            lm = read_5pt(side)
+        except DataError as e:
+            return None, "bad_landmarks", f"{path}: {e}"
+        return FaceFit(lm, estimate_yaw(lm), "5pt"), "", ""
+    fid = cfp_fiducials_for(path) if fiducials is True else (fiducials or None)
+    if fid is not None:
+        try:
+            box = fiducial_box(read_fiducials(fid))
+        except DataError as e:
+            return None, "bad_landmarks", f"{path}: {e}"
+        strong = "profile" in Path(fid).parts  # CFP's profile folder
+        fit = face_detect.landmarks_in_box(rgb, Detection(box, 1.0, "fiducials"), strong=strong)
+        return fit, "", ""
+    chain = face_detect.build_chain() if chain is None else chain
+    fit = face_detect.find_face(rgb, chain)
+    if fit is None:
+        names = ", ".join(d.name for d in chain)
+        return None, "no_face", (f"{path}: no face found (detectors tried: {names}); give its landmarks "
+                                 "with --landmarks CSV or a .5pt file beside it")
+    return fit, "", ""
 
 
 # ----------------------------------------------------------------------------- alignment
@@ -131,41 +185,51 @@ def detect_landmarks(rgb: np.ndarray) -> tuple[np.ndarray | None, int]:
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Least-squares similarity (no reflection) mapping ``src`` points onto ``dst``: a 2x3 matrix."""
-    src = np.asarray(src, dtype=np.float64)
-    dst = np.asarray(dst, dtype=np.float64)
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    s0, d0 = src - mu_s, dst - mu_d
-    var_s = (s0**2).sum() / len(src)
-    if var_s < 1e-12:
-        raise DataError("landmarks coincide; cannot align the face")
-    cov = d0.T @ s0 / len(src)
-    u, sig, vt = np.linalg.svd(cov)
-    d = np.ones(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        d[-1] = -1.0
-    rot = u @ np.diag(d) @ vt
-    scale = (sig * d).sum() / var_s
-    m = np.zeros((2, 3))
-    m[:, :2] = scale * rot
-    m[:, 2] = mu_d - scale * rot @ mu_s
-    return m
+    return weighted_similarity(src, dst)
 
 
-def align_face(image: Image.Image, landmarks: np.ndarray, resolution: int) -> tuple[Image.Image, np.ndarray]:
-    """Warp ``image`` to the ``resolution``^2 training crop; returns (crop, landmarks in the crop)."""
+def align_face(
+    image: Image.Image, landmarks: np.ndarray, resolution: int, yaw: float | None = None
+) -> tuple[Image.Image, np.ndarray]:
+    """Warp ``image`` to the ``resolution``^2 training crop at the face's yaw (estimated from the
+    landmarks when not given); returns (crop, landmarks in the crop, hidden ones from the template
+    at a profile)."""
     lm = np.asarray(landmarks, dtype=np.float64)
-    src = np.stack([lm[0], lm[1], (lm[3] + lm[4]) / 2.0])
-    k = resolution / 128.0
-    dst = np.stack([CANONICAL_LANDMARKS_128[0], CANONICAL_LANDMARKS_128[1], CANONICAL_MOUTH_CENTRE_128]) * k
-    m = similarity_transform(src, dst)
+    yaw = estimate_yaw(lm) if yaw is None else float(yaw)
+    dst = pose_template(yaw, resolution)
+    m = weighted_similarity(lm, dst, point_weights(yaw))
     full = np.vstack([m, [0.0, 0.0, 1.0]])
     inv = np.linalg.inv(full)  # PIL wants output -> input
     crop = image.transform(
         (resolution, resolution), Image.Transform.AFFINE, data=tuple(inv[:2].reshape(-1)),
         resample=Image.Resampling.BICUBIC,
     )
-    aligned = (m[:, :2] @ lm.T).T + m[:, 2]
+    aligned = apply_similarity(m, lm)
+    if abs(yaw) >= HIDDEN_FROM_YAW:
+        idx = list(hidden_points(yaw))
+        aligned[idx] = dst[idx]
     return crop, aligned
+
+
+def draw_alignment(crop: Image.Image, aligned: np.ndarray, label: str, yaw: float) -> Image.Image:
+    """The aligned crop (RGB) with the landmarks fed to the model (eyes green, nose red, mouth
+    blue; the hidden eye/corner of a profile hollow) and ``label`` (where they came from)."""
+    img = crop.convert("RGB")
+    d = ImageDraw.Draw(img)
+    r = max(1.0, img.width / 64)
+    colours = [(0, 220, 0), (0, 220, 0), (255, 40, 40), (40, 120, 255), (40, 120, 255)]
+    hidden = set(hidden_points(yaw)) if abs(yaw) >= HIDDEN_FROM_YAW else set()
+    for i, (x, y) in enumerate(np.asarray(aligned, dtype=np.float64)):
+        box = (x - r, y - r, x + r, y + r)
+        if i in hidden:
+            d.ellipse(box, outline=colours[i])
+        else:
+            d.ellipse(box, fill=colours[i])
+    if img.width >= 64:
+        font = ImageFont.load_default()
+        d.rectangle((0, 0, img.width, 11), fill=(0, 0, 0))
+        d.text((2, 0), label, fill=(255, 255, 255), font=font)
+    return img
 
 
 def _to_input(img: Image.Image) -> np.ndarray:
@@ -196,6 +260,18 @@ def _unique_stem(path: Path, used: set[str]) -> str:
     return stem
 
 
+def open_photo(path: Path) -> tuple[Image.Image | None, str, str]:
+    """(RGB photo, "", "") or (None, cause, message): EXIF rotation applied."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return ImageOps.exif_transpose(im).convert("RGB"), "", ""
+    except FileNotFoundError:
+        return None, "missing", f"{path}: file not found"
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        return None, "unreadable", f"{path}: not a readable image ({type(e).__name__}); skipped"
+
+
 def _process_one(
     path: Path,
     model: Frontalizer,
@@ -204,44 +280,37 @@ def _process_one(
     resolution: int,
     mode: str,
     stem: str,
+    chain: Sequence[Detector] | None,
 ) -> Result:
-    try:
-        with Image.open(path) as im:
-            im.load()
-            photo = ImageOps.exif_transpose(im).convert("RGB")
-    except FileNotFoundError:
-        return Result(path, False, f"{path}: file not found")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        return Result(path, False, f"{path}: not a readable image ({type(e).__name__}); skipped")
+    photo, cause, msg = open_photo(path)
+    if photo is None:
+        return Result(path, False, msg, cause=cause)
+    fit, cause, msg = find_landmarks(path, np.asarray(photo), table, chain)
+    if fit is None:
+        return Result(path, False, msg, cause=cause)
     warnings: list[str] = []
-    if table is not None:
-        lm = _lookup(table, path)
-        if lm is None:
-            return Result(path, False, f"{path}: no row for {path.name} in the landmarks file; skipped")
-    else:
-        lm, n = detect_landmarks(np.asarray(photo))
-        if lm is None:
-            return Result(
-                path, False,
-                f"{path}: no face found by dlib's frontal detector (it misses strong profiles, "
-                "beyond ~45 deg yaw); give its landmarks with --landmarks CSV",
-            )
-        if n > 1:
-            warnings.append(f"{path}: {n} faces found; used the largest one")
-    crop, aligned = align_face(photo, lm, resolution)
+    if fit.faces > 1:
+        warnings.append(f"{path}: {fit.faces} faces found; used the largest one")
+    try:
+        crop, aligned = align_face(photo, fit.landmarks, resolution, fit.yaw)
+    except DataError as e:  # e.g. landmarks that coincide
+        return Result(path, False, f"{path}: {e}", cause="bad_landmarks")
     crop = crop.convert(mode)
-    x = _to_input(crop)
-    y = model(x, aligned[None].astype(np.float32))
+    y = model(_to_input(crop), aligned[None].astype(np.float32))
     out_img = _to_image(y[0])
+    aligned_path = out_dir / f"{stem}_aligned.png"
     frontal_path = out_dir / f"{stem}_frontal.png"
     sbs_path = out_dir / f"{stem}_side_by_side.png"
+    crop.save(aligned_path)
     out_img.save(frontal_path)
-    sbs = Image.new(mode, (2 * resolution, resolution))
-    sbs.paste(crop, (0, 0))
-    sbs.paste(out_img.convert(mode), (resolution, 0))
+    label = f"{fit.method} yaw{fit.yaw:+.0f}"  # the hidden points of a profile are drawn hollow
+    sbs = Image.new("RGB", (2 * resolution, resolution))
+    sbs.paste(draw_alignment(crop, aligned, label, fit.yaw), (0, 0))
+    sbs.paste(out_img.convert("RGB"), (resolution, 0))
     sbs.save(sbs_path)
-    msg = f"{path}: wrote {frontal_path.name} and {sbs_path.name}"
-    return Result(path, True, msg, frontal_path, sbs_path, np.asarray(lm), aligned, warnings)
+    msg = f"{path}: wrote {frontal_path.name} and {sbs_path.name} (landmarks: {fit.method}, yaw {fit.yaw:+.0f})"
+    return Result(path, True, msg, frontal_path, sbs_path, np.asarray(fit.landmarks), aligned, warnings,
+                  method=fit.method, yaw=fit.yaw, aligned_path=aligned_path)
 
 
 def frontalize_files(
@@ -251,25 +320,30 @@ def frontalize_files(
     landmarks_file: str | Path | None = None,
     resolution: int | None = None,
     report: Callable[[str], None] | None = None,
+    detectors: Sequence[str] | Sequence[Detector] | None = None,
 ) -> list[Result]:
     """Frontalize each photo; per-photo problems become a failed :class:`Result`, never an exception.
 
     ``model_path``: an exported model (anything :func:`load_frontalizer` reads) or a loaded
     Frontalizer. ``resolution`` overrides/supplies the crop size when the model does not record it
     (default 128). ``report`` is called with each one-line message as it happens (e.g. ``print``).
+    ``detectors``: the fallback chain (names or detector objects; default ``hog``, ``cnn``).
     A bad model file or landmarks CSV raises (they concern the whole batch).
     """
     model = model_path if isinstance(model_path, Frontalizer) else load_frontalizer(model_path)
     res = resolution or model.resolution or 128
     mode = "L" if model.channels == 1 else "RGB"
     table = read_landmarks_csv(landmarks_file) if landmarks_file is not None else None
+    chain: Sequence[Detector] | None = None
+    if detectors is not None:
+        chain = [face_detect.build_chain([d])[0] if isinstance(d, str) else d for d in detectors]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     results: list[Result] = []
     for item in images:
         p = Path(item)
-        r = _process_one(p, model, out, table, res, mode, _unique_stem(p, used))
+        r = _process_one(p, model, out, table, res, mode, _unique_stem(p, used), chain)
         results.append(r)
         if report is not None:
             for w in r.warnings:
@@ -279,19 +353,35 @@ def frontalize_files(
 
 
 def summarize(results: list[Result]) -> str:
-    """One line: how many photos succeeded / failed."""
-    ok = sum(r.ok for r in results)
-    return f"frontalized {ok} of {len(results)} photo(s)" + (f"; {len(results) - ok} failed" if ok < len(results) else "")
+    """One line: how many photos succeeded; failures counted by cause, detectors by use."""
+    ok = [r for r in results if r.ok]
+    line = f"frontalized {len(ok)} of {len(results)} photo(s)"
+    if ok:
+        used = Counter(r.method for r in ok)
+        line += " (landmarks: " + ", ".join(f"{n} {m}" for m, n in used.most_common()) + ")"
+    failed = [r for r in results if not r.ok]
+    if failed:
+        causes = Counter(r.cause or "other" for r in failed)
+        line += f"; {len(failed)} failed: " + ", ".join(
+            f"{n} {CAUSES.get(c, c)}" for c, n in sorted(causes.items(), key=lambda kv: (-kv[1], kv[0])))
+    return line
+
+
+def exit_code(results: list[Result]) -> int:
+    """0 when every photo was written, 1 when any failed (or there were none)."""
+    return 0 if results and all(r.ok for r in results) else 1
 
 
 def run_frontalize(
     images: list[str | Path],
-    model_path: str | Path,
+    model_path: str | Path | Frontalizer,
     out_dir: str | Path,
     landmarks_file: str | Path | None = None,
     report: Callable[[str], None] = print,
+    detectors: Sequence[str] | None = None,
 ) -> int:
-    """CLI body: print a line per photo and a summary; exit code 0 if any photo succeeded, else 1."""
-    results = frontalize_files(images, model_path, out_dir, landmarks_file, report=report)
+    """CLI body: a line per photo and a summary; exit code 0 if every photo was written, else 1
+    (bad usage raises a SlimfaceError, which the CLI turns into exit code 2)."""
+    results = frontalize_files(images, model_path, out_dir, landmarks_file, report=report, detectors=detectors)
     report(summarize(results))
-    return 0 if any(r.ok for r in results) else 1
+    return exit_code(results)

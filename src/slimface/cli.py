@@ -72,11 +72,50 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     if args.budget:
         args.set = list(args.set or []) + [f"search.budget={args.budget}"]
+    if args.latency:
+        args.set = list(args.set or []) + [f"search.latency={args.latency}"]
+    if args.runtime:
+        args.set = list(args.set or []) + [f"search.runtime={args.runtime}"]
     return _run_pipeline(args, ["search"], force=True)
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Each stage of a run as done / stale (what changed) / missing; runs and writes nothing."""
+    cfg = _load_pipeline_config(args)
+    from slimface.pipeline import Pipeline
+
+    pipe = Pipeline(cfg, progress=False)
+    rows = pipe.status()
+    print(f"slimface status '{cfg.name}' -> {pipe.out}")
+    width = max(len(r.stage) for r in rows)
+    for row in rows:
+        print(row.line(width))
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if getattr(args, "benchmark", None):
+        return _cmd_benchmark(args)
     return _run_pipeline(args, ["evaluate", "report"], force=True)
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    """``evaluate --benchmark cfp-fp``: a real-photo benchmark of an exported model."""
+    if not args.data or not args.model:
+        raise ConfigError(f"--benchmark {args.benchmark} needs --data ROOT (the CFP folder) and --model EXPORT")
+    cfg = _load_pipeline_config(args)
+    from slimface.evaluate.cfp_eval import run_cfp_benchmark
+
+    md, _ = run_cfp_benchmark(
+        cfg, args.data, args.model, recognizers=args.recognizer, detectors=_detectors(args.detectors),
+        use_fiducials=not args.no_fiducials, results_dir=args.results,
+    )
+    print(md.read_text())
+    return 0
+
+
+def _detectors(text: str | None) -> list[str] | None:
+    return [d.strip() for d in text.split(",") if d.strip()] if text else None
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
@@ -151,20 +190,47 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if rts:
             from slimface.evaluate.bench import RUNTIME_LABELS
 
-            for label in RUNTIME_LABELS:
+            for label in (lb for lb in RUNTIME_LABELS if lb in rts):
                 r = rts[label]
                 print(f"student {label:18s} {r['latency_ms']:8.2f} ms (median {r['latency_median_ms']:.2f})  "
                       f"{r['speedup_vs_pytorch']:.2f}x vs PyTorch")
-            print(f"int8 vs ONNX Runtime fp32: {rts['int8_vs_ort_fp32']:.2f}x  (int8 output diff vs fp32: max "
-                  f"{rts['int8']['max_abs_diff']:.3f}, mean {rts['int8']['mean_abs_diff']:.4f})")
+            for name, ratio in rts.get("ratios", {}).items():
+                print(f"{name}: {ratio:.2f}x (p50, one interleaved run)")
+            if "int8_refused" in rts:
+                print(rts["int8_refused"])
+            else:
+                print(f"int8 vs ONNX Runtime fp32: {rts['int8_vs_ort_fp32']:.2f}x  (int8 output diff vs fp32: max "
+                      f"{rts['int8']['max_abs_diff']:.3f}, mean {rts['int8']['mean_abs_diff']:.4f})")
+    return 0
+
+
+def cmd_latency_table(args: argparse.Namespace) -> int:
+    """Time every layer shape of a student design space in one runtime; write the JSON table."""
+    from slimface.compress.profile_cli import check_arch_args
+    from slimface.deploy.latency_table import build_table, check_runtime
+
+    check_runtime(args.runtime)
+    check_arch_args(args.model, args.resolution, args.width_mult)
+    out = Path(args.out or f"latency_{args.model}_{args.runtime}_{args.resolution}_w{args.width_mult:g}_t{args.threads}.json")
+    table = build_table(args.model, args.resolution, 3, args.width_mult, args.runtime, args.threads,
+                        max_grid=args.grid, fit_subnets=args.fit_subnets,
+                        progress=None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True)))
+    table.save(out)
+    points = sum(len(s.cin) * max(1, len(s.cout)) for s in table.sites.values())
+    print(f"| model | runtime | threads | CPU | layer sites | points | overhead | x layers | per Melem | built |\n"
+          f"|---|---|---|---|---|---|---|---|---|---|\n"
+          f"| {args.model} {args.resolution}² ×{args.width_mult:g} | {table.runtime} | {table.threads} | "
+          f"{table.machine.get('cpu')} | {len(table.sites)} | {points} | {table.overhead_ms:.2f} ms | "
+          f"{table.scale:.3f} | {table.ms_per_melem:.2f} ms | {table.build_seconds:.0f} s |")
+    print(f"wrote {out}")
     return 0
 
 
 def cmd_frontalize(args: argparse.Namespace) -> int:
     from slimface.deploy.frontalize import run_frontalize
 
-    # one line per photo; a photo that fails does not stop the batch. Exit 1 if none succeeded.
-    return run_frontalize(args.images, args.model, args.out, args.landmarks)
+    # one line per photo; a photo that fails does not stop the batch. Exit 0 only if all were written.
+    return run_frontalize(args.images, args.model, args.out, args.landmarks, detectors=_detectors(args.detectors))
 
 
 # ---------------------------------------------------------------------------------- parser
@@ -187,13 +253,31 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="re-run stages even if their outputs are complete")
     r.set_defaults(func=cmd_run)
 
+    st = sub.add_parser("status", help="each stage of a run: done, stale (and what changed) or missing; "
+                                       "runs nothing")
+    with_config(st)
+    st.set_defaults(func=cmd_status)
+
     s = sub.add_parser("search", help="search the trained supernet under a MACs budget")
     with_config(s)
     s.add_argument("--budget", help="MACs budget: 2.5G, 300M, or a reduction factor like 10x")
+    s.add_argument("--latency", help="predicted-latency budget too, e.g. 15ms (a latency table of --runtime "
+                                     "is timed on this machine unless search.latency_table names one)")
+    s.add_argument("--runtime", choices=["torch", "ort", "ort-int8"], help="runtime of --latency (default ort)")
     s.set_defaults(func=cmd_search)
 
-    e = sub.add_parser("evaluate", help="rank-1 per yaw, image quality and figures for a finished run")
+    e = sub.add_parser("evaluate", help="rank-1 per yaw, image quality and figures for a finished run; "
+                                        "or a real-photo benchmark (--benchmark cfp-fp)")
     with_config(e)
+    e.add_argument("--benchmark", choices=["cfp-fp"], help="evaluate an exported model on real photos instead")
+    e.add_argument("--data", help="benchmark folder (CFP: the one holding Data/ and Protocol/)")
+    e.add_argument("--model", help="exported model: export folder, model.safetensors, model.pt2, .onnx, .int8.onnx")
+    e.add_argument("--recognizer", action="append", choices=["run", "loss", "dlib"],
+                   help="judge(s): the run's independent judge, its loss recognizer, dlib's ResNet "
+                        "(repeat; default: run and dlib)")
+    e.add_argument("--detectors", help="face detectors in fallback order (default: hog,cnn)")
+    e.add_argument("--no-fiducials", action="store_true", help="ignore CFP's fiducials; detect every face")
+    e.add_argument("--results", type=Path, help="where to write cfp_fp.md/.json (default: OUT/evaluate/cfp-fp)")
     e.set_defaults(func=cmd_evaluate)
 
     d = sub.add_parser("data", help="built-in synthetic data")
@@ -241,11 +325,28 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 
+    lt = sub.add_parser("latency-table", help="time every layer shape of a student design space in one "
+                                              "runtime (batch 1) and write a JSON latency table for the search")
+    lt.add_argument("model", help="model family, e.g. tpgan")
+    lt.add_argument("--runtime", default="ort", choices=["torch", "ort", "ort-int8"])
+    lt.add_argument("--threads", type=int, default=1)
+    lt.add_argument("--resolution", type=int, default=128)
+    lt.add_argument("--width-mult", type=float, default=1.0)
+    lt.add_argument("--grid", type=int, default=4, help="channel counts timed per axis of a layer site (default 4)")
+    lt.add_argument("--fit-subnets", type=int, default=6, help="whole sub-networks measured to fit the overhead")
+    lt.add_argument("--out", help="JSON path (default latency_MODEL_RUNTIME_RES_wW_tT.json)")
+    lt.add_argument("--quiet", action="store_true")
+    lt.set_defaults(func=cmd_latency_table)
+
     f = sub.add_parser("frontalize", help="frontalize your own photos with an exported model")
     f.add_argument("images", nargs="+")
-    f.add_argument("--model", required=True, help="exported model (.onnx, TorchScript .pt, or export dir)")
+    f.add_argument("--model", required=True,
+                   help="exported model: export folder, model.safetensors (arch.json beside it), model.pt2, "
+                        ".onnx, .int8.onnx, or TorchScript .pt")
     f.add_argument("--out", required=True)
-    f.add_argument("--landmarks", help="CSV with file,lex,ley,rex,rey,nx,ny,mlx,mly,mrx,mry")
+    f.add_argument("--landmarks", help="CSV with file,lex,ley,rex,rey,nx,ny,mlx,mly,mrx,mry (else a .5pt file "
+                                       "beside a photo, CFP fiducials, or face detection)")
+    f.add_argument("--detectors", help="face detectors in fallback order (default: hog,cnn)")
     f.set_defaults(func=cmd_frontalize)
     return p
 

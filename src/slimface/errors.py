@@ -23,3 +23,7 @@ class ConfigError(SlimfaceError):
 
 class CheckpointError(SlimfaceError):
     """A checkpoint or exported model that cannot be loaded."""
+
+
+class Int8RefusedError(CheckpointError):
+    """An int8 model whose outputs moved too far from fp32 on this CPU (e.g. saturating u8s8 convs)."""

@@ -1,37 +1,41 @@
 """`slimface run`: every stage from data to report, resumable and skipping finished work.
 
-Stages (in order): ``data``, ``recognizer``, then per family ``teacher``, ``supernet``, ``search``,
+Stages (in order): ``data``, ``recognizer`` (the loss recognizer), ``judge`` (the independent judge,
+which only the evaluate stage reads), then per family ``teacher``, ``supernet``, ``search``,
 ``finetune``, ``export``; then ``evaluate``, ``bench`` and ``report``. A finished stage writes
-``OUT/stages/<stage>.json`` (wall time, outputs, a fingerprint of the settings it used); re-running
-skips it while the fingerprint matches, and an interrupted training stage resumes from its last
-checkpoint through the Trainer.
+``OUT/stages/<stage>.json`` (wall time, outputs, its key and its output files' hashes); re-running
+skips it while its key matches. The key covers the stage's settings and the content of the outputs it
+reads (slimface.stage_keys), so a changed input re-runs everything downstream of it. An interrupted
+training stage resumes from its last checkpoint through the Trainer, but only from checkpoints made
+from the same inputs; others are moved aside.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 from torch import nn
 
-from slimface.config import to_dict
 from slimface.errors import CheckpointError, ConfigError, DataError
 from slimface.fileio import atomic_write
-from slimface.pipeline_config import PipelineConfig, TrainSettings
+from slimface.pipeline_config import JudgeSettings, PipelineConfig, RecognizerSettings, TrainSettings
+
+if TYPE_CHECKING:
+    from slimface.models.judge import Judge
 
 log = logging.getLogger("slimface")
 
 TRAIN_STAGES = ("teacher", "supernet", "search", "finetune", "export")
 #: stages every torchrun process takes part in (DDP training, sharded search)
-DISTRIBUTED_STAGES = ("recognizer", "teacher", "supernet", "search", "finetune")
-ALL_STAGES = ("data", "recognizer", *TRAIN_STAGES, "evaluate", "bench", "report")
+DISTRIBUTED_STAGES = ("recognizer", "judge", "teacher", "supernet", "search", "finetune")
+ALL_STAGES = ("data", "recognizer", "judge", *TRAIN_STAGES, "evaluate", "bench", "report")
 
 
 def _say(text: str) -> None:
@@ -39,10 +43,6 @@ def _say(text: str) -> None:
 
     if D.is_main():
         print(text, flush=True)
-
-
-def _fingerprint(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def save_weights(module: nn.Module, path: Path) -> Path:
@@ -93,10 +93,17 @@ class DataBundle:
     val_pairs: list
     test_pairs: list
     gallery: list
-    recognizer_records: list
+    fit_records: list  # every image of the training identities (minus validation ones)
     subject_labels: dict[str, int]
     has_pitch: bool
     skipped: int = 0  # bad files the loader skipped (policy "skip")
+
+    def recognition_records(self, max_abs_yaw: int, identities: str) -> list:
+        """Near-frontal, pitch-0 images of the chosen identity subset: what a recognizer trains on."""
+        from slimface.data.records import identity_subset
+
+        keep = set(identity_subset(sorted({r.subject for r in self.fit_records}), identities))
+        return [r for r in self.fit_records if r.subject in keep and abs(r.yaw) <= max_abs_yaw and r.pitch == 0]
 
 
 class Pipeline:
@@ -107,7 +114,9 @@ class Pipeline:
         self.stage_dir = self.out / "stages"
         self._data: DataBundle | None = None
         self._recognizer: nn.Module | None = None
+        self._judges: dict[str, Judge] | None = None
         self.timings: dict[str, float] = {}
+        self._active_key: tuple[str, str] | None = None  # (resume key, why) of the stage running now
         torch.manual_seed(cfg.seed)
         from slimface.train import distributed as D
 
@@ -124,68 +133,70 @@ class Pipeline:
         return self.stage_dir / f"{stage}.json"
 
     def _stage_settings(self, stage: str) -> Any:
-        c = self.cfg
-        base = {"data": to_dict(c.data), "seed": c.seed}
-        if stage == "data":
-            return base
-        rec = {**base, "recognizer": to_dict(c.recognizer)}
-        if stage == "recognizer":
-            return rec
-        kind, _, fam = stage.partition(".")
-        if fam:
-            teacher = to_dict(c.teacher(fam))
-            for recipe in ("student", "finetune"):  # the teacher does not depend on its family's recipe
-                teacher.pop(recipe)
-            fam_settings = {**rec, "teacher": teacher}
-            order = TRAIN_STAGES.index(kind)
-            student_settings = c.student_for(fam)
-            student = to_dict(student_settings)
-            if student_settings.sampling == "budget":  # the supernet then depends on the budget too
-                student["search_budget"] = c.search.budget
-            parts = {"supernet": student, "search": to_dict(c.search),
-                     "finetune": to_dict(c.finetune_for(fam)), "export": to_dict(c.deploy)}
-            for name in TRAIN_STAGES[1 : order + 1]:
-                fam_settings[name] = parts[name]
-            return fam_settings
-        return {**rec, "families": c.families, "all": to_dict(c)}
+        """The config part ``stage`` itself reads (its key adds the content of what it reads)."""
+        from slimface import stage_keys
+
+        return stage_keys.own_settings(self.cfg, stage)
+
+    def key_of(self, stage: str):  # noqa: ANN201 - stage_keys.StageKey
+        from slimface import stage_keys
+
+        return stage_keys.stage_key(self.cfg, self.out, stage, self.stages())
 
     def done(self, stage: str) -> dict[str, Any] | None:
-        marker = self._marker(stage)
-        if not marker.is_file():
-            return None
-        try:
-            info = json.loads(marker.read_text())
-        except json.JSONDecodeError:
-            return None
-        if info.get("fingerprint") != _fingerprint(self._stage_settings(stage)):
-            return None
-        return info
+        """The stage's marker if it stands for the current settings and inputs, else None."""
+        from slimface import stage_keys
+
+        info = stage_keys.read_marker(self.out, stage)
+        return info if not stage_keys.stale_reasons(info, self.key_of(stage), self.out) else None
+
+    def status(self) -> list[Any]:
+        """Each stage as done / stale (naming what changed) / missing; runs nothing, writes nothing."""
+        from slimface import stage_keys
+
+        return stage_keys.status(self.cfg, self.out, self.stages())
 
     def _run_stage(self, stage: str, fn: Callable[[], dict[str, Any]], force: bool) -> dict[str, Any]:
-        info = None if force else self.done(stage)
-        if info is not None:
-            _say(f"[{stage}] up to date ({info['wall_s']:.1f} s earlier run), skipped")
-            self.timings[stage] = info["wall_s"]
-            return info["outputs"]
+        from slimface import stage_keys
         from slimface.train import distributed as D
 
-        _say(f"[{stage}] running")
+        sk = self.key_of(stage)
+        info = stage_keys.read_marker(self.out, stage)
+        reasons = stage_keys.stale_reasons(info, sk, self.out)
+        if info is not None and not reasons and not force:
+            _say(f"[{stage}] up to date ({info['wall_s']:.1f} s earlier run), skipped")
+            fresh = stage_keys.refreshed(info, self.out) if D.is_main() else None
+            if fresh is not None:  # an output touched or replaced by hand: record it, so it is hashed once
+                replaced, _ = stage_keys.changed_files(info, self.out)
+                if replaced:
+                    _say(f"  {', '.join(replaced)} changed since this stage wrote it: the stages that read it re-run")
+                atomic_write(self._marker(stage), json.dumps(fresh, indent=2, default=str))
+            D.barrier()
+            self.timings[stage] = info["wall_s"]
+            return info["outputs"]
+        why = "--force" if not reasons else stage_keys.describe(reasons)
+        _say(f"[{stage}] running" + (f" ({why})" if info is not None else ""))
+        # why checkpoints of another resume key are set aside: the most upstream change that matters
+        ckpt_why = next((r.text for r in reasons if not r.resumable and not r.missing), "")
+        self._active_key = (sk.resume_key, f"[{stage}] {ckpt_why or 'its inputs or settings changed'}")
         t0 = time.perf_counter()
-        # Under torchrun every rank trains and searches; the rest is rank 0's job.
-        outputs = (fn() or {}) if (D.is_main() or stage.partition(".")[0] in DISTRIBUTED_STAGES) else {}
+        try:
+            # Under torchrun every rank trains and searches; the rest is rank 0's job.
+            outputs = (fn() or {}) if (D.is_main() or stage.partition(".")[0] in DISTRIBUTED_STAGES) else {}
+        finally:
+            self._active_key = None
         wall = time.perf_counter() - t0
         self.timings[stage] = wall
         if D.is_main():
             self.stage_dir.mkdir(parents=True, exist_ok=True)
-            text = json.dumps({"stage": stage, "wall_s": wall, "outputs": outputs,
-                               "fingerprint": _fingerprint(self._stage_settings(stage))}, indent=2, default=str)
+            text = json.dumps(stage_keys.new_marker(self.cfg, self.out, sk, outputs, wall), indent=2, default=str)
             atomic_write(self._marker(stage), lambda f: f.write(text.encode()))  # disk full: one-line error
             _say(f"[{stage}] done in {wall:.1f} s")
         D.barrier()
         return outputs
 
     def stages(self) -> list[str]:
-        names = ["data", "recognizer"]
+        names = ["data", "recognizer", "judge"]
         for fam in self.cfg.families:
             names += [f"{kind}.{fam}" for kind in TRAIN_STAGES]
         return names + ["evaluate", "bench", "report"]
@@ -218,6 +229,8 @@ class Pipeline:
             ckpt_every=settings.ckpt_every, sample_every=max(settings.steps // 2, 1),
             keep_last=settings.keep_last, seed=self.cfg.seed + seed_offset, out_dir=out_dir,
             progress=self.progress, channels_last=settings.channels_last,
+            key=self._active_key[0] if self._active_key else "",
+            key_reason=self._active_key[1] if self._active_key else "",
         )
 
     @property
@@ -255,9 +268,8 @@ class Pipeline:
         val_pairs = [p for p in val_index.pairs() if p[0].yaw != 0]
         test_pairs = [p for p in test_index.pairs() if p[0].yaw != 0 or p[0].pitch != 0]
         gallery = test_index.gallery()
-        rec_records = [r for r in fit_index if abs(r.yaw) <= self.cfg.recognizer.max_abs_yaw and r.pitch == 0]
         labels = subject_labels(list(fit_index))
-        return DataBundle(train_pairs, val_pairs, test_pairs, gallery, rec_records, labels, has_pitch,
+        return DataBundle(train_pairs, val_pairs, test_pairs, gallery, list(fit_index), labels, has_pitch,
                           index.report.n_skipped)
 
     def pair_dataset(self, pairs: list):  # noqa: ANN201
@@ -286,26 +298,74 @@ class Pipeline:
 
     @property
     def recognizer(self) -> nn.Module:
+        """The loss recognizer (identity losses, distillation, search metric), frozen."""
         if self._recognizer is None:
             from slimface.train.losses import freeze
 
             r = self.cfg.recognizer
-            if r.checkpoint:
+            if r.checkpoint and Path(r.checkpoint).suffix == ".safetensors":  # one slimface trained elsewhere
+                rec = load_weights(self._build_recognizer(r), Path(r.checkpoint), "recognizer")
+            elif r.checkpoint:  # an official LightCNN file
                 from slimface.models.recognizer import build_recognizer
 
                 rec = build_recognizer(r.variant, checkpoint=r.checkpoint, channels=self.cfg.data.channels)
             else:
-                rec = self._build_recognizer(len(self.data.subject_labels))
+                rec = self._build_recognizer(r)
                 load_weights(rec, self.out / "recognizer" / "recognizer.safetensors", "recognizer")
             self._recognizer = freeze(rec.to(self.device))
         return self._recognizer
 
-    def _build_recognizer(self, num_classes: int) -> nn.Module:
+    def _recognition_records(self, settings: "RecognizerSettings | JudgeSettings") -> list:
+        return self.data.recognition_records(settings.max_abs_yaw, settings.identities)
+
+    def _build_recognizer(self, settings: "RecognizerSettings | JudgeSettings") -> nn.Module:
+        """A LightCNN with one class per identity it learns (the subset named by ``settings``)."""
         from slimface.models.recognizer import build_recognizer
 
-        r = self.cfg.recognizer
-        return build_recognizer(r.variant, input_size=self.cfg.data.resolution, width_mult=r.width_mult,
-                                num_classes=num_classes, channels=self.cfg.data.channels)
+        num_classes = len({r.subject for r in self._recognition_records(settings)})
+        return build_recognizer(settings.variant, input_size=self.cfg.data.resolution,
+                                width_mult=settings.width_mult, num_classes=num_classes,
+                                channels=self.cfg.data.channels)
+
+    def _train_recognizer(self, settings: "RecognizerSettings | JudgeSettings", out: Path, seed_offset: int,
+                          weights_name: str) -> dict[str, Any]:
+        from slimface.data.torch_data import ImageDataset, subject_labels
+        from slimface.train.loop import Trainer
+        from slimface.train.recognizer_task import RecognizerTask
+
+        records = self._recognition_records(settings)
+        if not records:
+            raise DataError(f"no near-frontal images of the {settings.identities} identities to train a recognizer "
+                            "on; raise max_abs_yaw or use identities: all")
+        model = self._build_recognizer(settings).to(self.device)
+        d = self.cfg.data
+        ds = ImageDataset(records, d.resolution, d.channels, subject_labels(records), cache=d.cache_images,
+                          policy=d.policy)
+        task = RecognizerTask(model, lr=settings.train.lr, total_steps=settings.train.steps)
+        metrics = Trainer(task, ds, self.train_config(settings.train, out, seed_offset)).fit()
+        save_weights(model, out / weights_name)
+        return {"final": metrics, "identities": len(ds.subject_to_label), "images": len(records)}
+
+    @property
+    def judges(self) -> dict[str, "Judge"]:
+        """The independent judges, primary first: the separately trained LightCNN, then dlib.
+        Only the evaluate stage asks for them; nothing that trains or searches ever does."""
+        if self._judges is None:
+            from slimface.models.judge import Judge, JudgeInfo
+            from slimface.models.recognizer import build_recognizer
+
+            j = self.cfg.judge
+            path = Path(j.checkpoint) if j.checkpoint else self.out / "judge" / "judge.safetensors"
+            net = load_weights(self._build_recognizer(j), path, "judge")
+            kind = f"{j.variant} w{j.width_mult:g}"
+            judges = {"judge": Judge(net.to(self.device), JudgeInfo(
+                "judge", kind, str(path), f"{j.identities} of the training identities, seed {j.seed}"))}
+            if j.dlib:
+                dlib = build_recognizer("dlib", detect=False)
+                judges["dlib"] = Judge(dlib, JudgeInfo("dlib", "dlib ResNet (150x150 chips, upsampled)",
+                                                       "face_recognition_models package", "real faces (not ours)"))
+            self._judges = judges
+        return self._judges
 
     def teacher_generator(self, family: str) -> nn.Module:
         from slimface.models.registry import build_generator
@@ -336,31 +396,30 @@ class Pipeline:
         info = {
             "root": str(root), "train_pairs": len(b.train_pairs), "val_pairs": len(b.val_pairs),
             "test_probes": len(b.test_pairs), "gallery": len(b.gallery),
-            "train_identities": len(b.subject_labels), "recognizer_images": len(b.recognizer_records),
+            "train_identities": len(b.subject_labels),
+            "recognizer_images": len(self._recognition_records(self.cfg.recognizer)),
+            "judge_images": len(self._recognition_records(self.cfg.judge)),
             "skipped_files": b.skipped,
         }
         _say("  " + ", ".join(f"{k} {v}" for k, v in info.items() if k != "root"))
         return info
 
     def stage_recognizer(self) -> dict[str, Any]:
-        from slimface.data.torch_data import ImageDataset
-        from slimface.train.loop import Trainer
-        from slimface.train.recognizer_task import RecognizerTask
-
         r = self.cfg.recognizer
-        out = self.out / "recognizer"
-        labels = self.data.subject_labels
         if r.checkpoint:
             self.recognizer  # noqa: B018 - loads and validates the official file
             return {"source": str(r.checkpoint)}
-        model = self._build_recognizer(len(labels)).to(self.device)
-        d = self.cfg.data
-        ds = ImageDataset(self.data.recognizer_records, d.resolution, d.channels, labels, cache=d.cache_images,
-                          policy=d.policy)
-        task = RecognizerTask(model, lr=r.train.lr, total_steps=r.train.steps)
-        metrics = Trainer(task, ds, self.train_config(r.train, out, 1)).fit()
-        save_weights(model, out / "recognizer.safetensors")
-        return {"final": metrics}
+        return self._train_recognizer(r, self.out / "recognizer", 1, "recognizer.safetensors")
+
+    def stage_judge(self) -> dict[str, Any]:
+        """Train (or load) the independent LightCNN judge: its own identities, seed and architecture."""
+        j = self.cfg.judge
+        if j.checkpoint:
+            self._judges = None
+            return {"source": str(j.checkpoint), "judges": list(self.judges)}
+        info = self._train_recognizer(j, self.out / "judge", 10 + j.seed, "judge.safetensors")
+        self._judges = None
+        return info
 
     def stage_teacher(self, family: str) -> dict[str, Any]:
         from slimface.models.registry import get_family
@@ -493,16 +552,29 @@ class Pipeline:
         bn = self.batches(self.data.train_pairs[:: max(1, len(self.data.train_pairs) // (bs * sc.bn_batches))],
                           bs, sc.bn_batches)
         budget = self.budget_macs(family)
+        latency_fn, latency_ms = None, None
+        if sc.latency:  # priced by a measured latency table of sc.runtime (deploy.latency_table)
+            from slimface.deploy.latency_table import parse_latency, search_latency_model
+
+            latency_ms = parse_latency(sc.latency)
+            latency_fn = search_latency_model(family, supernet, sc.runtime, self.cfg.bench.threads or 1,
+                                              sc.latency_table, out, _say)
         result = search(
             supernet, space, budget,
             lambda net, cfg: identity_metric(net, cfg, val, self.recognizer, bn),
             method=sc.method, population=sc.population, generations=sc.generations,
             parent_ratio=sc.parent_ratio, mutation_ratio=sc.mutation_ratio, seed=self.cfg.seed,
             cache_path=out / "cache.jsonl", out_jsonl=out / "evaluated.jsonl",
-            resolution=self.cfg.data.resolution,
+            resolution=self.cfg.data.resolution, latency_fn=latency_fn, latency_budget_ms=latency_ms,
+            cache_key=self._active_key[0] if self._active_key is not None else None,
         )
+        if result.cache_set_aside is not None and self._active_key is not None:
+            _say(f"{self._active_key[1]}: search cache moved to {result.cache_set_aside}; "
+                 "every candidate is evaluated again")
         info = {"config": space.encode(result.best_cfg), "metric": result.best_metric, "macs": result.best_macs,
                 "params": result.best_params, "budget_macs": budget, "evaluated": len(result.evaluated)}
+        if latency_ms is not None:
+            info.update(latency_ms=result.best_latency_ms, latency_budget_ms=latency_ms, runtime=sc.runtime)
         from slimface.train import distributed as D
 
         if D.is_main():
@@ -567,13 +639,27 @@ class Pipeline:
         info: dict[str, Any] = {"onnx": str(onnx_path), "onnx_max_abs_diff": check_onnx(student, onnx_path, inputs)}
         if self.cfg.deploy.int8:
             from slimface.deploy.quantize import calibration_from_batches, quantize_int8
+            from slimface.errors import Int8RefusedError
 
             n = self.cfg.deploy.calibration_batches
             step = max(1, len(self.data.train_pairs) // max(n, 1))
             calib = calibration_from_batches(self.batches(self.data.train_pairs[::step], 1, n), limit=n)
-            report = quantize_int8(onnx_path, out / "model.int8.onnx", calib)
-            info["int8"] = str(out / "model.int8.onnx")
-            info["int8_report"] = report.as_dict()
+            keep_fp32: list[str] = []
+            if self.cfg.deploy.int8_nodes == "faster":  # int8 only where the measured table says it pays
+                from slimface.deploy.latency_table import slow_int8_nodes
+
+                sc = self.cfg.search
+                keep_fp32 = slow_int8_nodes(student, onnx_path, self.cfg.bench.threads or 1,
+                                            sc.latency_table if sc.runtime == "ort-int8" else None,
+                                            self.family_dir(student.family) / "search", _say)
+            try:
+                report = quantize_int8(onnx_path, out / "model.int8.onnx", calib, nodes_to_exclude=keep_fp32)
+            except Int8RefusedError as e:  # noted beside the model (int8_guard.refusal_note); the run goes on
+                info["int8_refused"] = str(e)
+                _say(f"  {e}")
+            else:
+                info["int8"] = str(out / "model.int8.onnx")
+                info["int8_report"] = report.as_dict()
         return info
 
     def stage_evaluate(self) -> dict[str, Any]:

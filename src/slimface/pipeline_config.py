@@ -62,16 +62,44 @@ class TrainSettings:
         check(self.lr > 0, f"lr must be positive, got {self.lr}")
 
 
+#: which of the (non-validation) training identities a recognizer learns: the loss recognizer and the
+#: judge take disjoint halves, so the judge has never seen a face the generators were trained to please
+Identities = Literal["all", "first_half", "second_half", "even", "odd"]
+
+
 @dataclass
 class RecognizerSettings:
+    """The *loss recognizer*: identity losses, PIM's joint recognizer, distillation, search metric."""
+
     variant: Literal["lightcnn9", "lightcnn29", "lightcnn29v2"] = "lightcnn9"
     width_mult: float = 0.25
     max_abs_yaw: int = 30  # trained on near-frontal faces only, like public recognizers
-    checkpoint: Optional[Path] = None  # an official LightCNN file instead of training
+    identities: Identities = "all"
+    checkpoint: Optional[Path] = None  # instead of training: slimface .safetensors, or an official LightCNN file
     train: TrainSettings = field(default_factory=lambda: TrainSettings(steps=600, batch_size=64, lr=1e-3))
 
     def validate(self) -> None:
         _check_width(self.width_mult, "recognizer.width_mult")
+
+
+@dataclass
+class JudgeSettings:
+    """The independent judges that every reported rank-1 is read from; no training stage, search or
+    fine-tune ever receives them (slimface.models.judge)."""
+
+    variant: Literal["lightcnn9", "lightcnn29", "lightcnn29v2"] = "lightcnn29v2"  # not the loss recognizer's
+    width_mult: float = 0.25
+    max_abs_yaw: int = 30
+    identities: Identities = "second_half"
+    seed: int = 1  # its own initialisation and batch order, apart from the loss recognizer's
+    checkpoint: Optional[Path] = None  # a judge trained elsewhere (safetensors of this architecture)
+    dlib: bool = True  # also judge with dlib's ResNet descriptor (trained on real faces)
+    dlib_probes_per_group: int = 60  # dlib costs ~0.1 s per image on a CPU: a subset of the probes
+    train: TrainSettings = field(default_factory=lambda: TrainSettings(steps=600, batch_size=64, lr=1e-3))
+
+    def validate(self) -> None:
+        _check_width(self.width_mult, "judge.width_mult")
+        check(self.dlib_probes_per_group >= 0, "judge.dlib_probes_per_group must be >= 0 (0: every probe)")
 
 
 @dataclass
@@ -123,8 +151,15 @@ class SearchSettings:
     mutation_ratio: float = 0.5
     val_batches: int = 4
     bn_batches: int = 4
+    latency: Optional[str] = None  # predicted-latency budget on `runtime` ("15ms"), as well as the MACs budget
+    runtime: Literal["torch", "ort", "ort-int8"] = "ort"  # whose latency table prices the candidates
+    latency_table: Optional[str] = None  # a `slimface latency-table` JSON; default: built in the search dir
 
     def validate(self) -> None:
+        import re
+
+        check(self.latency is None or bool(re.fullmatch(r"\s*[0-9.]+(e-?[0-9]+)?\s*(ms|s|us)?\s*", str(self.latency))),
+              f"search.latency must be a duration like 15ms, got {self.latency!r}")
         check(self.population >= 2, f"search.population must be at least 2, got {self.population}")
         check(self.generations >= 0, f"search.generations must be >= 0, got {self.generations}")
         check(0 < self.parent_ratio <= 1, f"search.parent_ratio must be in (0, 1], got {self.parent_ratio}")
@@ -142,6 +177,7 @@ class DeploySettings:
     onnx: bool = True
     int8: bool = True
     calibration_batches: int = 8
+    int8_nodes: Literal["all", "faster"] = "all"  # faster: convs stay fp32 where the ort-int8 latency table says int8 is slower
 
 
 @dataclass
@@ -163,6 +199,7 @@ class PipelineConfig:
     families: list[str] = field(default_factory=lambda: ["tpgan", "crgan"])
     data: DataSettings = field(default_factory=DataSettings)
     recognizer: RecognizerSettings = field(default_factory=RecognizerSettings)
+    judge: JudgeSettings = field(default_factory=JudgeSettings)
     teachers: dict[str, TeacherSettings] = field(default_factory=dict)
     student: StudentSettings = field(default_factory=StudentSettings)
     search: SearchSettings = field(default_factory=SearchSettings)
@@ -177,6 +214,9 @@ class PipelineConfig:
         for fam in self.families:
             check(fam in known, f"families: unknown model {fam!r}; choose from {sorted(known)}")
         check(len(self.families) >= 1, "families: name at least one model to compress")
+        r, j = self.recognizer, self.judge
+        check(not (r.checkpoint and j.checkpoint and Path(r.checkpoint).resolve() == Path(j.checkpoint).resolve()),
+              "judge.checkpoint is the loss recognizer's file: a judge must be a network no training saw")
         for name in self.teachers:
             check(name in known, f"teachers: unknown model {name!r}; choose from {sorted(known)}")
             self.student_for(name), self.finetune_for(name)  # a bad per-family key fails at load time

@@ -12,7 +12,7 @@ disjoint shards per rank and the results all-gathered, so each rank ends with th
 single process (candidate generation only depends on the seed and on gathered results).
 
 Candidates' MACs are torchprofile's count (``count_macs``) computed by the eager counter
-``count_macs_fast`` (same integer, ~10x cheaper), after a cheap conv-only lower bound has
+``count_macs_fast`` (same integer, no jit trace), after a cheap conv-only lower bound has
 screened them; the winner's count is checked once against torchprofile itself.
 """
 
@@ -34,6 +34,8 @@ from torch import Tensor, nn
 from slimface.compress.ofa import Batch, default_forward, preserve_bn, recalibrate_bn
 from slimface.compress.space import Config, ConfigSpace, active_config, macs_of, params_of
 from slimface.errors import ConfigError
+from slimface.fileio import set_aside_unless_keyed, write_key
+from slimface.models.judge import refuse_judge
 from slimface.nn.modes import module_mode
 from slimface.nn.profile import ConvMacsModel, format_count, parse_count
 from slimface.train import distributed as D
@@ -61,6 +63,8 @@ class SearchResult:
     evaluated: list[dict[str, Any]] = field(default_factory=list)
     new_evaluations: int = 0
     method: str = ""
+    best_latency_ms: float | None = None  # predicted, when searched under a latency budget
+    cache_set_aside: Path | None = None  # where a cache of another key went (``cache_key``)
 
 
 # -------------------------------------------------------------------- metrics
@@ -85,7 +89,9 @@ def identity_metric(supernet: nn.Module, cfg: Config, val_batches: Sequence[Batc
                     bn_batches: Sequence[Batch] | None = None) -> float:
     """Mean cosine similarity between recognizer features of the sub-network's output and of the
     ground-truth frontal, on a validation split of TRAINING identities (never test identities),
-    after BN recalibration on ``bn_batches`` (default: the validation batches)."""
+    after BN recalibration on ``bn_batches`` (default: the validation batches). ``recognizer`` is
+    the loss recognizer: a judge is refused, so no search decision is ever made by one."""
+    refuse_judge(recognizer, "the search metric")
 
     def fn(out: Tensor, batch: Batch) -> Tensor:
         a = recognizer.embed(out)
@@ -149,10 +155,20 @@ def _write_jsonl_atomic(path: Path, records: Sequence[Mapping[str, Any]]) -> Non
 class _Searcher:
     def __init__(self, space: ConfigSpace, budget: float, evaluate_fn: EvaluateFn,
                  cost_fn: Callable[[Config], tuple[int, int]], cache_path: Path | None,
-                 bound_fn: Callable[[Config], int] | None = None) -> None:
+                 bound_fn: Callable[[Config], int] | None = None,
+                 latency_fn: Callable[[Config], float] | None = None, latency_budget: float | None = None,
+                 cache_key: str | None = None) -> None:
         self.space, self.budget, self.evaluate_fn, self.cost_fn = space, budget, evaluate_fn, cost_fn
+        self.latency_fn, self.latency_budget = latency_fn, latency_budget
+        self._latency: dict[str, float] = {}
         self.bound_fn = bound_fn
         self.cache_path = cache_path
+        self.cache_key = cache_key
+        self.cache_set_aside: Path | None = None
+        if cache_path is not None and cache_key is not None and D.is_main():
+            # a cache of another supernet / recognizer / validation set moves aside before it is read
+            self.cache_set_aside = set_aside_unless_keyed(cache_path, cache_key)
+        D.barrier()
         self.cache = _read_cache(cache_path, space)
         self.order: list[str] = []  # configs touched by this search, in order
         self.new = 0
@@ -164,15 +180,33 @@ class _Searcher:
             self._costs[key] = self.cost_fn(cfg)
         return self._costs[key]
 
+    def latency(self, cfg: Config) -> float | None:
+        """Predicted latency (ms) of ``cfg`` when searching under a latency budget, else None."""
+        if self.latency_fn is None:
+            return None
+        key = self.space.encode(cfg)
+        if key not in self._latency:
+            self._latency[key] = float(self.latency_fn(cfg))
+        return self._latency[key]
+
     def feasible(self, cfg: Config) -> bool:
-        """Exact MACs under the budget; a cheap lower bound (when given) rejects most misses first."""
+        """Exact MACs under the budget (and predicted latency within the latency budget, if any); a
+        cheap lower bound (when given) rejects most MACs misses first."""
+        if self.latency_budget is not None and (self.latency(cfg) or 0.0) > self.latency_budget:
+            return False
         if self.bound_fn is not None and self.space.encode(cfg) not in self._costs and self.bound_fn(cfg) >= self.budget:
             return False
         return self.cost(cfg)[0] < self.budget
 
+    def with_latency(self, rec: dict[str, Any]) -> dict[str, Any]:
+        lat = self.latency(self.space.decode(rec["config"]))
+        return rec if lat is None else {**rec, "latency_ms": lat}
+
     def repair(self, cfg: Config, gen: torch.Generator) -> Config:
         """Shrink random groups until the cheap bound fits the budget, so the sampled candidates
         land near the budget instead of being rejected one costly count each."""
+        if self.latency_budget is not None and self.latency_fn is not None:
+            cfg = self.space.shrink(cfg, lambda c: self.latency(c) or 0.0, self.latency_budget, gen)
         if self.bound_fn is None:
             return cfg
         # the bound misses norms and element-wise ops (a few % of the exact count): aim below it
@@ -199,6 +233,8 @@ class _Searcher:
                     f.write(json.dumps(rec, sort_keys=True) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
+            if self.cache_key is not None:
+                write_key(self.cache_path, self.cache_key)
         for k in keys:
             if k not in self.order:
                 self.order.append(k)
@@ -223,6 +259,9 @@ def search(
     max_tries: int = 1000,
     cost_fn: Callable[[Config], tuple[int, int]] | None = None,
     resolution: int | None = None,
+    latency_fn: Callable[[Config], float] | None = None,
+    latency_budget_ms: float | None = None,
+    cache_key: str | None = None,
 ) -> SearchResult:
     """Best sub-network (highest ``evaluate_fn``) with MACs < ``budget_macs``.
 
@@ -232,6 +271,11 @@ def search(
     (:func:`~slimface.compress.space.macs_of`). Evolution: ``population`` feasible random configs,
     then per generation the best ``parent_ratio`` survive, ``mutation_ratio`` of the population is
     made by mutating parents (each group resampled with ``mutate_prob``) and the rest by crossover.
+    ``latency_fn(cfg) -> ms`` (e.g. a :class:`~slimface.deploy.latency_table.LatencyModel`): every
+    evaluated record gets ``latency_ms``; with ``latency_budget_ms`` only configs predicted at or
+    under it are candidates (as well as under the MACs budget). ``cache_key``: what the cached
+    metrics were computed from (the stage's resume key); a ``cache_path`` of another key is moved aside
+    before it is read, and the key is recorded beside the cache once a record is written.
     """
     try:
         budget = parse_count(budget_macs)
@@ -257,7 +301,15 @@ def search(
     if not (0 < parent_ratio <= 1 and 0 <= mutation_ratio <= 1 and population >= 2 and generations >= 0):
         raise ConfigError("search: need population >= 2, 0 < parent_ratio <= 1, 0 <= mutation_ratio <= 1, generations >= 0")
 
-    s = _Searcher(space, budget, evaluate_fn, cost_fn, Path(cache_path) if cache_path else None, bound_fn)
+    if latency_budget_ms is not None and latency_fn is None:
+        raise ValueError("a latency budget needs a latency_fn (a latency model of the target runtime)")
+    s = _Searcher(space, budget, evaluate_fn, cost_fn, Path(cache_path) if cache_path else None, bound_fn,
+                  latency_fn, latency_budget_ms, cache_key)
+    if latency_budget_ms is not None and (s.latency(space.smallest()) or 0.0) > latency_budget_ms:
+        raise ConfigError(
+            f"latency budget {latency_budget_ms:g} ms is below the smallest sub-network's predicted "
+            f"{s.latency(space.smallest()):.2f} ms on this runtime; raise --latency above it"
+        )
     smallest = s.cost(space.smallest())[0]
     if smallest >= budget:
         raise ConfigError(
@@ -296,7 +348,7 @@ def search(
                          for _ in range(population - n_parents - n_mut)]
             records = records[:n_parents] + s.evaluate(children)
 
-    evaluated = [s.cache[k] for k in s.order]
+    evaluated = [s.with_latency(s.cache[k]) for k in s.order]
     best = max(evaluated, key=lambda r: (r["metric"], -r["macs"], r["config"]))
     if reference_fn is not None:
         ref = int(reference_fn(space.decode(best["config"])))
@@ -310,7 +362,7 @@ def search(
     return SearchResult(
         best_cfg=space.decode(best["config"]), best_config=best["config"], best_metric=best["metric"],
         best_macs=best["macs"], best_params=best["params"], evaluated=evaluated, new_evaluations=s.new,
-        method=method,
+        method=method, best_latency_ms=best.get("latency_ms"), cache_set_aside=s.cache_set_aside,
     )
 
 

@@ -4,8 +4,12 @@ Formats, tried in this order:
 1. loaders registered with :func:`register_format` (e.g. the slimface export directory/file of
    state_dict + architecture JSON, plugged in by the module that defines that format); a slimface
    generator loaded this way gets its batch norms folded into its convs (:mod:`slimface.nn.fold`);
-2. ``.onnx`` -> ONNX Runtime (fp32 and int8 models alike; both are plain ONNX);
+2. ``.onnx`` -> ONNX Runtime (fp32 and int8 models alike; both are plain ONNX; an int8 model is
+   re-checked against the fp32 outputs it carries and refused where it breaks on this CPU,
+   :mod:`slimface.deploy.int8_guard`);
 3. ``.pt`` / ``.pth`` / ``.ts`` -> TorchScript (``torch.jit.load``).
+Registered here: ``model.pt2`` (torch.export program) and the slimface export, given as its folder
+or as its ``model.safetensors`` / ``arch.json`` file.
 Resolution and channels come from the ONNX ``metadata_props`` / TorchScript extra file written by
 :mod:`slimface.deploy.onnx_export`, else from the graph's static input shape, else ``None``.
 A missing, corrupt or unrecognised file raises :class:`~slimface.errors.CheckpointError`.
@@ -96,8 +100,14 @@ class OnnxFrontalizer(Frontalizer):
 
     kind = "onnx"
 
-    def __init__(self, path: Path, threads: int | None = None, providers: list[str] | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None = None, providers: list[str] | None = None,
+                 verify_int8: bool = True) -> None:
+        """``verify_int8``: re-check an int8 model against the fp32 outputs stored in it and refuse it
+        (:class:`~slimface.errors.Int8RefusedError`) where its int8 kernels break it on this CPU."""
         import onnxruntime as ort
+
+        from slimface.deploy.int8_guard import verify_loaded
+        from slimface.deploy.quantize import session_kwargs
 
         opts = ort.SessionOptions()
         if threads is not None:
@@ -107,12 +117,18 @@ class OnnxFrontalizer(Frontalizer):
             self.session = ort.InferenceSession(
                 str(path), opts, providers=providers or ["CPUExecutionProvider"]
             )
+            extra = session_kwargs(self.session.get_modelmeta().custom_metadata_map)
+            if extra:  # an int8 model with nodes kept fp32 on purpose
+                self.session = ort.InferenceSession(
+                    str(path), opts, providers=providers or ["CPUExecutionProvider"], **extra
+                )
         except Exception as e:  # ORT raises several pybind error types for bad files
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(
                 f"{path}: not a loadable ONNX model ({msg[:160]}); re-export it with slimface"
             ) from None
         meta = self.session.get_modelmeta().custom_metadata_map
+        self.int8_check = verify_loaded(self.session, meta, str(path)) if verify_int8 else None
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
         shape = self.session.get_inputs()[0].shape
@@ -308,6 +324,11 @@ def _load_slimface_export(path: Path) -> nn.Module:
 
 register_format(lambda p: p.suffix.lower() == ".pt2", _load_program, "torch.export program")
 register_format(lambda p: p.is_dir() and (p / "arch.json").is_file(), _load_slimface_export, "slimface export")
+register_format(  # the export's weights file (or its arch.json) given instead of its folder
+    lambda p: p.is_file() and p.name.lower() in ("model.safetensors", "arch.json") and (p.parent / "arch.json").is_file()
+    and (p.parent / "model.safetensors").is_file(),
+    lambda p: _load_slimface_export(p.parent), "slimface export file",
+)
 
 
 def load_frontalizer(path: str | Path, device: str = "cpu", threads: int | None = None) -> Frontalizer:
@@ -337,6 +358,11 @@ def load_frontalizer(path: str | Path, device: str = "cpu", threads: int | None 
         return OnnxFrontalizer(path, threads=threads)
     if suffix in (".pt", ".pth", ".ts", ".torchscript"):
         return _load_torchscript(path, device)
+    if suffix == ".safetensors":
+        raise CheckpointError(
+            f"{path}: safetensors weights need the export's arch.json beside them (named model.safetensors); "
+            "pass the export folder"
+        )
     # Unknown suffix: sniff the content (ONNX protobuf vs TorchScript zip).
     with open(path, "rb") as fh:
         head = fh.read(4)

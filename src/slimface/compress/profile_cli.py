@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from slimface.errors import ConfigError
+from slimface.errors import ConfigError, Int8RefusedError
 from slimface.evaluate.bench import RUNTIME_LABELS
 from slimface.models.registry import Generator, build_generator, get_family
 from slimface.nn.profile import count_macs, count_params
@@ -89,7 +89,10 @@ def bench_report(model: str, resolution: int = 128, width_mult: float = 1.0, stu
     folded into their convs unless ``fold_bn`` is False).
 
     ``runtimes``: also compare the *student* under PyTorch fp32 / ONNX Runtime fp32 / ONNX Runtime
-    int8 (see :func:`student_runtimes_report`), stored under ``report["runtimes"]``.
+    int8 and the teacher under PyTorch fp32 / ONNX Runtime fp32, all in one interleaved run (see
+    :func:`student_runtimes_report`), stored under ``report["runtimes"]`` with the teacher/student
+    ``ratios`` of that run. Every entry has p50/p90 latencies; ``machine`` (CPU name and int8
+    features), ``versions`` and ``threads`` say where they were measured.
     """
     from slimface.evaluate.bench import benchmark_teacher_student
 
@@ -106,10 +109,13 @@ def bench_report(model: str, resolution: int = 128, width_mult: float = 1.0, stu
     report.update({"model": model, "resolution": resolution, "width_mult": width_mult, "student_config": code})
     for key, net in (("teacher_counts", teacher), ("student_counts", stud)):
         report[key] = {"params": count_params(net), "macs": count_macs(net, inputs)}
-    if runtimes:
-        del teacher  # a full-size teacher holds hundreds of MB; the runtime comparison needs only the student
+    if runtimes:  # the student under each runtime, the teacher under PyTorch and ONNX Runtime, one run
         report["runtimes"] = student_runtimes_report(stud, inputs, warmup=warmup, runs=runs, threads=threads,
-                                                     n_calibration=n_calibration, fold_bn=fold_bn)
+                                                     n_calibration=n_calibration, fold_bn=fold_bn, teacher=teacher)
+    from slimface.deploy.latency_table import library_versions, machine_info
+
+    report["machine"], report["versions"] = machine_info(), library_versions()
+    report["threads"] = report.get("threads") or torch.get_num_threads()
     return report
 
 
@@ -141,7 +147,7 @@ def random_calibration(example_inputs: tuple, n: int = 8, seed: int = 0,
 def student_runtimes_report(student: torch.nn.Module, example_inputs: tuple, warmup: int = 100, runs: int = 100,
                             threads: int | None = None, calibration: list[dict[str, Any]] | None = None,
                             n_calibration: int = 8, quantize_kwargs: dict[str, Any] | None = None,
-                            fold_bn: bool = True) -> dict[str, Any]:
+                            fold_bn: bool = True, teacher: torch.nn.Module | None = None) -> dict[str, Any]:
     """One student under PyTorch fp32, ONNX Runtime fp32 and ONNX Runtime int8, timed in one process.
 
     The student is exported with :func:`~slimface.deploy.onnx_export.export_onnx` into a temporary
@@ -157,6 +163,9 @@ def student_runtimes_report(student: torch.nn.Module, example_inputs: tuple, war
     PyTorch on ``example_inputs``), ``int8_max_abs_diff_vs_pytorch`` / ``int8_mean_abs_diff_vs_pytorch``
     (ORT int8 vs PyTorch on ``example_inputs``), ``int8`` (the quantization report: output diffs vs ORT fp32 on the calibration inputs,
     op types run in int8 / left in fp32) and ``calibration`` (how many feeds, where from).
+    With ``teacher``, the teacher is exported too and timed under PyTorch fp32 and ONNX Runtime fp32 in
+    the same interleaved run (labels :data:`TEACHER_LABELS`), and ``ratios`` holds the teacher/student
+    speed-ups of that run (:func:`~slimface.evaluate.bench.runtime_ratios`).
     """
     import tempfile
     from pathlib import Path
@@ -166,7 +175,7 @@ def student_runtimes_report(student: torch.nn.Module, example_inputs: tuple, war
     from slimface.deploy.onnx_export import check_onnx, export_onnx
     from slimface.deploy.quantize import quantize_int8
     from slimface.deploy.runtime import load_frontalizer
-    from slimface.evaluate.bench import benchmark_runtimes
+    from slimface.evaluate.bench import TEACHER_LABELS, benchmark_runtimes, inference_copy, runtime_ratios
 
     student = student.eval().cpu()
     inputs = tuple(t.cpu() for t in example_inputs)
@@ -176,24 +185,39 @@ def student_runtimes_report(student: torch.nn.Module, example_inputs: tuple, war
     with tempfile.TemporaryDirectory(prefix="slimface-runtimes-") as tmp:
         fp32_path = export_onnx(student, inputs, Path(tmp) / "student.onnx")
         out["onnx_max_abs_diff"] = check_onnx(student, fp32_path, inputs)
-        rep = quantize_int8(fp32_path, Path(tmp) / "student.int8.onnx", calib, **(quantize_kwargs or {}))
-        info = rep.as_dict()
-        info.pop("path", None)
-        onnx = {RUNTIME_LABELS[1]: load_frontalizer(fp32_path, threads=threads),
-                RUNTIME_LABELS[2]: load_frontalizer(rep.path, threads=threads)}
-        x, lm = inputs[0], (inputs[1] if len(inputs) > 1 else None)
-        with torch.inference_mode():
-            ref = student(x, lm).float().numpy().astype(np.float64)
-        int8_out = onnx[RUNTIME_LABELS[2]](x.numpy(), None if lm is None else lm.numpy())
-        d = np.abs(np.asarray(int8_out, dtype=np.float64) - ref)
-        out["int8_max_abs_diff_vs_pytorch"], out["int8_mean_abs_diff_vs_pytorch"] = float(d.max()), float(d.mean())
+        onnx = {RUNTIME_LABELS[1]: load_frontalizer(fp32_path, threads=threads)}
+        try:
+            rep = quantize_int8(fp32_path, Path(tmp) / "student.int8.onnx", calib, **(quantize_kwargs or {}))
+        except Int8RefusedError as e:  # int8 refused on this CPU: time the other runtimes, say why
+            info = {"refused": str(e)}
+            out["int8_refused"] = str(e)
+        else:
+            info = rep.as_dict()
+            info.pop("path", None)
+            onnx[RUNTIME_LABELS[2]] = load_frontalizer(rep.path, threads=threads)
+            x, lm = inputs[0], (inputs[1] if len(inputs) > 1 else None)
+            with torch.inference_mode():
+                ref = student(x, lm).float().numpy().astype(np.float64)
+            int8_out = onnx[RUNTIME_LABELS[2]](x.numpy(), None if lm is None else lm.numpy())
+            d = np.abs(np.asarray(int8_out, dtype=np.float64) - ref)
+            out["int8_max_abs_diff_vs_pytorch"] = float(d.max())
+            out["int8_mean_abs_diff_vs_pytorch"] = float(d.mean())
+        if teacher is not None:  # the teacher in the same run, under PyTorch and under ONNX Runtime
+            teacher = teacher.eval().cpu()
+            t_path = export_onnx(teacher, inputs, Path(tmp) / "teacher.onnx")
+            t_copy, _ = inference_copy(teacher, inputs, fold_bn)
+            onnx[TEACHER_LABELS[0]] = lambda xn, lmn, m=t_copy: m(
+                torch.from_numpy(xn), None if lmn is None else torch.from_numpy(lmn))
+            onnx[TEACHER_LABELS[1]] = load_frontalizer(t_path, threads=threads)
         timed = benchmark_runtimes(student, inputs, onnx, warmup=warmup, runs=runs, threads=threads,
                                    fold_bn=fold_bn)
         del onnx  # release the sessions before the temporary files go
-    out.update({label: timed[label] for label in RUNTIME_LABELS})
-    fp, q = timed[RUNTIME_LABELS[1]], timed[RUNTIME_LABELS[2]]
-    out["int8_vs_ort_fp32"] = fp["latency_ms"] / q["latency_ms"]
-    out["int8_vs_ort_fp32_median"] = fp["latency_median_ms"] / q["latency_median_ms"]
+    out.update({label: timed[label] for label in RUNTIME_LABELS + TEACHER_LABELS if label in timed})
+    out["ratios"] = runtime_ratios(timed)
+    if RUNTIME_LABELS[2] in timed:
+        fp, q = timed[RUNTIME_LABELS[1]], timed[RUNTIME_LABELS[2]]
+        out["int8_vs_ort_fp32"] = fp["latency_ms"] / q["latency_ms"]
+        out["int8_vs_ort_fp32_median"] = fp["latency_median_ms"] / q["latency_median_ms"]
     out["int8"] = info
     out["calibration"] = {"samples": len(calib), "source": source}
     out["threads"], out["warmup"], out["runs"] = timed[RUNTIME_LABELS[0]]["threads"], warmup, runs

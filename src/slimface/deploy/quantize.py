@@ -1,60 +1,30 @@
 """int8 post-training static quantization of an exported ONNX generator (ONNX Runtime).
 
 Why static QDQ: activations get fixed scales from calibration, so ORT fuses
-``DequantizeLinear -> Conv -> QuantizeLinear`` into ``QLinearConv`` (int8 GEMMs; with AVX512-VNNI
-these are several times faster than fp32 convs). Weights: signed int8, per output channel (the
-first/last convs of generators have very uneven channel ranges); activations: uint8 (ORT's fast
-U8S8 path on x86). Calibration data: an iterable of input dicts (``image``, ``landmarks``), e.g.
-training profiles + their landmarks (:func:`calibration_from_batches` converts PairDataset batches).
+``DequantizeLinear -> Conv -> QuantizeLinear`` into ``QLinearConv``. Weights: signed int8, per output
+channel (the first/last convs of generators have very uneven channel ranges); activations: uint8
+(ORT's U8S8 path on x86). Calibration data: an iterable of input dicts (``image``, ``landmarks``),
+e.g. training profiles + their landmarks (:func:`calibration_from_batches` converts PairDataset
+batches).
 
-What stays fp32 on ORT's CPU provider (measured with ORT 1.31): ``ConvTranspose`` has no int8
-kernel, so quantizing it only adds Dequantize work around an fp32 deconv; it is therefore left out
-of ``op_types`` by default. ``GridSample``, ``Tanh`` and other elementwise ops stay fp32 as well.
+The weight range is chosen for the CPU it runs on (:func:`slimface.deploy.int8_guard.choose_settings`:
+7-bit weights on x86 without VNNI, where 8-bit u8s8 convs saturate), and the quantized model is
+checked against fp32 on the calibration inputs; one that moved too far is refused
+(:class:`~slimface.errors.Int8RefusedError`) and not written. The model carries its check inputs,
+fp32 outputs, settings and CPU in its metadata, so loading it on another CPU re-checks it.
 
-Is int8 faster? Not for slimface's students on ORT 1.31's CPU provider, and no quantization option
-tried changes that (measured on a 2-core AVX512-VNNI Xeon shared with training jobs, 1 thread,
-batch 1, runtimes alternated in one process, 3 repeats; ``benchmarks/int8_options.py`` reruns it):
-
-- Run size (the quick preset's trained TP-GAN student, 64x64, width 0.25, 72M MACs, 292 convs):
-  ORT fp32 13-16 ms, int8 (these defaults) 21-24 ms; per-tensor weights 21-24 ms, QOperator format
-  21-23 ms, ORT graph level EXTENDED 22-25 ms / BASIC 30-32 ms (fp32 at EXTENDED: 21 ms -- the
-  default ALL level's NCHWc layout is what makes fp32 fast). Excluding convs from quantization
-  (``nodes_to_exclude``: the 250 convs under 100k MACs, the 297 under 1M, the 140 depthwise ones,
-  each with or without the elementwise ops that then only see fp32 inputs) gave 19-24 ms. Mean abs
-  output change vs fp32 stayed 0.019-0.024 in every variant (max 0.19-0.28) on 24 synthetic profiles.
-- Why: ORT's profiler shows int8 ``QLinearConv`` *slower* than the fp32 NCHWc convs it replaces:
-  17.3 ms for the 292 int8 convs vs 8.6 ms fp32; depthwise 5x5/7x7 convs are 2-7x slower in int8
-  (e.g. 52 channels 5x5 at 64x64: 1.7 ms vs 0.3 ms). The channel counts are too small for the
-  VNNI GEMMs to pay for themselves, and every QLinear op is a separate kernel (fp32 fuses
-  Conv+LeakyRelu).
-- Full size (128x128, width 1.0, smallest students, random weights): the same picture, int8 is
-  ~0.6x the speed of ORT fp32 (TP-GAN: depthwise convs 33.9 ms int8 vs 17.2 ms fp32 per forward,
-  the other convs 14.9 vs 12.5 ms); keeping the depthwise convs fp32 still leaves int8 ~1.2x slower.
-- Caveat for ``nodes_to_exclude`` on convs: ORT >= 1.21 runs the ``WeightBiasQuantization``
-  graph transformer, which quantizes the float weights of any Conv that reads a per-tensor
-  ``DequantizeLinear`` output -- so an excluded conv between two quantized ops becomes a
-  ``QLinearConv`` again at session creation (the exclusion above only took effect with
-  ``disabled_optimizers=["WeightBiasQuantization"]`` on the session, or where the neighbours were
-  excluded too).
-
-On an AVX512-VNNI AMD EPYC (ORT 1.32, 1 thread, beside two training jobs, alternated runs) the
-kernels themselves tell the story (``benchmarks/int8_conv_kernels.py``, four convs + LeakyReLU):
-int8 is 2.8x faster than fp32 for a dense 3x3 conv of 64 channels at 32x32 and 5.4x for 256
-channels at 16x16, but 1.3x for 16 channels at 64x64, 1.5x for a 1x1 conv of 64 channels, 0.73x
-for a 1x1 of 16 channels, and 0.62x / 0.30x for 5x5 / 7x7 depthwise convs. A depthwise-separable
-student at the quick preset's widths is made of the last four, so the whole run-size student
-(TP-GAN, 61M MACs, random weights) runs at 0.68x of ORT fp32 in int8 (14.8 vs 10.0 ms) and 0.78x
-(12.9 ms) with its 140 depthwise convs kept fp32 (``nodes_to_exclude`` + WeightBiasQuantization
-disabled: 152 QLinearConv left, checked on the optimised graph).
-
-The int8 export is therefore kept for its size (about half the fp32 file) and for runtimes with
-faster int8 kernels, not as the fast CPU path; ONNX Runtime fp32 is.
+``ConvTranspose`` has no int8 kernel on ORT's CPU provider, so quantizing it only adds Dequantize
+work around an fp32 deconv; it is left out of ``op_types`` by default. ``GridSample``, ``Tanh`` and
+other elementwise ops stay fp32 as well. Whether int8 is faster than fp32 depends on the layer
+shapes and the CPU (measurements: docs/experiments/2026-12-int8-kernels.md); ``nodes_to_exclude``
+keeps chosen nodes fp32 (see :mod:`slimface.deploy.latency_table` for choosing them).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import logging
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -65,15 +35,26 @@ from typing import Any
 import numpy as np
 import torch
 
+from slimface.deploy.int8_guard import (
+    MIN_COSINE,
+    MIN_PSNR_DB,
+    Int8Settings,
+    attach_check,
+    choose_settings,
+    clear_refusal,
+    verify_session,
+    write_refusal,
+)
 from slimface.deploy.onnx_export import set_onnx_metadata
+from slimface.errors import CheckpointError, DataError, Int8RefusedError
 from slimface.fileio import atomic_write
-from slimface.errors import CheckpointError, DataError
 
 __all__ = [
     "QuantReport",
     "quantize_int8",
     "calibration_from_batches",
     "DEFAULT_OP_TYPES",
+    "session_kwargs",
 ]
 
 # Ops whose int8 versions ORT's CPU provider actually runs (QLinearConv, QLinearAdd, ...).
@@ -94,6 +75,9 @@ class QuantReport:
     preprocessed: bool
     int8_ops: dict[str, int] = field(default_factory=dict)   # op types that run in int8 (after ORT fusion)
     fp32_ops: dict[str, int] = field(default_factory=dict)   # compute ops left in fp32
+    psnr_db: float = float("inf")                            # int8 vs fp32, data range 1
+    settings: dict[str, Any] = field(default_factory=dict)   # Int8Settings chosen for the CPU
+    fp32_nodes: list[str] = field(default_factory=list)      # nodes kept fp32 on purpose (nodes_to_exclude)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -101,9 +85,12 @@ class QuantReport:
             "n_calibration": self.n_calibration,
             "max_abs_diff": self.max_abs_diff,
             "mean_abs_diff": self.mean_abs_diff,
+            "psnr_db": self.psnr_db,
             "preprocessed": self.preprocessed,
             "int8_ops": self.int8_ops,
             "fp32_ops": self.fp32_ops,
+            "settings": self.settings,
+            "fp32_nodes": self.fp32_nodes,
         }
 
 
@@ -180,6 +167,20 @@ def _fused_op_counts(path: Path, disabled_optimizers: Sequence[str] = ()) -> tup
     return dict(sorted(int8.items())), dict(sorted(fp32.items()))
 
 
+#: ORT (>= 1.21) graph transformer that re-quantizes the weights of an fp32 Conv fed by a
+#: DequantizeLinear; disabled on sessions of models that keep chosen nodes fp32 on purpose.
+KEEP_FP32_DISABLED_OPTIMIZERS: tuple[str, ...] = ("WeightBiasQuantization",)
+FP32_NODES_KEY = "int8_fp32_nodes"  # metadata: JSON list of node names kept fp32
+OPS_KEY = "int8_ops"  # metadata: JSON {"int8": op counts, "fp32": compute ops left fp32, "psnr_db"} after ORT fusion
+
+
+def session_kwargs(metadata: Mapping[str, str]) -> dict[str, Any]:
+    """Extra ``InferenceSession`` arguments an int8 model needs (from its ``custom_metadata_map``)."""
+    if metadata.get(f"slimface.{FP32_NODES_KEY}"):
+        return {"disabled_optimizers": list(KEEP_FP32_DISABLED_OPTIMIZERS)}
+    return {}
+
+
 def quantize_int8(
     fp32_path: str | Path,
     out_path: str | Path,
@@ -189,25 +190,39 @@ def quantize_int8(
     max_samples: int = 256,
     preprocess: bool = True,
     calibrate_method: str = "minmax",
+    settings: Int8Settings | None = None,
+    nodes_to_exclude: Sequence[str] = (),
+    guard: bool = True,
+    min_psnr: float = MIN_PSNR_DB,
+    recognizer: Any = None,
 ) -> QuantReport:
     """Quantize ``fp32_path`` to int8 (static, QDQ) into ``out_path`` (atomic); report the error.
 
     ``calibration``: feeds ``{"image": (B,C,H,W), "landmarks": (B,5,2)}`` (numpy or tensors); at most
     ``max_samples`` are used. ``op_types=None`` quantizes every op type ORT can (incl. ConvTranspose).
-    ``calibrate_method``: ``minmax`` | ``entropy`` | ``percentile``. The report's diffs compare the
-    int8 and fp32 models' outputs on the same calibration inputs.
+    ``calibrate_method``: ``minmax`` | ``entropy`` | ``percentile``. ``settings``: weight type/range
+    (default :func:`~slimface.deploy.int8_guard.choose_settings` for this CPU). ``nodes_to_exclude``:
+    node names of the fp32 graph kept fp32 (also at session creation, see :func:`session_kwargs`).
+    With ``guard``, int8 outputs below ``min_psnr`` dB against fp32 on the calibration inputs (or, with
+    a ``recognizer``, an embedding cosine below ``int8_guard.MIN_COSINE``) raise
+    :class:`~slimface.errors.Int8RefusedError` and nothing is written (a stale ``out_path`` is removed).
     """
     import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
+    settings = settings or choose_settings()
     try:
         fp32_proto = onnx.load(str(fp32_path))
     except Exception:
         raise CheckpointError(f"{fp32_path}: not a readable ONNX model; export it with slimface first") from None
     graph_inputs = {i.name for i in fp32_proto.graph.input} - {i.name for i in fp32_proto.graph.initializer}
     input_names = [i.name for i in fp32_proto.graph.input if i.name in graph_inputs]
+    known_nodes = {n.name for n in fp32_proto.graph.node}
+    unknown = [n for n in nodes_to_exclude if n not in known_nodes]
+    if unknown:
+        raise DataError(f"nodes_to_exclude names {unknown[0]!r}, which is not a node of {fp32_path}")
 
     feeds: list[dict[str, np.ndarray]] = []
     for item in calibration:
@@ -224,6 +239,12 @@ def quantize_int8(
                "percentile": CalibrationMethod.Percentile}
     if calibrate_method not in methods:
         raise ValueError(f"calibrate_method must be one of {sorted(methods)}, got {calibrate_method!r}")
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    s_fp = ort.InferenceSession(str(fp32_path), so, providers=["CPUExecutionProvider"])
+    fp32_out = [s_fp.run(None, f)[0] for f in feeds]
+    extra_session = {"disabled_optimizers": list(KEEP_FP32_DISABLED_OPTIMIZERS)} if nodes_to_exclude else {}
 
     with tempfile.TemporaryDirectory() as tmp:
         src = fp32_path
@@ -246,6 +267,12 @@ def quantize_int8(
                         break
                     except Exception:  # noqa: BLE001 - try the lighter pre-processing next
                         continue
+                # ORT's basic optimisation keeps Conv node names; should it ever rename one that is to
+                # stay fp32, quantize the raw graph so that the exclusion still holds
+                if preprocessed and nodes_to_exclude:
+                    kept = {n.name for n in onnx.load(str(pre)).graph.node}
+                    if not set(nodes_to_exclude) <= kept:
+                        src, preprocessed = fp32_path, False
             except Exception:  # pre-processing is an optimisation only; quantize the raw graph instead
                 src, preprocessed = fp32_path, False
         q_tmp = Path(tmp) / "int8.onnx"
@@ -261,32 +288,41 @@ def quantize_int8(
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(op_types) if op_types is not None else None,
                 per_channel=per_channel,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
+                reduce_range=settings.reduce_range,
+                activation_type=getattr(QuantType, settings.activation_type),
+                weight_type=getattr(QuantType, settings.weight_type),
+                nodes_to_exclude=list(nodes_to_exclude),
                 calibrate_method=methods[calibrate_method],
                 extra_options={"CalibTensorRangeSymmetric": False},
             )
         finally:
             logging.getLogger().removeFilter(hint)
+        s_q = ort.InferenceSession(str(q_tmp), so, providers=["CPUExecutionProvider"], **extra_session)
+        out_name = s_q.get_outputs()[0].name
+        q_inputs = {i.name for i in s_q.get_inputs()}
+        stacked = {n: np.concatenate([f[n] for f in feeds]) for n in input_names if n in q_inputs}
+        reference = np.concatenate(fp32_out)
+        try:
+            stats = verify_session(lambda f: s_q.run([out_name], f)[0], stacked, reference, str(out_path),
+                                   settings.as_dict(), recognizer=recognizer,
+                                   min_psnr=min_psnr if guard else -float("inf"),
+                                   min_cosine=MIN_COSINE if guard else -float("inf"))
+        except Int8RefusedError as e:
+            out_path.unlink(missing_ok=True)  # never leave an older int8 model that looks current
+            write_refusal(out_path, str(e))
+            raise
+        int8_ops, fp32_ops = _fused_op_counts(q_tmp, extra_session.get("disabled_optimizers", ()))
         q_proto = onnx.load(str(q_tmp))
         meta = {p.key[len("slimface."):]: p.value for p in fp32_proto.metadata_props if p.key.startswith("slimface.")}
+        meta[OPS_KEY] = json.dumps({"int8": int8_ops, "fp32": fp32_ops, "psnr_db": round(stats["psnr_db"], 2)})
         meta["quantization"] = "int8-static-qdq" + ("-per-channel" if per_channel else "")
         meta["calibration_samples"] = str(len(feeds))
+        attach_check(meta, feeds, fp32_out, settings)
+        if nodes_to_exclude:
+            meta[FP32_NODES_KEY] = json.dumps(list(nodes_to_exclude))
         set_onnx_metadata(q_proto, meta)
         atomic_write(out_path, q_proto.SerializeToString())
+        clear_refusal(out_path)
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    s_fp = ort.InferenceSession(str(fp32_path), so, providers=["CPUExecutionProvider"])
-    s_q = ort.InferenceSession(str(out_path), so, providers=["CPUExecutionProvider"])
-    max_d, sum_d, n = 0.0, 0.0, 0
-    for f in feeds:
-        a = s_fp.run(None, f)[0]
-        b = s_q.run(None, f)[0]
-        d = np.abs(a.astype(np.float64) - b.astype(np.float64))
-        max_d = max(max_d, float(d.max()))
-        sum_d += float(d.sum())
-        n += d.size
-    int8_ops, fp32_ops = _fused_op_counts(out_path)
-    return QuantReport(out_path, len(feeds), max_d, sum_d / max(n, 1), preprocessed, int8_ops, fp32_ops)
-
+    return QuantReport(out_path, len(feeds), stats["max_abs_diff"], stats["mean_abs_diff"], preprocessed,
+                       int8_ops, fp32_ops, stats["psnr_db"], settings.as_dict(), list(nodes_to_exclude))

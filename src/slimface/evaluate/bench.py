@@ -41,6 +41,8 @@ from torch import nn
 
 __all__ = [
     "RUNTIME_LABELS",
+    "TEACHER_LABELS",
+    "runtime_ratios",
     "benchmark_runtimes",
     "benchmark_pair",
     "benchmark_teacher_student",
@@ -169,11 +171,22 @@ def peak_memory_bytes(model: nn.Module, example_inputs: tuple, device: str | tor
     return {"param_bytes": weights, "activation_peak_bytes": act, "peak_bytes": weights + act}
 
 
+def _quantile(sorted_ms: list[float], q: float) -> float:
+    """Linear-interpolated quantile of an ascending list (numpy's default method)."""
+    pos = q * (len(sorted_ms) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_ms) - 1)
+    return sorted_ms[lo] + (pos - lo) * (sorted_ms[hi] - sorted_ms[lo])
+
+
 def _stats(times_s: list[float]) -> dict[str, float]:
     ms = [t * 1000.0 for t in times_s]
+    srt = sorted(ms)
     return {
         "latency_ms": statistics.fmean(ms),
         "latency_median_ms": statistics.median(ms),
+        "latency_p50_ms": _quantile(srt, 0.5),
+        "latency_p90_ms": _quantile(srt, 0.9),
         "latency_std_ms": statistics.pstdev(ms) if len(ms) > 1 else 0.0,
         "latency_min_ms": min(ms),
     }
@@ -284,6 +297,8 @@ def inference_copy(model: nn.Module, example_inputs: tuple, fold_bn: bool = True
 
 
 RUNTIME_LABELS = ("PyTorch fp32", "ONNX Runtime fp32", "ONNX Runtime int8")
+#: the teacher under the same runtimes, timed in the same interleaved run as the student's
+TEACHER_LABELS = ("teacher PyTorch fp32", "teacher ONNX Runtime fp32")
 RUNTIME_BLOCK = 10  # runtimes are timed in blocks of 10 calls (see _interleaved)
 
 
@@ -319,6 +334,31 @@ def benchmark_runtimes(
         entry["speedup_vs_pytorch_median"] = base["latency_median_ms"] / entry["latency_median_ms"]
     base["folded_batchnorms"] = folded
     return timed
+
+
+def runtime_ratios(timed: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """Teacher-vs-student speed-ups from one interleaved run (:func:`benchmark_runtimes` with the
+    teacher's callables under :data:`TEACHER_LABELS`), each the ratio of the two medians (p50): the
+    same runtime on both sides, and the mixed "student in ORT vs teacher in PyTorch" one."""
+    def p50(label: str) -> float | None:
+        entry = timed.get(label)
+        if entry is None:
+            return None
+        return float(entry["latency_p50_ms"] if "latency_p50_ms" in entry else entry["latency_median_ms"])
+
+    pairs = {
+        "student vs teacher, both PyTorch fp32": (TEACHER_LABELS[0], RUNTIME_LABELS[0]),
+        "student vs teacher, both ONNX Runtime fp32": (TEACHER_LABELS[1], RUNTIME_LABELS[1]),
+        "student ONNX Runtime int8 vs teacher ONNX Runtime fp32": (TEACHER_LABELS[1], RUNTIME_LABELS[2]),
+        "student ONNX Runtime fp32 vs teacher PyTorch fp32": (TEACHER_LABELS[0], RUNTIME_LABELS[1]),
+        "student ONNX Runtime int8 vs student ONNX Runtime fp32": (RUNTIME_LABELS[1], RUNTIME_LABELS[2]),
+    }
+    out: dict[str, float] = {}
+    for name, (slow, fast) in pairs.items():
+        a, b = p50(slow), p50(fast)
+        if a is not None and b is not None and b > 0:
+            out[name] = a / b
+    return out
 
 
 def benchmark_pair(

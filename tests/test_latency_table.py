@@ -1,0 +1,213 @@
+"""Latency tables per runtime on the toy design space: schema, prediction, int8 node selection."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+from slimface.compress.space import ConfigSpace
+from slimface.deploy import latency_table as lt
+from slimface.deploy.latency_table import (
+    LatencyModel,
+    LatencyTable,
+    build_table,
+    design_layers,
+    fp32_node_names,
+    onnx_node_module,
+    parse_latency,
+)
+from slimface.errors import CheckpointError, ConfigError
+from test_compress_space import TOY_FAMILY, _build_gen
+
+RES = 16
+
+
+@pytest.fixture(scope="module")
+def torch_table() -> LatencyTable:
+    torch.manual_seed(0)
+    return build_table(TOY_FAMILY, RES, runtime="torch", threads=1, max_grid=2, fit_subnets=3)
+
+
+def _space_and_net() -> tuple[ConfigSpace, torch.nn.Module]:
+    net = _build_gen(RES, 3, 1.0, separable=True).eval()
+    return ConfigSpace.from_supernet(TOY_FAMILY, net), net
+
+
+def test_table_schema_and_roundtrip(torch_table: LatencyTable, tmp_path: Path) -> None:
+    t = torch_table
+    assert t.build_seconds < 60  # a test-sized table builds in seconds
+    d = json.loads(t.save(tmp_path / "t.json").read_text())
+    assert d["schema"] == lt.SCHEMA and d["runtime"] == "torch" and d["threads"] == 1
+    assert d["machine"]["cpu"] and "torch" in d["versions"] and "onnxruntime" in d["versions"]
+    assert d["model"] == {"family": TOY_FAMILY.name, "resolution": RES, "channels": 3, "width_mult": 1.0}
+    assert len(d["fit"]["subnets"]) == 3 and {"overhead_ms", "scale", "ms_per_melem"} <= set(d["fit"])
+    ops = {s["op"] for s in d["sites"].values()}
+    assert {"conv", "dwconv", "deconv"} <= ops  # every conv type of the design space
+    for s in d["sites"].values():
+        assert len(s["ms"]) == len(s["cin"]) and all(len(r) == max(1, len(s["cout"])) for r in s["ms"])
+        assert all(v >= 0 for r in s["ms"] for v in r)
+    back = LatencyTable.load(tmp_path / "t.json")
+    space, net = _space_and_net()
+    cfg = space.largest()
+    assert LatencyModel(back, net)(cfg) == pytest.approx(LatencyModel(t, net)(cfg))
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="latency table"):
+        LatencyTable.load(tmp_path / "bad.json")
+
+
+def test_prediction_is_layer_sum_plus_fitted_overhead(torch_table: LatencyTable) -> None:
+    space, net = _space_and_net()
+    model = LatencyModel(torch_table, net)
+    layers = design_layers(net)
+    assert len(model.layers) == len(layers) == sum(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))
+                                                   for m in net.modules())
+    cfg = space.sample(torch.Generator().manual_seed(3))
+    per = model.per_layer(cfg)
+    assert model.layer_sum(cfg) == pytest.approx(sum(r["ms"] for r in per))
+    t = torch_table
+    assert model(cfg) == pytest.approx(t.overhead_ms + t.scale * model.layer_sum(cfg) + t.ms_per_melem * model.melems(cfg))
+    assert model.layer_sum(space.smallest()) < model.layer_sum(space.largest())
+    # grid points are read back exactly, others interpolated between their neighbours
+    site_tab = next(s for s in t.sites.values() if len(s.cin) == 2 and len(s.cout) == 2)
+    a, b = site_tab.cin
+    assert site_tab.lookup(a, site_tab.cout[0]) == pytest.approx(site_tab.ms[0][0])
+    mid = site_tab.lookup((a + b) / 2, site_tab.cout[0])
+    assert min(site_tab.ms[0][0], site_tab.ms[1][0]) - 1e-9 <= mid <= max(site_tab.ms[0][0], site_tab.ms[1][0]) + 1e-9
+
+
+def test_fit_recovers_a_known_cost_model() -> None:
+    pts = [(s, e, 2.0 + 1.5 * s + 0.5 * e) for s, e in ((1, 1), (2, 5), (4, 2), (8, 9), (3, 7))]
+    assert lt._fit(pts) == pytest.approx((2.0, 1.5, 0.5))
+    overhead, scale, per_elem = lt._fit([(1, 1, 3.0), (2, 2, 4.0)])  # too few points: an offset only
+    assert (overhead, scale, per_elem) == (2.0, 1.0, 0.0)
+
+
+def test_parse_latency() -> None:
+    assert parse_latency("15ms") == 15.0 and parse_latency("0.02s") == 20.0 and parse_latency(7) == 7.0
+    for bad in ("fast", "-3ms", "0"):
+        with pytest.raises(ConfigError, match="latency"):
+            parse_latency(bad)
+
+
+def test_onnx_node_names_map_back_to_modules() -> None:
+    assert onnx_node_module("/res/res.0/conv1/depthwise/Conv") == "res.0.conv1.depthwise"
+    assert onnx_node_module("/enc2/enc2.0/pointwise/Conv") == "enc2.0.pointwise"
+    assert onnx_node_module("/out/Conv") == "out"
+
+
+def test_every_conv_of_a_tpgan_export_maps_to_its_module(tmp_path: Path) -> None:
+    """TP-GAN's local pathways sit in a ModuleDict the exporter leaves out of node names."""
+    from slimface.deploy.onnx_export import export_onnx
+    from slimface.models.registry import build_generator
+
+    net = build_generator("tpgan", 64, 3, 0.25, separable=True).eval()
+    path = export_onnx(net, net.example_inputs(), tmp_path / "t.onnx")
+    pairs = lt.conv_nodes_by_module(path, net)
+    convs = [ly.name for ly in design_layers(net) if ly.site.op != "linear"]
+    assert len(pairs) == len(convs) == sum(n.op_type in ("Conv", "ConvTranspose") for n in onnx.load(str(path)).graph.node)
+    eye = next(m for m in convs if m.startswith("local.") and m.endswith("depthwise"))
+    assert onnx_node_module(pairs[eye]).split(".")[-1] == "depthwise" and "local" not in pairs[eye]
+
+
+def test_int8_node_selection_keeps_the_listed_nodes_fp32(tmp_path: Path) -> None:
+    """A table that says depthwise int8 is slow keeps every depthwise conv fp32 in the quantized graph."""
+    from slimface.compress.profile_cli import random_calibration
+    from slimface.deploy.onnx_export import export_onnx
+    from slimface.deploy.quantize import quantize_int8
+    from slimface.deploy.runtime import load_frontalizer
+
+    table = build_table(TOY_FAMILY, RES, runtime="ort-int8", threads=1, max_grid=2, fit_subnets=0)
+    assert all(s.fp32_ms is not None for s in table.sites.values())
+    for key, s in table.sites.items():  # make the verdict certain: depthwise int8 10x slower, the rest 10x faster
+        slow = s.site.op == "dwconv"
+        s.ms = [[(10.0 if slow else 0.1) * max(v, 1e-3) for v in row] for row in s.fp32_ms]
+    space, net = _space_and_net()
+    cfg = space.smallest()
+    model = LatencyModel(table, net, int8_where_faster=True)
+    keep = model.fp32_layers(cfg)
+    dw = [n for n, m in net.named_modules() if getattr(m, "depthwise", False) is True]
+    assert sorted(keep) == sorted(dw) and keep
+    assert model.layer_sum(cfg) < LatencyModel(table, net).layer_sum(cfg)  # the cheaper choice per layer
+
+    sub = _build_gen(RES, 3, 1.0, separable=True, sub=cfg).eval()
+    path = export_onnx(sub, sub.example_inputs(), tmp_path / "s.onnx")
+    nodes = fp32_node_names(path, keep, sub)
+    assert len(nodes) == len(keep)
+    rep = quantize_int8(path, tmp_path / "s.int8.onnx", random_calibration(sub.example_inputs(), 4),
+                        nodes_to_exclude=nodes)
+    assert rep.fp32_nodes == nodes
+    assert rep.fp32_ops.get("Conv", 0) + rep.fp32_ops.get("FusedConv", 0) >= len(nodes)  # still fp32 after ORT
+    assert rep.int8_ops.get("QLinearConv", 0) == sum(1 for n in onnx.load(str(path)).graph.node
+                                                     if n.op_type == "Conv") - len(nodes)
+    f = load_frontalizer(rep.path)  # the session keeps them fp32 too (WeightBiasQuantization off)
+    assert json.loads(f.metadata["slimface.int8_fp32_nodes"]) == nodes
+    x, lm = sub.example_inputs()
+    assert f(x.numpy(), lm.numpy()).shape == tuple(x.shape)
+    from slimface.deploy.int8_guard import int8_summary
+
+    line = int8_summary(rep.path)  # the report's "what ran in int8" line
+    assert "QLinearConv x" in line and f"{len(nodes)} convs kept fp32" in line and "\n" not in line
+
+
+def test_cli_latency_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from slimface.cli import main
+
+    out = tmp_path / "toy.json"
+    assert main(["latency-table", TOY_FAMILY.name, "--runtime", "torch", "--resolution", "64", "--grid", "2",
+                 "--fit-subnets", "2", "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "| model | runtime |" in text and str(out) in text
+    assert LatencyTable.load(out).model["resolution"] == 64
+    with pytest.raises(ConfigError, match="runtime"):
+        lt.check_runtime("tflite")
+
+
+# ----------------------------------------------------------------------------- latency-budgeted search
+def test_search_respects_a_latency_budget_on_a_toy_space(tmp_path: Path) -> None:
+    """Analytic toy: MACs and latency disagree (group "b" is cheap in MACs but slow), so the
+    latency-feasible optimum differs from the MACs-only one; exhaustive and evolution both respect it."""
+    from slimface.compress.search import search
+    from test_compress_search import SPACE, cost_fn, value_fn
+
+    lat = {"a": 0.02, "b": 0.2, "c": 0.02, "d": 0.05, "e": 0.01}
+
+    def latency_fn(cfg: dict[str, int]) -> float:
+        return 1.0 + sum(lat[g] * v for g, v in cfg.items())
+
+    space = ConfigSpace(SPACE)
+    macs_budget, budget_ms = 300_000, 6.0
+    feasible = [c for c in space.enumerate() if cost_fn(c)[0] < macs_budget and latency_fn(c) <= budget_ms]
+    best = max(feasible, key=value_fn)
+    macs_only = max((c for c in space.enumerate() if cost_fn(c)[0] < macs_budget), key=value_fn)
+    assert latency_fn(macs_only) > budget_ms  # the MACs-only answer would break the latency budget
+    out = tmp_path / "evaluated.jsonl"
+    res = search(None, space, macs_budget, value_fn, method="exhaustive", cost_fn=cost_fn,
+                 latency_fn=latency_fn, latency_budget_ms=budget_ms, out_jsonl=out)
+    assert res.best_cfg == best and res.best_latency_ms == pytest.approx(latency_fn(best))
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == len(feasible) and all(r["latency_ms"] <= budget_ms for r in lines)
+    assert all(r["latency_ms"] == pytest.approx(latency_fn(space.decode(r["config"]))) for r in lines)
+    evo = search(None, space, macs_budget, value_fn, method="evolution", population=20, generations=8,
+                 cost_fn=cost_fn, latency_fn=latency_fn, latency_budget_ms=budget_ms)
+    assert all(r["latency_ms"] <= budget_ms and r["macs"] < macs_budget for r in evo.evaluated)
+    assert value_fn(evo.best_cfg) >= 0.95 * value_fn(best)
+    with pytest.raises(ConfigError, match="latency budget .* below the smallest"):
+        search(None, space, macs_budget, value_fn, cost_fn=cost_fn, latency_fn=latency_fn, latency_budget_ms=1.0)
+
+
+def test_search_with_a_measured_table(torch_table: LatencyTable) -> None:
+    """The real thing on the toy supernet: candidates priced by the torch table stay under the budget."""
+    from slimface.compress.search import search
+
+    space, net = _space_and_net()
+    model = LatencyModel(torch_table, net)
+    lo, hi = model(space.smallest()), model(space.largest())
+    budget_ms = lo + 0.5 * (hi - lo)
+    res = search(net, space, 1e12, lambda cfg: float(sum(cfg.values())), method="evolution", population=8,
+                 generations=2, latency_fn=model, latency_budget_ms=budget_ms, resolution=RES)
+    assert res.evaluated and all(r["latency_ms"] <= budget_ms for r in res.evaluated)
+    assert res.best_latency_ms is not None and res.best_latency_ms <= budget_ms

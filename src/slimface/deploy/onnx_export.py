@@ -1,12 +1,13 @@
 """Export a generator to ONNX (and TorchScript) with the metadata the runtime needs.
 
-Exporter choice (investigated on torch 2.13.0, CPU): ``torch.onnx.export`` now defaults to
+Exporter choice (for the pinned torch 2.13.0): ``torch.onnx.export`` now defaults to
 ``dynamo=True``, the torch.export-based exporter, which needs the ``onnxscript`` package (not a
-slimface dependency, not installed here). The TorchScript-based exporter is still available with
-``dynamo=False`` (it emits a DeprecationWarning) and exports conv / deconv / BatchNorm /
-``grid_sample`` (ONNX GridSample, opset >= 16) / concat generators with landmark inputs exactly
-(max abs diff ~1e-7 vs PyTorch) and with a dynamic batch axis. ``exporter="auto"`` therefore uses the
-TorchScript exporter when it exists and falls back to dynamo only if it has been removed.
+slimface dependency). The TorchScript-based exporter is still available with ``dynamo=False`` (it
+emits a DeprecationWarning) and exports conv / deconv / BatchNorm / ``grid_sample`` (ONNX GridSample,
+opset >= 16) / concat generators with landmark inputs exactly (to float rounding; the deploy tests
+compare every family's export with PyTorch) and with a dynamic batch axis. ``exporter="auto"``
+therefore uses the TorchScript exporter when it exists and falls back to dynamo only if it has been
+removed.
 
 Graph interface: inputs ``image`` (B,C,H,W float32 in [-1,1]) and ``landmarks`` (B,5,2 float32
 pixel coords), output ``frontal``. A generator that ignores its landmarks (CR-GAN) gets an ONNX

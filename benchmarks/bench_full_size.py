@@ -16,8 +16,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from slimface.compress.profile_cli import bench_report, scale_config_to_full
-from slimface.nn.profile import format_count
+from slimface.compress.extract import scale_config_to_full
+from slimface.evaluate.arch_bench import bench_report
+from slimface.nn.counts import format_count
 
 
 def student_for(model: str, args: argparse.Namespace) -> str:

@@ -2,8 +2,8 @@
 
 Usage:
     PYTHONPATH=src python benchmarks/bench_latency.py \
-        --teacher slimface.models.tpgan:build_teacher --student mypkg.students:build \
-        --teacher-kwargs '{"resolution": 128}' --resolution 128 --threads 2 --out bench.json [--onnx]
+        --teacher slimface.families:build_generator --student mypkg.students:build \
+        --teacher-kwargs '{"name": "tpgan", "resolution": 128}' --resolution 128 --threads 2 --out bench.json [--onnx]
 
 ``MODULE:FACTORY`` is an import string; the factory is called with the ``--*-kwargs`` JSON and must
 return an ``nn.Module`` with ``forward(image, landmarks)``. ``--spec FILE.json`` gives the same
@@ -84,7 +84,7 @@ def demo_generator(channels: int = 3, width: int = 32, blocks: int = 2) -> nn.Mo
 def load_factory(spec: str, kwargs: dict[str, Any]) -> nn.Module:
     """Build a model from ``MODULE:FACTORY`` with ``kwargs``."""
     if ":" not in spec:
-        raise SystemExit(f"error: {spec!r} is not MODULE:FACTORY (e.g. slimface.models.tpgan:build)")
+        raise SystemExit(f"error: {spec!r} is not MODULE:FACTORY (e.g. slimface.families:build_generator)")
     mod_name, fn_name = spec.split(":", 1)
     try:
         mod = importlib.import_module(mod_name)

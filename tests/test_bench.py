@@ -231,10 +231,21 @@ def test_report_deployment_table_full_size_rows(tmp_path: Path, with_full_runtim
 
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "bench.json").write_text(json.dumps({"tpgan": _fake_bench_entry(with_full_runtimes)}))
-    cfg = SimpleNamespace(name="t", families=["tpgan"], data=SimpleNamespace(kind="synth", resolution=64),
-                          teacher=lambda fam: SimpleNamespace(width_mult=0.25))
-    pipe = SimpleNamespace(out=tmp_path, cfg=cfg, stages=lambda: [], family_dir=lambda fam: tmp_path / fam)
-    md = write_report(pipe).read_text()
+    from slimface import stage_keys
+    from slimface.evaluate.config import BenchConfig
+    from slimface.evaluate.context import RunContext
+
+    def provenance():  # noqa: ANN202
+        prov = stage_keys.provenance(tmp_path, ["tpgan"])
+        return (prov, *stage_keys.provenance_lines(prov))
+
+    unused = SimpleNamespace  # what the report never reads
+    ctx = RunContext(name="t", out=tmp_path, seed=0, device=torch.device("cpu"), families=["tpgan"], stages=[],
+                     data_kind="synth", resolution=64, channels=3, teacher_widths={"tpgan": 0.25}, eval_batch_size=8,
+                     eval_probes_per_group=0, dlib_probes_per_group=0, bench=BenchConfig(), recognizer_info={},
+                     data=unused, pair_dataset=unused, batches=unused, teacher=unused, recognizer=unused,
+                     judges=unused, provenance=provenance)
+    md = write_report(ctx).read_text()
     table = md.split("## Deployment runtimes")[1].split("\n## ")[0]
     rows = [l for l in table.splitlines() if l.startswith("| tpgan")]
     full_rows = [l for l in rows if "128² ×1.0 (official widths, random weights)" in l]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from slimface.compress.profile_cli import bench_report
+from slimface.evaluate.arch_bench import bench_report
 from slimface.evaluate.bench import RUNTIME_LABELS, TEACHER_LABELS, _stats, runtime_ratios
 from test_compress_space import TOY_FAMILY
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from slimface.errors import CheckpointError
+from slimface.fileio import safe_load
 from slimface.train import checkpoint as C
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -125,19 +126,19 @@ def test_malicious_pickle_refused_without_running_it(tmp_path: Path, writer: str
         torch.save(payload, bad)
     assert not marker.exists()
     with pytest.raises(CheckpointError, match="arbitrary Python objects"):
-        C.safe_load(bad)
+        safe_load(bad)
     assert not marker.exists()
 
 
 def test_safe_load_errors_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
-        C.safe_load(tmp_path / "nope.pt")
+        safe_load(tmp_path / "nope.pt")
     torch.save([torch.zeros(1)], tmp_path / "list.pt")
     with pytest.raises(CheckpointError, match="not a state dict"):
-        C.safe_load(tmp_path / "list.pt")
+        safe_load(tmp_path / "list.pt")
     (tmp_path / "junk.pt").write_bytes(b"\x00" * 100)
     with pytest.raises(CheckpointError) as ei:
-        C.safe_load(tmp_path / "junk.pt")
+        safe_load(tmp_path / "junk.pt")
     assert "\n" not in str(ei.value)
 
 

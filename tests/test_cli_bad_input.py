@@ -67,7 +67,7 @@ class World:
 def _save_generator(family: str, resolution: int, width: float, path: Path, separable: bool = False) -> None:
     from safetensors.torch import save_file
 
-    from slimface.models.registry import build_generator
+    from slimface.families import build_generator
 
     gen = build_generator(family, resolution, 3, width, separable=separable)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -196,7 +196,8 @@ CASES: list[tuple[str, list[str], str, tuple[str, ...]]] = [
     ("wrong-list-item", [*RUN, "--set", "families=[tpgan, 3]"], "families[1]: expected a string", ()),
     ("unknown-family", [*RUN, "--set", "families=[stylegan]"], "unknown model 'stylegan'", ()),
     ("wrong-type-mapping", [*RUN, "--set", "data.synth=5"], "data.synth: expected a mapping", ()),
-    ("wrong-type-dict-value", [*RUN, "--set", "teachers.tpgan.loss.l1=abc"], "loss.l1: expected a number", ()),
+    ("wrong-type-dict-value", [*RUN, "--set", "teachers.tpgan.loss.symmetry=abc"], "loss.symmetry: expected a number", ()),
+    ("unknown-loss-key", [*RUN, "--set", "teachers.tpgan.loss.l1=1"], "teachers.tpgan.loss: unknown key 'l1'", ()),
     ("negative-steps", [*RUN, "--set", "student.train.steps=-5"], "steps must be at least 1, got -5", ()),
     ("zero-batch", [*RUN, "--set", "teachers.tpgan.train.batch_size=0"], "batch_size must be at least 1", ()),
     ("resolution", [*RUN, "--set", "data.resolution=96"], "data.resolution must be 64 or 128", ()),
@@ -211,8 +212,8 @@ CASES: list[tuple[str, list[str], str, tuple[str, ...]]] = [
     ("budget-below-smallest", [*SEARCH, "--budget", "1M"], "below the smallest sub-network", ()),
     ("budget-below-smallest-set", [*RUN, "--only", "search", "--set", "search.budget=1k"],
      "below the smallest sub-network", ()),
-    ("budget-malformed", [*SEARCH, "--budget", "lots"], "search.budget 'lots': expected e.g.", ()),
-    ("budget-negative", [*SEARCH, "--budget=-3M"], "must be a positive MACs count", ()),
+    ("budget-malformed", [*SEARCH, "--budget", "lots"], "search.budget: 'lots' is not a budget; use", ()),
+    ("budget-negative", [*SEARCH, "--budget=-3M"], "a MACs budget must be a positive count", ()),
     ("budget-factor", [*SEARCH, "--budget", "0.5x"], "a reduction factor must be above 1", ()),
     # --- checkpoints of another architecture / resolution / format
     ("ckpt-other-family", teacher_ckpt("{fx}/crgan.safetensors"), "they belong to another architecture", ()),
@@ -438,3 +439,32 @@ def test_disk_full_elsewhere_is_one_line(tmp_path: Path, capsys: pytest.CaptureF
     rc = main(["evaluate", "--config", str(TINY), "--out", str(tmp_path / "run"), "--no-progress"])
     line = assert_one_line(capsys.readouterr().err, "no space left on device")
     assert rc == 2 and "report.md" in line
+
+
+def test_a_bad_search_budget_fails_before_any_work(tmp_path: Path) -> None:
+    """``search.budget`` is parsed when the config loads (issue 21): a typo fails at once, in one line,
+    with exit 2 and nothing written, not after the teacher has trained; integer MAC counts load."""
+    import time
+
+    from slimface.compress.config import Budget
+    from slimface.config import load_config
+    from slimface.errors import ConfigError
+    from slimface.pipeline_config import PipelineConfig
+
+    out = tmp_path / "run"
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "slimface.cli", "run", "--config", str(TINY), "--out", str(out),
+                           "--set", "search.budget=abc"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "search.budget: 'abc' is not a budget" in lines[0]
+    assert elapsed < 2.0, f"took {elapsed:.2f} s: the config must be checked before torch is imported"
+    assert not out.exists() and proc.stdout == ""
+    for text, value in (("10x", None), ("72.8M", 72.8e6), ("2.5G", 2.5e9), (72_800_000, 72.8e6), (3e8, 3e8)):
+        budget = load_config(PipelineConfig, TINY, {"search.budget": text}).search.budget
+        assert isinstance(budget, Budget) and (budget.count == value if value else budget.factor == 10.0)
+    for bad, why in (("1x", "factor must be above 1"), ("0", "positive count"), ("-5M", "positive count"),
+                     (True, "not a budget"), ("10 MB", "not a budget")):
+        with pytest.raises(ConfigError, match=why):
+            load_config(PipelineConfig, TINY, {"search.budget": bad})

@@ -3,20 +3,19 @@ real families at 64 px / width 0.125 when their modules exist)."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 from torch import nn
 
-from slimface.compress.distill import (DistillConfig, DistillLoss, FeatureTaps, Mapper, is_conditional,
-                                       output_layout)
-from slimface.compress.finetune import FinetuneTask
-from slimface.compress.ofa import OFAConfig, OFATask, linear_decay, preserve_bn, recalibrate_bn
+from slimface.compress.config import DistillConfig, OFAConfig
+from slimface.compress.distill import DistillLoss, FeatureTaps, Mapper, is_conditional, output_layout
+from slimface.compress.bn import preserve_bn, recalibrate_bn
+from slimface.compress.ofa import OFATask, linear_decay
 from slimface.compress.space import ConfigSpace, active_config
 from slimface.config import from_dict
 from slimface.errors import CheckpointError, ConfigError
 from slimface.nn.super_layers import set_widths
+from slimface.train.config import TrainConfig
 from test_compress_space import (TOY_FAMILY, ToyDisc, _build_gen, single_thread, toy_batch, toy_space,  # noqa: F401
                                  toy_supernet)
 
@@ -26,10 +25,14 @@ def _teacher(res: int = 32) -> nn.Module:
     return _build_gen(res, separable=False).eval()
 
 
+def _ofa(steps: int, decay_steps: int | None = None, **kw) -> OFAConfig:
+    return OFAConfig(train=TrainConfig(steps=steps), decay_steps=decay_steps, **kw)
+
+
 def _task(cfg: OFAConfig | None = None, **kw) -> OFATask:
     torch.manual_seed(2)
     teacher_d = ToyDisc()
-    return OFATask(TOY_FAMILY, toy_supernet(), _teacher(), teacher_d, cfg or OFAConfig(steps=10, decay_steps=5), **kw)
+    return OFATask(TOY_FAMILY, toy_supernet(), _teacher(), teacher_d, cfg or _ofa(10, 5), **kw)
 
 
 def test_taps_and_mapper_shapes_follow_config() -> None:
@@ -90,7 +93,7 @@ def test_conditional_detection() -> None:
 def test_ofa_task_steps_train_everything_and_d_starts_as_teacher() -> None:
     torch.manual_seed(2)
     teacher_d = ToyDisc()
-    task = OFATask(TOY_FAMILY, toy_supernet(), _teacher(), teacher_d, OFAConfig(steps=10, decay_steps=5, sampling="sandwich"))
+    task = OFATask(TOY_FAMILY, toy_supernet(), _teacher(), teacher_d, _ofa(10, 5, sampling="sandwich"))
     d = task.nets["disc"]
     assert d is not teacher_d
     for (k, a), b in zip(d.state_dict().items(), teacher_d.state_dict().values()):
@@ -118,7 +121,7 @@ def test_ofa_task_steps_train_everything_and_d_starts_as_teacher() -> None:
 
 
 def test_uniform_sampling_varies_and_lr_decays() -> None:
-    task = _task(OFAConfig(steps=4, decay_steps=2))
+    task = _task(_ofa(4, 2))
     cfgs = [task.space.encode(task.configs_for_step(s)[0]) for s in range(10)]
     assert len(set(cfgs)) > 5
     lrs = []
@@ -184,8 +187,8 @@ def test_finetune_uses_fixed_config() -> None:
     space = toy_space()
     cfg = dict(space.smallest(), enc2=24)
     torch.manual_seed(2)
-    task = FinetuneTask(TOY_FAMILY, toy_supernet(), _teacher(), ToyDisc(), space.encode(cfg),
-                        OFAConfig(steps=2, decay_steps=0), val_batches=[toy_batch(seed=4)])
+    task = OFATask(TOY_FAMILY, toy_supernet(), _teacher(), ToyDisc(), _ofa(2, 0), fixed_config=space.encode(cfg),
+                   val_batches=[toy_batch(seed=4)])
     assert all(task.configs_for_step(s) == [cfg] for s in range(5))
     net = task.nets["student"]
     w = net.enc2[0].pointwise.weight
@@ -195,19 +198,13 @@ def test_finetune_uses_fixed_config() -> None:
     assert not torch.equal(w[:24], before[:24]) and torch.equal(w[24:], before[24:])
     assert set(task.on_eval(1)) == {"chosen"}
     with pytest.raises(ConfigError):
-        FinetuneTask(TOY_FAMILY, toy_supernet(), _teacher(), ToyDisc(), "1_2_3", OFAConfig(steps=2, decay_steps=0))
+        OFATask(TOY_FAMILY, toy_supernet(), _teacher(), ToyDisc(), _ofa(2, 0), fixed_config="1_2_3")
 
 
 # ---------------------------------------------------------------------- real families
-REAL = [f for f in ("tpgan", "pim", "crgan") if importlib.util.find_spec(f"slimface.models.{f}") is not None]
-
-
 def _real(name: str):
-    """(family, teacher, student supernet) at 64 px, width 0.125; skipped until the module exists."""
-    if name not in REAL:
-        pytest.skip(f"slimface.models.{name} is not in the tree yet")
-    importlib.import_module(f"slimface.models.{name}")  # registers the family
-    from slimface.models.registry import get_family
+    """(family, teacher, student supernet) at 64 px, width 0.125."""
+    from slimface.families import get_family
 
     family = get_family(name)
     torch.manual_seed(0)
@@ -244,33 +241,38 @@ def test_real_family_ofa_step(name: str) -> None:
     family, teacher, student = _real(name)
     torch.manual_seed(1)
     teacher_d = family.build_discriminator(resolution=64, channels=3, width_mult=0.125)
-    gan_mode = "wgan-gp" if name == "crgan" else "bce"
-    cfg = OFAConfig(steps=4, decay_steps=0, distill=DistillConfig(gan_mode=gan_mode))
+    cfg = _ofa(4, 0)  # the family's own gan_mode
     batch = toy_batch(2, 64)
     x, lm = student.example_inputs(2)
     batch["landmarks"] = lm
     task = OFATask(family, student, teacher, teacher_d, cfg, val_batches=[batch])
     assert task.loss.conditional == (name != "crgan")
+    assert task.loss.gan_mode == ("wgan-gp" if name == "crgan" else "bce")
     out = task.train_step(batch, 1)
     assert all(torch.isfinite(torch.tensor(v)) for v in out.values()), out
     metrics = task.on_eval(1)
     assert set(metrics) == {"largest", "smallest"}
 
 
-def test_keyword_overrides_and_fixed_config_as_the_pipeline_calls_them() -> None:
-    dcfg = from_dict(DistillConfig, {"recon_weight": 10.0, "distill_weight": 2.0, "gan_weight": 1.0,
-                                     "identity_weight": 0.0})
+def test_the_student_section_is_the_task_config_as_the_pipeline_passes_it() -> None:
+    """The ``student:`` section (an OFAConfig) goes to the task as is: its weights drive the loss, its
+    train section the optimisers and the lr decay (second half of the steps unless set), and the
+    gan_mode is the family's unless the section names one."""
+    cfg = from_dict(OFAConfig, {"recon_weight": 10.0, "distill_weight": 2.0, "sampling": "sandwich",
+                                "train": {"lr": 1e-3, "steps": 8}})
     space = toy_space()
     fixed = dict(space.smallest(), enc2=16)
     torch.manual_seed(2)
-    task = OFATask(family=TOY_FAMILY, supernet=toy_supernet(), teacher=_teacher(), teacher_disc=ToyDisc(),
-                   space=space, distill=dcfg, recognizer=None, lr=1e-3, total_steps=8, seed=3, sampling="sandwich",
-                   fixed_config=fixed)
-    assert task.cfg.lr == 1e-3 and task.cfg.steps == 8 and task.cfg.decay_steps == 4 and task.cfg.seed == 3
-    assert task.cfg.sampling == "sandwich" and task.loss.cfg.recon_weight == 10.0
+    task = OFATask(TOY_FAMILY, toy_supernet(), _teacher(), ToyDisc(), cfg, space=space, seed=3, fixed_config=fixed)
+    assert task.optimizers["student"].param_groups[0]["lr"] == 1e-3 and cfg.decay == 4 and task.seed == 3
+    assert task.loss.cfg.recon_weight == 10.0 and task.loss.gan_mode == TOY_FAMILY.gan_mode == "bce"
     assert task.configs_for_step(0) == [fixed] and "cfg=" in task.fingerprint
-    plain = OFATask(TOY_FAMILY, toy_supernet(), _teacher(), ToyDisc(), sampling="sandwich")
+    plain = OFATask(TOY_FAMILY, toy_supernet(), _teacher(), ToyDisc(), cfg)
     assert len(plain.configs_for_step(0)) == 3
+    wgan = OFATask(TOY_FAMILY, toy_supernet(), _teacher(), ToyDisc(), from_dict(OFAConfig, {"gan_mode": "wgan-gp"}))
+    assert wgan.loss.gan_mode == "wgan-gp"
+    with pytest.raises(ConfigError, match="decay_steps"):
+        from_dict(OFAConfig, {"decay_steps": 9, "train": {"steps": 8}})
 
 
 def test_recalibrate_bn_for_a_config_keeps_its_stats() -> None:
@@ -285,8 +287,6 @@ def test_recalibrate_bn_for_a_config_keeps_its_stats() -> None:
 
 
 def test_output_distillation_term_matches_l1_to_the_teacher_image() -> None:
-    from slimface.compress.distill import DistillConfig, DistillLoss
-
     torch.manual_seed(0)
     fake, target, t_out = (torch.rand(2, 3, 8, 8) for _ in range(3))
     loss = DistillLoss(DistillConfig(recon_weight=1.0, teacher_weight=10.0, gan_weight=0.0, distill_weight=0.0),
@@ -310,7 +310,7 @@ def test_budget_sampling_trains_sub_networks_under_a_mac_target() -> None:
     macs = ConvMacsModel(student, student.example_inputs(1))
     lo, hi = macs(space.smallest()), macs(space.largest())
     budget = lo + 0.3 * (hi - lo)
-    task = OFATask(family, student, teacher, disc, sampling="budget", budget_macs=budget, budget_low=0.9)
+    task = OFATask(family, student, teacher, disc, OFAConfig(sampling="budget", budget_low=0.9), budget_macs=budget)
     picked = [task.configs_for_step(step)[0] for step in range(12)]
     costs = [macs(c) for c in picked]
     assert all(c <= budget for c in costs)
@@ -320,4 +320,4 @@ def test_budget_sampling_trains_sub_networks_under_a_mac_target() -> None:
     uniform = OFATask(family, student, teacher, disc)
     assert sum(macs(uniform.configs_for_step(s)[0]) for s in range(12)) > sum(costs)
     with pytest.raises(ConfigError, match="below the smallest sub-network"):
-        OFATask(family, student, teacher, disc, sampling="budget", budget_macs=lo / 2)
+        OFATask(family, student, teacher, disc, OFAConfig(sampling="budget"), budget_macs=lo / 2)

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from slimface.compress.export import extract_subnet, load_export, save_export
-from slimface.compress.ofa import recalibrate_bn
+from slimface.compress.extract import extract_subnet
+from slimface.export_format import load_export, save_export
+from slimface.compress.bn import recalibrate_bn
 from slimface.compress.space import active_config, macs_of, params_of
 from slimface.errors import CheckpointError
 from slimface.nn.profile import count_macs, count_params
@@ -132,7 +133,7 @@ def test_real_family_extract_equivalence(name: str, tmp_path: Path) -> None:
         pytest.skip(f"slimface.models.{name} is not in the tree yet")
     importlib.import_module(f"slimface.models.{name}")
     from slimface.compress.space import ConfigSpace
-    from slimface.models.registry import get_family
+    from slimface.families import get_family
 
     family = get_family(name)
     torch.manual_seed(0)

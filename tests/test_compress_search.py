@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from slimface.compress.config import Budget, SearchConfig
 from slimface.compress.search import identity_metric, pareto_front, search
 from slimface.compress.space import ConfigSpace, macs_of
 from slimface.errors import ConfigError
@@ -46,7 +47,7 @@ def test_exhaustive_finds_known_best_and_respects_budget(tmp_path: Path) -> None
     space = ConfigSpace(SPACE)
     best, val = brute_best(space, BUDGET)
     out = tmp_path / "points.jsonl"
-    res = search(None, space, BUDGET, value_fn, method="auto", cost_fn=cost_fn, out_jsonl=out)
+    res = search(None, space, BUDGET, value_fn, SearchConfig(method="auto"), cost_fn=cost_fn, out_jsonl=out)
     assert res.method == "exhaustive"
     assert res.best_cfg == best and res.best_metric == pytest.approx(val)
     assert res.best_macs < BUDGET
@@ -66,15 +67,14 @@ def test_evolution_finds_known_best() -> None:
         calls.append(space.encode(cfg))
         return value_fn(cfg)
 
-    res = search(None, space, "220k", counted, method="evolution", population=24, generations=12, seed=3,
-                 cost_fn=cost_fn)
+    evo = SearchConfig(method="evolution", population=24, generations=12)
+    res = search(None, space, Budget("220k").count, counted, evo, seed=3, cost_fn=cost_fn)
     assert res.method == "evolution"
     assert res.best_cfg == best and res.best_metric == pytest.approx(val)
     assert len(calls) == len(set(calls)) == res.new_evaluations  # never evaluates a config twice
     assert len(calls) < space.size()  # did not degenerate into enumeration
     assert all(cost_fn(space.decode(c))[0] < BUDGET for c in calls)
-    again = search(None, space, BUDGET, value_fn, method="evolution", population=24, generations=12, seed=3,
-                   cost_fn=cost_fn)
+    again = search(None, space, BUDGET, value_fn, evo, seed=3, cost_fn=cost_fn)
     assert again.best_config == res.best_config and [r["config"] for r in again.evaluated] == [
         r["config"] for r in res.evaluated]
 
@@ -82,18 +82,20 @@ def test_evolution_finds_known_best() -> None:
 def test_budget_too_small_is_one_line_error() -> None:
     space = ConfigSpace(SPACE)
     with pytest.raises(ConfigError) as e:
-        search(None, space, "50k", value_fn, cost_fn=cost_fn)
+        search(None, space, 50_000, value_fn, cost_fn=cost_fn)
     msg = str(e.value)
     assert "\n" not in msg and "50.00K" in msg and "104.00K" in msg and "raise --budget" in msg
     with pytest.raises(ConfigError):
-        search(None, space, "lots", value_fn, cost_fn=cost_fn)
+        search(None, space, 0, value_fn, cost_fn=cost_fn)
+    with pytest.raises(ConfigError, match="method 'best'"):
+        search(None, space, BUDGET, value_fn, SearchConfig(method="best"), cost_fn=cost_fn)  # type: ignore[arg-type]
 
 
 def test_cache_reuse(tmp_path: Path) -> None:
     space = ConfigSpace(SPACE)
     cache = tmp_path / "cache.jsonl"
-    first = search(None, space, BUDGET, value_fn, method="evolution", population=16, generations=3, seed=1,
-                   cost_fn=cost_fn, cache_path=cache)
+    evo = SearchConfig(method="evolution", population=16, generations=3)
+    first = search(None, space, BUDGET, value_fn, evo, seed=1, cost_fn=cost_fn, cache_path=cache)
     assert first.new_evaluations > 0
     with open(cache, "a") as f:
         f.write('{"config": "8_8_8')  # a torn line from a killed run is ignored
@@ -101,8 +103,7 @@ def test_cache_reuse(tmp_path: Path) -> None:
     def boom(cfg: dict[str, int]) -> float:
         raise AssertionError(f"re-evaluated {cfg}")
 
-    second = search(None, space, BUDGET, boom, method="evolution", population=16, generations=3, seed=1,
-                    cost_fn=cost_fn, cache_path=cache)
+    second = search(None, space, BUDGET, boom, evo, seed=1, cost_fn=cost_fn, cache_path=cache)
     assert second.new_evaluations == 0
     assert second.best_config == first.best_config and second.best_metric == first.best_metric
 
@@ -162,7 +163,7 @@ def _dist_worker(rank: int, world: int, port: int, out_dir: str) -> None:
             mine.append(space.encode(cfg))
             return value_fn(cfg)
 
-        res = search(None, space, BUDGET, fn, method="evolution", population=20, generations=4, seed=5,
+        res = search(None, space, BUDGET, fn, SearchConfig(method="evolution", population=20, generations=4), seed=5,
                      cost_fn=cost_fn, cache_path=Path(out_dir) / "cache.jsonl")
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps(
             {"best": res.best_config, "metric": res.best_metric, "mine": mine,
@@ -175,8 +176,8 @@ def test_distributed_search_matches_single_process(tmp_path: Path) -> None:
     import torch.multiprocessing as mp
 
     space = ConfigSpace(SPACE)
-    single = search(None, space, BUDGET, value_fn, method="evolution", population=20, generations=4, seed=5,
-                    cost_fn=cost_fn)
+    single = search(None, space, BUDGET, value_fn, SearchConfig(method="evolution", population=20, generations=4),
+                    seed=5, cost_fn=cost_fn)
     mp.spawn(_dist_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     for r in (r0, r1):
@@ -188,12 +189,11 @@ def test_distributed_search_matches_single_process(tmp_path: Path) -> None:
     assert len(cached) == single.new_evaluations  # only rank 0 writes the cache
 
 
-def test_two_argument_evaluate_fn_and_resolution_check() -> None:
+def test_resolution_check() -> None:
     net = toy_supernet()
     full = toy_space(net)
     space = ConfigSpace({g: ([8, 16] if g == "enc2" else [full.choices[g][0]]) for g in full.groups})
-    seen = []
-    res = search(net, space, "1G", lambda n, c: (seen.append(n is net), float(c["enc2"]))[1], resolution=32)
-    assert res.best_cfg["enc2"] == 16 and seen == [True, True]
+    res = search(net, space, 1e9, lambda c: float(c["enc2"]), resolution=32)
+    assert res.best_cfg["enc2"] == 16
     with pytest.raises(ValueError):
-        search(net, space, "1G", lambda c: 0.0, resolution=64)
+        search(net, space, 1e9, lambda c: 0.0, resolution=64)

@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from slimface.compress.space import ConfigSpace, active_config, current_widths, macs_of, params_of
 from slimface.errors import ConfigError
 from slimface.models.blocks import ConvBlock, UpBlock, Widths, res_stack
-from slimface.models.registry import Family, Generator, StudentSpec, register_family
+from slimface.families import StudentSpec, register_family
+from slimface.models.generator import Generator
 from slimface.nn.channels import cat
 from slimface.nn.super_layers import SuperConv2d, load_subnet_weights, set_widths, width_groups
 
@@ -66,18 +67,27 @@ def _build_gen(resolution: int = 64, channels: int = 3, width_mult: float = 1.0,
     return ToyGenerator(resolution, channels, width_mult, separable, sub)
 
 
-def _no_task(**_: Any) -> Any:
-    raise NotImplementedError("the toy family has no teacher task")
+class ToyFamily:
+    """The toy family (a :class:`slimface.families.Family` without a teacher task)."""
+
+    name = TOY
+    gan_mode = "bce"
+    loss_config = dict
+    student_spec = StudentSpec(prunable={"enc2": (0.25, 1.0), "res.*": (0.25, 1.0), "dec1": (0.5, 1.0),
+                                         "fuse": (0.5, 1.0)}, distill=["res", "fuse"])
+
+    def build_generator(self, *, resolution: int = 64, channels: int = 3, width_mult: float = 1.0,
+                        separable: bool = False, sub: Mapping[str, int] | None = None) -> ToyGenerator:
+        return _build_gen(resolution, channels, width_mult, separable, sub)
+
+    def build_discriminator(self, *, resolution: int = 64, channels: int = 3, width_mult: float = 1.0) -> ToyDisc:
+        return ToyDisc(channels)
+
+    def make_teacher_task(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("the toy family has no teacher task")
 
 
-TOY_FAMILY = register_family(Family(
-    name=TOY,
-    build_generator=_build_gen,
-    build_discriminator=lambda resolution=64, channels=3, **_: ToyDisc(channels),
-    make_teacher_task=_no_task,
-    student_spec=StudentSpec(prunable={"enc2": (0.25, 1.0), "res.*": (0.25, 1.0), "dec1": (0.5, 1.0),
-                                       "fuse": (0.5, 1.0)}, distill=["res", "fuse"]),
-))
+TOY_FAMILY = register_family(ToyFamily())
 
 
 def toy_supernet(resolution: int = 32, seed: int = 0) -> ToyGenerator:
@@ -187,9 +197,10 @@ def test_macs_params_monotone_and_cached() -> None:
     assert params_of(net, small) < params_of(net, big)
     mid = dict(big, **{"res.0.mid": 16})
     assert m_small < macs_of(net, mid) < m_big
-    # the family form builds its own supernet at that resolution
-    assert macs_of(TOY_FAMILY, big, resolution=32) == m_big
-    assert macs_of(TOY_FAMILY, big, resolution=64) > m_big
+    assert macs_of(net, big, resolution=32) == m_big
+    assert macs_of(toy_supernet(64), big) > m_big
+    with pytest.raises(ValueError, match="built for 32px"):
+        macs_of(net, big, resolution=64)
     # the supernet's width state is unchanged after counting
     assert current_widths(net) is None
     assert set(width_groups(net)) >= set(space.groups)

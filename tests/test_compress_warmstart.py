@@ -13,7 +13,7 @@ from slimface.compress.space import ConfigSpace
 from slimface.compress.warmstart import (
     channel_importance, factorize_separable, permute_channels, sort_channels, warm_start,
 )
-from slimface.models.registry import get_family
+from slimface.families import get_family
 from slimface.nn.super_layers import SeparableConv2d, set_widths
 
 FAMILIES = ["tpgan", "crgan", "pim"]

@@ -130,3 +130,31 @@ def test_per_family_student_recipe() -> None:
         load_config(PipelineConfig, root, {**base, "teachers.crgan.student.identity": 7})
     with pytest.raises(ConfigError, match="budget_low"):
         load_config(PipelineConfig, root, {**base, "teachers.crgan.student.budget_low": 2})
+
+
+def test_the_teachers_key_is_the_family_and_loss_weights_are_the_familys_dataclass() -> None:
+    """``teachers.<family>``: the key names the family (checked against the one registry); an old
+    ``family:`` line is accepted only when it repeats the key; ``loss`` loads into the family's own
+    loss dataclass at load time (ints stay ints, tuples are tuples, unknown keys fail)."""
+    from slimface.families.crgan.task import CRGANLossConfig
+    from slimface.pipeline_config import PipelineConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    cfg = load_config(PipelineConfig, root, {"teachers.tpgan.family": "tpgan"})  # an older file
+    assert cfg.teacher("tpgan").width_mult == 0.0625 and not hasattr(cfg.teacher("tpgan"), "family")
+    with pytest.raises(ConfigError, match=r"teachers\.crgan\.family is 'tpgan', but the key 'crgan'") as err:
+        load_config(PipelineConfig, root, {"teachers.crgan.family": "tpgan"})
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"teachers: unknown model 'stylegan'; choose from \[.*'crgan', 'pim'"):
+        load_config(PipelineConfig, root, {"teachers.stylegan": {"width_mult": 0.5}})
+    with pytest.raises(ConfigError, match="families: unknown model 'tp-gan'"):
+        load_config(PipelineConfig, root, {"families": ["tp-gan"]})
+    cfg = load_config(PipelineConfig, root, {"families": ["tpgan", "crgan", "pim"],
+                                             "teachers.crgan.loss": {"warmup_steps": 3, "betas": [0.5, 0.9]}})
+    loss = cfg.teacher("crgan").loss
+    assert isinstance(loss, CRGANLossConfig) and loss.warmup_steps == 3 and loss.betas == (0.5, 0.9)
+    assert cfg.teacher("pim").loss.rec_cls == 3e-3  # a family without a section gets its defaults
+    with pytest.raises(ConfigError, match=r"teachers\.tpgan\.loss: unknown key 'pixle'"):
+        load_config(PipelineConfig, root, {"teachers.tpgan.loss.pixle": 1.0})
+    with pytest.raises(ConfigError, match=r"teachers\.crgan\.loss\.warmup_steps: expected an integer"):
+        load_config(PipelineConfig, root, {"teachers.crgan.loss.warmup_steps": 2.5})

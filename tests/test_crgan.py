@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from _nets import randomize_bn
 from slimface.errors import ConfigError, DataError
-from slimface.models.crgan import (
-    CRGAN_STUDENT_SPEC,
+from slimface.families import get_family
+from slimface.families.crgan.model import (
     FRONTAL_VIEW,
     NUM_VIEWS,
     VIEW_YAWS,
@@ -22,7 +22,6 @@ from slimface.models.crgan import (
     view_onehot,
     yaw_to_view,
 )
-from slimface.models.registry import get_family
 from slimface.nn.profile import count_macs, count_params
 from slimface.nn.super_layers import (
     SeparableConv2d,
@@ -31,8 +30,12 @@ from slimface.nn.super_layers import (
     set_widths,
     width_groups,
 )
-from slimface.train.crgan_task import CRGANLossConfig, make_teacher_task
+from slimface.families.crgan.student import STUDENT_SPEC as CRGAN_STUDENT_SPEC
+from slimface.families.crgan.task import CRGANLossConfig
 from slimface.train.losses import gradient_penalty
+
+
+make_teacher_task = get_family("crgan").make_teacher_task
 
 
 @pytest.fixture(autouse=True)
@@ -250,8 +253,7 @@ def test_warmup_schedule_validates_and_ramps_adversarial_terms() -> None:
             make_teacher_task(g, d, loss={key: -1})
         with pytest.raises(ConfigError, match=key):
             make_teacher_task(g, d, loss={key: 2.5})
-    # the pipeline hands loss values over as floats: integral ones are accepted for int fields
-    cfg = make_teacher_task(g, d, loss={"warmup_steps": 3.0, "ramp_steps": 4.0}).cfg
+    cfg = make_teacher_task(g, d, loss={"warmup_steps": 3, "ramp_steps": 4}).cfg
     assert (cfg.warmup_steps, cfg.ramp_steps) == (3, 4)
     scales = [cfg.adversarial_scale(s) for s in range(9)]
     assert scales == [0.0, 0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0]

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimface.deploy.onnx_export import check_onnx, export_onnx, export_torchscript
+from slimface.deploy.onnx_export import export_onnx, export_torchscript
+from slimface.deploy.runtime import check_onnx
 from slimface.deploy.quantize import calibration_from_batches, quantize_int8
 from slimface.deploy.runtime import (
     OnnxFrontalizer,

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from slimface.compress.profile_cli import student_space
-from slimface.deploy.onnx_export import check_onnx, export_onnx
+from slimface.compress.extract import student_space
+from slimface.deploy.onnx_export import export_onnx
+from slimface.deploy.runtime import check_onnx
 from slimface.deploy.runtime import load_frontalizer
-from slimface.models.registry import build_generator
+from slimface.families import build_generator
 
 
 @pytest.mark.parametrize("family", ["tpgan", "crgan", "pim"])

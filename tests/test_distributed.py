@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from slimface.errors import DataError
+from slimface.nn.modes import unwrap
 from slimface.train import distributed as D
 from slimface.train.checkpoint import load_latest
 from slimface.train.logging import read_scalars
@@ -36,8 +37,8 @@ def test_single_process_helpers() -> None:
     assert D.any_rank(True) and not D.any_rank(False)
     assert D.mean_across_ranks({"x": 2.0}) == {"x": 2.0}
     net = nn.Linear(2, 2)
-    assert D.wrap_ddp(net) is net and D.unwrap(net) is net
-    assert D.unwrap(nn.DataParallel(net)) is net
+    assert D.wrap_ddp(net) is net and unwrap(net) is net
+    assert unwrap(nn.DataParallel(net)) is net
 
 
 def test_shared_generator_depends_on_seed_and_step_only() -> None:

@@ -192,39 +192,61 @@ class _Pairs(Dataset):
 
 
 def _tpgan_task() -> Any:
-    from slimface.models.tpgan import build_tpgan_discriminator, build_tpgan_generator
-    from slimface.train.teacher_tasks import TPGANTask
+    from slimface.families import get_family
 
+    fam = get_family("tpgan")
     torch.manual_seed(11)
-    gen = build_tpgan_generator(RES, 3, 0.0625)
-    disc = build_tpgan_discriminator(RES, 3, 0.0625)
-    return TPGANTask(gen, disc, None, num_subjects=4, seed=5)
+    gen = fam.build_generator(resolution=RES, channels=3, width_mult=0.0625)
+    disc = fam.build_discriminator(resolution=RES, channels=3, width_mult=0.0625)
+    return fam.make_teacher_task(gen, disc, None, num_subjects=4, seed=5)
 
 
-def _ofa_task() -> Any:
-    from slimface.compress.ofa import OFAConfig, OFATask
-    from slimface.models.registry import get_family
+def _student_task(name: str = "tpgan", finetune: bool = False) -> Any:
+    """The supernet stage's task of family ``name`` (a sampled sub-network per step) or, with
+    ``finetune``, the fine-tune stage's (one fixed sub-network, as a search would have chosen)."""
+    from slimface.compress.config import OFAConfig
+    from slimface.compress.ofa import OFATask
+    from slimface.compress.space import ConfigSpace
+    from slimface.families import get_family
+    from slimface.train.config import TrainConfig
 
-    family = get_family("tpgan")
+    family = get_family(name)
     torch.manual_seed(12)
     kw = dict(resolution=RES, channels=3, width_mult=0.125, sub=None)
     teacher = family.build_generator(separable=False, **kw).eval()
     student = family.build_generator(separable=True, **kw)
     teacher_d = family.build_discriminator(resolution=RES, channels=3, width_mult=0.125)
-    return OFATask(family, student, teacher, teacher_d, OFAConfig(steps=STEPS, decay_steps=1, seed=6))
+    fixed = None
+    if finetune:
+        space = ConfigSpace.from_supernet(family, student)
+        fixed = space.sample(torch.Generator().manual_seed(4))
+    return OFATask(family, student, teacher, teacher_d, OFAConfig(train=TrainConfig(steps=STEPS), decay_steps=1),
+                   seed=6, fixed_config=fixed)
+
+
+def _ofa_task() -> Any:
+    return _student_task("tpgan")
 
 
 def _crgan_task() -> Any:
-    from slimface.models.crgan import CRGANCritic, CRGANGenerator
-    from slimface.train.crgan_task import CRGANTask
+    from slimface.families.crgan.model import CRGANCritic, CRGANGenerator
+    from slimface.families.crgan.task import CRGANTask
 
     torch.manual_seed(13)
     return CRGANTask(CRGANGenerator(RES, 3, 0.0625), CRGANCritic(RES, 3, 0.0625), seed=7)
 
 
 STAGES: dict[str, Callable[[], Any]] = {"tpgan": _tpgan_task, "ofa": _ofa_task, "crgan": _crgan_task}
+GAN_STAGES = list(STAGES)  # TP-GAN teacher, TP-GAN supernet, CR-GAN teacher
 # per stage: the OFA objective weighs L1 by 100, so its gradients are ~100x larger
 SGD_LR = {"tpgan": 2e-3, "ofa": 2e-4, "crgan": 2e-3}
+#: every family's supernet and fine-tune stage (the OFA task; the Trainer decides DDP's unused-parameter
+#: handling from the task: CR-GAN's generator and critic have view heads the student objective skips)
+FAMILY_STAGES = [f"{kind}_{fam}" for fam in ("tpgan", "pim", "crgan") for kind in ("supernet", "finetune")]
+for _stage in FAMILY_STAGES:
+    _kind, _fam = _stage.split("_")
+    STAGES[_stage] = lambda f=_fam, k=_kind: _student_task(f, finetune=k == "finetune")
+    SGD_LR[_stage] = 2e-4
 
 
 def _with_sgd(task: Any, lr: float) -> Any:
@@ -258,8 +280,7 @@ def _train(stage: str, out_dir: Path) -> dict[str, dict[str, Tensor]]:
 
     task = _with_sgd(STAGES[stage](), SGD_LR[stage])
     cfg = TrainConfig(steps=STEPS, batch_size=GLOBAL_BATCH, log_every=1, ckpt_every=0, sample_every=0,
-                      seed=3, deterministic=True, out_dir=out_dir, progress=False,
-                      find_unused_parameters=bool(getattr(task, "find_unused_parameters", False)))
+                      seed=3, deterministic=True, out_dir=out_dir, progress=False)
     Trainer(task, _Pairs(), cfg).fit()
     D.barrier()
     state, _ = load_latest(out_dir / "checkpoints")
@@ -305,7 +326,7 @@ def test_two_processes_match_one_process_for_gan_stages(tmp_path: Path) -> None:
     weights move by up to ~6e-4 in these steps, so a real mismatch (a rank-local BN statistic or noise
     draw) shows up well above it.
     """
-    stages = list(STAGES)
+    stages = GAN_STAGES
     ctx = _spawn(_stage_worker, str(tmp_path), stages)
     single = {s: _single_thread(lambda s=s: _train(s, tmp_path / f"{s}_single")) for s in stages}
     _wait(ctx, 300)
@@ -326,6 +347,39 @@ def test_two_processes_match_one_process_for_gan_stages(tmp_path: Path) -> None:
         print(stage, "parameters moved from init:", json.dumps(moved))
         main = "student" if stage == "ofa" else "generator"
         assert moved[main] > 10 * TOL and all(v > 1e-6 for v in moved.values()), (stage, moved)
+    print("max |DDP - single| per net:", json.dumps(report))
+    bad = {s: d for s, d in report.items() if max(d.values()) > TOL}
+    assert not bad, report
+
+
+def test_every_family_trains_its_supernet_and_finetune_stages_under_two_processes(tmp_path: Path) -> None:
+    """Every family's supernet and fine-tune stage under DDP with 2 gloo processes, unused parameters
+    handled by the Trainer (nothing set by hand): the ranks stay in lockstep, every net trains, and for
+    the families whose student GAN loss is the non-saturating one (TP-GAN, PIM) 2 x 2 samples == 1 x 4.
+
+    CR-GAN's student keeps its critic's WGAN-GP loss, whose gradient-penalty interpolation weights are
+    drawn from each process's own RNG (compress.distill.DistillLoss), so its DDP run is checked for
+    lockstep and training, not against one process.
+    """
+    ctx = _spawn(_stage_worker, str(tmp_path), FAMILY_STAGES)
+    single = {s: _single_thread(lambda s=s: _train(s, tmp_path / f"{s}_single")) for s in FAMILY_STAGES
+              if not s.endswith("crgan")}
+    _wait(ctx, 600)
+    from slimface.train.checkpoint import load_latest
+
+    report = {}
+    for stage in FAMILY_STAGES:
+        ddp, _ = load_latest(tmp_path / f"{stage}_ddp" / "checkpoints")
+        assert ddp["world_size"] == 2 and ddp["step"] == STEPS, stage
+        rank1 = torch.load(tmp_path / f"{stage}_rank1.pt", weights_only=True)
+        assert max(_max_diffs(ddp["nets"], rank1).values()) <= 1e-6, stage  # ranks in lockstep
+        fresh = STAGES[stage]().nets
+        init = {n: {k: v.detach() for k, v in net.named_parameters()} for n, net in fresh.items()}
+        trained = {n: {k: v for k, v in ddp["nets"][n].items() if k in init[n]} for n in init}
+        moved = _max_diffs(trained, init, exact_counters=False)
+        assert moved["student"] > 10 * TOL and all(v > 0 for v in moved.values()), (stage, moved)
+        if stage in single:
+            report[stage] = _max_diffs(ddp["nets"], single[stage])
     print("max |DDP - single| per net:", json.dumps(report))
     bad = {s: d for s, d in report.items() if max(d.values()) > TOL}
     assert not bad, report

@@ -8,7 +8,7 @@ from torch import nn
 
 from _nets import randomize_bn
 from slimface.evaluate.bench import benchmark_pair
-from slimface.models.registry import build_generator
+from slimface.families import build_generator
 from slimface.nn.fold import fold_batchnorm
 
 

@@ -328,7 +328,7 @@ def test_frontalize_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
 def test_every_export_format_is_accepted(tmp_path: Path) -> None:
     import shutil
 
-    from slimface.compress.export import save_export
+    from slimface.export_format import save_export
     from slimface.deploy.quantize import quantize_int8
     from test_compress_space import TOY_FAMILY  # noqa: F401 - registers the toy family
     from test_compress_space import toy_supernet

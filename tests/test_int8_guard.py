@@ -11,7 +11,8 @@ import pytest
 from onnx import numpy_helper
 
 from slimface.deploy import int8_guard
-from slimface.deploy.int8_guard import choose_settings, load_or_refusal, refusal_note
+from slimface.deploy.int8_guard import choose_settings, refusal_note
+from slimface.deploy.runtime import load_or_refusal
 from slimface.deploy.onnx_export import export_onnx
 from slimface.deploy.quantize import calibration_from_batches, quantize_int8
 from slimface.deploy.runtime import load_frontalizer

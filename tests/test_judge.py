@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from slimface.compress.distill import DistillConfig
-from slimface.compress.ofa import OFAConfig, OFATask
+from slimface.compress.config import OFAConfig
+from slimface.compress.ofa import OFATask
 from slimface.compress.search import identity_metric
 from slimface.data.records import identity_subset
 from slimface.evaluate.quality import hf_ratio, image_quality
 from slimface.evaluate.rank1 import bootstrap_rank1, group_rates, rank1_hits
 from slimface.models.judge import Judge, JudgeInfo, JudgeNotForTraining
 from slimface.models.recognizer import LightCNNRecognizer
-from slimface.models.registry import get_family
+from slimface.families import get_family
 from slimface.train.loop import TrainConfig, Trainer
-from slimface.train.losses import freeze
+from slimface.nn.modes import freeze
 
 
 def _judge() -> Judge:
@@ -44,7 +44,7 @@ def test_the_student_task_and_the_search_refuse_a_judge() -> None:
     student = fam.build_generator(resolution=64, channels=3, width_mult=0.0625, separable=True, sub=None)
     from slimface.compress.space import ConfigSpace
 
-    cfg = OFAConfig(steps=2, decay_steps=0, distill=DistillConfig(identity_weight=1.0))
+    cfg = OFAConfig(identity_weight=1.0)
     with pytest.raises(JudgeNotForTraining):
         OFATask(fam, student, teacher, disc, cfg, recognizer=_judge())
     space = ConfigSpace.from_supernet(fam, student)

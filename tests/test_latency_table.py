@@ -9,6 +9,7 @@ import onnx
 import pytest
 import torch
 
+from slimface.compress.config import SearchConfig
 from slimface.compress.space import ConfigSpace
 from slimface.deploy import latency_table as lt
 from slimface.deploy.latency_table import (
@@ -102,7 +103,7 @@ def test_onnx_node_names_map_back_to_modules() -> None:
 def test_every_conv_of_a_tpgan_export_maps_to_its_module(tmp_path: Path) -> None:
     """TP-GAN's local pathways sit in a ModuleDict the exporter leaves out of node names."""
     from slimface.deploy.onnx_export import export_onnx
-    from slimface.models.registry import build_generator
+    from slimface.families import build_generator
 
     net = build_generator("tpgan", 64, 3, 0.25, separable=True).eval()
     path = export_onnx(net, net.example_inputs(), tmp_path / "t.onnx")
@@ -115,7 +116,7 @@ def test_every_conv_of_a_tpgan_export_maps_to_its_module(tmp_path: Path) -> None
 
 def test_int8_node_selection_keeps_the_listed_nodes_fp32(tmp_path: Path) -> None:
     """A table that says depthwise int8 is slow keeps every depthwise conv fp32 in the quantized graph."""
-    from slimface.compress.profile_cli import random_calibration
+    from slimface.deploy.calibration import random_calibration
     from slimface.deploy.onnx_export import export_onnx
     from slimface.deploy.quantize import quantize_int8
     from slimface.deploy.runtime import load_frontalizer
@@ -185,13 +186,13 @@ def test_search_respects_a_latency_budget_on_a_toy_space(tmp_path: Path) -> None
     macs_only = max((c for c in space.enumerate() if cost_fn(c)[0] < macs_budget), key=value_fn)
     assert latency_fn(macs_only) > budget_ms  # the MACs-only answer would break the latency budget
     out = tmp_path / "evaluated.jsonl"
-    res = search(None, space, macs_budget, value_fn, method="exhaustive", cost_fn=cost_fn,
+    res = search(None, space, macs_budget, value_fn, SearchConfig(method="exhaustive"), cost_fn=cost_fn,
                  latency_fn=latency_fn, latency_budget_ms=budget_ms, out_jsonl=out)
     assert res.best_cfg == best and res.best_latency_ms == pytest.approx(latency_fn(best))
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(lines) == len(feasible) and all(r["latency_ms"] <= budget_ms for r in lines)
     assert all(r["latency_ms"] == pytest.approx(latency_fn(space.decode(r["config"]))) for r in lines)
-    evo = search(None, space, macs_budget, value_fn, method="evolution", population=20, generations=8,
+    evo = search(None, space, macs_budget, value_fn, SearchConfig(method="evolution", population=20, generations=8),
                  cost_fn=cost_fn, latency_fn=latency_fn, latency_budget_ms=budget_ms)
     assert all(r["latency_ms"] <= budget_ms and r["macs"] < macs_budget for r in evo.evaluated)
     assert value_fn(evo.best_cfg) >= 0.95 * value_fn(best)
@@ -207,7 +208,7 @@ def test_search_with_a_measured_table(torch_table: LatencyTable) -> None:
     model = LatencyModel(torch_table, net)
     lo, hi = model(space.smallest()), model(space.largest())
     budget_ms = lo + 0.5 * (hi - lo)
-    res = search(net, space, 1e12, lambda cfg: float(sum(cfg.values())), method="evolution", population=8,
-                 generations=2, latency_fn=model, latency_budget_ms=budget_ms, resolution=RES)
+    res = search(net, space, 1e12, lambda cfg: float(sum(cfg.values())),
+                 SearchConfig(method="evolution", population=8, generations=2), latency_fn=model, latency_budget_ms=budget_ms, resolution=RES)
     assert res.evaluated and all(r["latency_ms"] <= budget_ms for r in res.evaluated)
     assert res.best_latency_ms is not None and res.best_latency_ms <= budget_ms

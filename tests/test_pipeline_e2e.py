@@ -100,7 +100,7 @@ def test_exported_student_loads_in_every_format_and_agrees(tiny_run) -> None:
     import numpy as np
     import torch
 
-    from slimface.compress.export import load_export
+    from slimface.export_format import load_export
     from slimface.deploy.runtime import load_frontalizer
 
     from slimface.data.images import read_image
@@ -151,7 +151,7 @@ def test_changed_setting_reruns_only_the_stages_it_affects(tiny_run) -> None:
         (["--set", "data.resolution=96"], "data.resolution must be 64 or 128"),
         (["--set", "families=[stylegan]"], "unknown model 'stylegan'"),
         (["--set", "search.budget=1k", "--only", "search"], "below the smallest sub-network"),
-        (["--set", "search.budget=fast", "--only", "search"], "search.budget 'fast'"),
+        (["--set", "search.budget=fast", "--only", "search"], "search.budget: 'fast' is not a budget"),
         (["--only", "polish"], "unknown stage 'polish'"),
     ],
 )

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from slimface.nn.channels import ch
-from slimface.nn.profile import count_macs, count_params, format_count, parse_count
+from slimface.nn.counts import format_count, parse_count
+from slimface.nn.profile import count_macs, count_params
 from slimface.nn.super_layers import SuperConv2d, SuperConvTranspose2d, SuperLinear, set_widths
 
 
@@ -72,7 +73,7 @@ def test_conv_macs_is_a_lower_bound_of_the_full_count() -> None:
 def test_conv_macs_model_equals_the_hooked_count_for_any_widths(family: str) -> None:
     """The formula (one probe forward, then no forward per config) gives count_conv_macs exactly."""
     from slimface.compress.space import ConfigSpace
-    from slimface.models.registry import build_generator, get_family
+    from slimface.families import build_generator, get_family
     from slimface.nn.profile import ConvMacsModel, count_conv_macs
     from slimface.nn.super_layers import set_widths
 
@@ -175,7 +176,7 @@ def test_fast_macs_equal_torchprofile_on_family_supernets(family: str) -> None:
     """Exact equality on the students the search counts (64px, width 0.25): largest, smallest and
     five seeded random sub-networks, and the teacher-shaped (dense) generator."""
     from slimface.compress.space import ConfigSpace, active_config
-    from slimface.models.registry import build_generator, get_family
+    from slimface.families import build_generator, get_family
 
     net = build_generator(family, 64, 3, 0.25, separable=True).eval()
     space = ConfigSpace.from_supernet(get_family(family), net)

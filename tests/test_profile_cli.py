@@ -7,7 +7,9 @@ import json
 import pytest
 
 from slimface.cli import main
-from slimface.compress.profile_cli import bench_report, profile_report, scale_config_to_full, student_space
+from slimface.cli_reports import profile_report
+from slimface.compress.extract import scale_config_to_full, student_space
+from slimface.evaluate.arch_bench import bench_report
 from slimface.errors import ConfigError
 from slimface.nn.super_layers import width_groups
 
@@ -99,7 +101,8 @@ def test_student_runtimes_report_landmark_model_given_calibration() -> None:
     """A landmark-driven generator (grid_sample patches): ORT fp32/int8 against PyTorch."""
     import torch
 
-    from slimface.compress.profile_cli import random_calibration, student_runtimes_report
+    from slimface.deploy.calibration import random_calibration
+    from slimface.evaluate.arch_bench import student_runtimes_report
     from test_deploy import RES, _inputs, _model
 
     model = _model()

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from slimface.errors import CheckpointError, ConfigError
 from slimface.models.lightcnn import MFM, LightCNN, load_lightcnn_checkpoint, read_state_dict
-from slimface.models.recognizer import LightCNNRecognizer, build_recognizer, to_gray01
+from slimface.models.recognizer import LightCNNRecognizer, build_recognizer
+from slimface.models.recognizer_base import to_gray01
 from slimface.train.recognizer_task import RecognizerTask
 
 

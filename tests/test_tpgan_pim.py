@@ -11,12 +11,13 @@ from _nets import randomize_bn
 from slimface.errors import ConfigError
 from slimface.models.discriminators import DomainDiscriminator, PatchDiscriminator
 from slimface.models.patches import canonical_crops, crop_patches, paste, paste_max, patch_boxes
-from slimface.models.pim import PIMGenerator
-from slimface.models.registry import get_family
-from slimface.models.tpgan import TPGANGenerator
+from slimface.families import get_family
+from slimface.families.pim.model import PIMGenerator
+from slimface.families.pim.task import PIMTask
+from slimface.families.tpgan.model import TPGANGenerator
+from slimface.families.tpgan.task import TPGANTask
 from slimface.nn.profile import count_macs, count_params
 from slimface.nn.super_layers import load_subnet_weights, set_widths, width_groups
-from slimface.train.teacher_tasks import PIMTask, TPGANTask
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -215,7 +216,8 @@ def test_distill_layers_are_single_segment_tensors() -> None:
 
 def test_full_size_params_match_official() -> None:
     g = TPGANGenerator(128, 3, 1.0)
-    parts = {k: sum(count_params(m) for m in v) for k, v in g.part_modules().items()}
+    parts = {"encoder": count_params(g.encoder), "decoder": count_params(g.decoder),
+             "local": sum(count_params(m) for m in g.local.values())}
     total = count_params(g)
     assert total == sum(parts.values())
     assert abs(total / 157.4e6 - 1) < 0.15

@@ -17,7 +17,8 @@ from PIL import Image
 
 from slimface.config import from_dict
 from slimface.errors import CheckpointError, ConfigError, DataError
-from slimface.train.checkpoint import list_checkpoints, load_latest, safe_load
+from slimface.fileio import safe_load
+from slimface.train.checkpoint import list_checkpoints, load_latest
 from slimface.train.logging import read_scalars
 from slimface.train.loop import TrainConfig, Trainer
 
@@ -145,7 +146,7 @@ def test_dataloader_workers_keep_the_sampler_order(tmp_path: Path) -> None:
 def test_config_and_input_errors(tmp_path: Path) -> None:
     cfg = from_dict(TrainConfig, {"steps": 3, "out_dir": str(tmp_path), "batch_size": 2})
     assert isinstance(cfg.out_dir, Path)
-    with pytest.raises(ConfigError, match="train.steps must be >= 1"):
+    with pytest.raises(ConfigError, match="train.steps must be at least 1"):
         from_dict(TrainConfig, {"steps": 0})
     with pytest.raises(ConfigError, match="unknown key 'stpes'"):
         from_dict(TrainConfig, {"stpes": 3})

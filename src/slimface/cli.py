@@ -105,10 +105,12 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         raise ConfigError(f"--benchmark {args.benchmark} needs --data ROOT (the CFP folder) and --model EXPORT")
     cfg = _load_pipeline_config(args)
     from slimface.evaluate.cfp_eval import run_cfp_benchmark
+    from slimface.pipeline import Pipeline
 
     md, _ = run_cfp_benchmark(
         cfg, args.data, args.model, recognizers=args.recognizer, detectors=_detectors(args.detectors),
         use_fiducials=not args.no_fiducials, results_dir=args.results,
+        run=lambda: Pipeline(cfg, progress=False).context(),
     )
     print(md.read_text())
     return 0
@@ -149,7 +151,7 @@ def cmd_data_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from slimface.compress.profile_cli import profile_report
+    from slimface.cli_reports import profile_report
 
     report = profile_report(
         args.model, resolution=args.resolution, width_mult=args.width_mult, student=args.student,
@@ -158,7 +160,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        from slimface.nn.profile import format_count
+        from slimface.nn.counts import format_count
 
         for key in ("teacher", "student"):
             if key in report:
@@ -171,7 +173,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from slimface.compress.profile_cli import bench_report
+    from slimface.evaluate.arch_bench import bench_report
 
     report = bench_report(
         args.model, resolution=args.resolution, width_mult=args.width_mult, student=args.student,
@@ -206,7 +208,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_latency_table(args: argparse.Namespace) -> int:
     """Time every layer shape of a student design space in one runtime; write the JSON table."""
-    from slimface.compress.profile_cli import check_arch_args
+    from slimface.evaluate.arch_bench import check_arch_args
     from slimface.deploy.latency_table import build_table, check_runtime
 
     check_runtime(args.runtime)
@@ -231,6 +233,29 @@ def cmd_frontalize(args: argparse.Namespace) -> int:
 
     # one line per photo; a photo that fails does not stop the batch. Exit 0 only if all were written.
     return run_frontalize(args.images, args.model, args.out, args.landmarks, detectors=_detectors(args.detectors))
+
+
+def cmd_weights_pack(args: argparse.Namespace) -> int:
+    """Copy a run's judge, loss recognizer and teachers into a shipped-weights folder + manifest."""
+    from slimface.shipped import pack
+
+    fp16 = [n for item in (args.fp16 or []) for n in item.split(",")]
+    pack(args.run, args.out, fp16=fp16, command=args.command)
+    return 0
+
+
+def cmd_weights_verify(args: argparse.Namespace) -> int:
+    """Check a shipped-weights folder: checksums, layers, dtypes, size; with --config, also against a run."""
+    from slimface.shipped import verify
+
+    pipe = None
+    if args.config is not None:
+        cfg = _load_pipeline_config(args)
+        from slimface.pipeline import Pipeline
+
+        pipe = Pipeline(cfg, progress=False)
+    verify(args.weights, pipe=pipe)
+    return 0
 
 
 # ---------------------------------------------------------------------------------- parser
@@ -348,6 +373,26 @@ def build_parser() -> argparse.ArgumentParser:
                                        "beside a photo, CFP fiducials, or face detection)")
     f.add_argument("--detectors", help="face detectors in fallback order (default: hog,cnn)")
     f.set_defaults(func=cmd_frontalize)
+
+    w = sub.add_parser("weights", help="shipped weights (weights/manifest.json): pack a run's, verify them")
+    wsub = w.add_subparsers(dest="weights_command", required=True)
+    wp = wsub.add_parser("pack", help="copy a run's judge, loss recognizer and teachers (+ discriminators) as "
+                                      "safetensors with a manifest (checksums, fingerprints, figures)")
+    wp.add_argument("--run", type=Path, required=True, help="the finished run folder, e.g. runs/pretrain")
+    wp.add_argument("--out", type=Path, default=Path("weights"), help="where to write them (default: %(default)s)")
+    wp.add_argument("--fp16", action="append", metavar="NAMES",
+                    help="store these files in fp16 (comma-separated: all, judge, recognizer, tpgan.generator, "
+                         "generator, discriminator, ...); loading casts back to fp32")
+    wp.add_argument("--command", help="the command that reproduces the weights (default: slimface run --config "
+                                      "configs/<run name>.yaml --only data recognizer judge teacher evaluate report)")
+    wp.set_defaults(func=cmd_weights_pack)
+    wv = wsub.add_parser("verify", help="check every shipped file against the manifest (and, with --config, "
+                                        "against that run's architecture and data)")
+    wv.add_argument("weights", nargs="?", type=Path, default=Path("weights"), help="default: %(default)s")
+    wv.add_argument("--config", type=Path, help="also check against this preset's networks and data")
+    wv.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    wv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    wv.set_defaults(func=cmd_weights_verify)
     return p
 
 

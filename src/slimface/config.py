@@ -4,7 +4,10 @@ Every stage describes its settings as a dataclass; :func:`from_dict` builds one 
 (parsed YAML) and rejects unknown keys and values of the wrong type with a one-line
 :class:`~slimface.errors.ConfigError` that names the key, so a typo never silently falls back to a
 default. Nested dataclasses, ``list[...]``, ``dict[str, ...]``, ``Optional`` and ``Literal`` are
-supported. Dataclasses may define ``validate(self)`` for range checks.
+supported, and so is any type with a classmethod ``from_config(value, where)`` that parses itself
+(a bad value raises ConfigError). Dataclasses may define ``validate(self)`` for range checks, and a classmethod
+``upgrade_keys(data, where) -> data`` that rewrites the keys of older config files before loading
+(accepting a key that was removed, or refusing it with a one-line reason).
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if value not in choices:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}")
         return value
+    parse = getattr(tp, "from_config", None)
+    if isinstance(tp, type) and callable(parse):  # a type that parses itself (e.g. compress.config.Budget)
+        return parse(value, where)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -102,6 +108,9 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError."""
     data = dict(data or {})
+    upgrade = getattr(cls, "upgrade_keys", None)
+    if callable(upgrade):
+        data = upgrade(data, where)
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
@@ -124,6 +133,32 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") 
     if callable(validate):
         validate()
     return obj
+
+
+def with_changes(obj: T, changes: dict[str, Any] | None, where: str) -> T:
+    """``obj`` (a config dataclass) with ``changes`` (a mapping as in a config file) applied: a nested
+    dataclass merges key by key, other values replace; checked like :func:`from_dict` (unknown key,
+    wrong type, ``validate``). ``obj`` itself is unchanged; without changes it is returned as is."""
+    if not changes:
+        return obj
+    cls = type(obj)
+    hints = get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    unknown = sorted(set(changes) - fields)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (valid keys: {', '.join(sorted(fields))})")
+    updates = {}
+    for name, value in changes.items():
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            updates[name] = with_changes(current, value, f"{where}.{name}")
+        else:
+            updates[name] = _convert(value, hints[name], f"{where}.{name}")
+    new = dataclasses.replace(obj, **updates)  # type: ignore[type-var]
+    validate = getattr(new, "validate", None)
+    if callable(validate):
+        validate()
+    return new
 
 
 def to_dict(obj: Any) -> Any:
@@ -175,4 +210,4 @@ def check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-__all__ = ["from_dict", "to_dict", "load_yaml", "load_config", "check", "typing"]
+__all__ = ["from_dict", "with_changes", "to_dict", "load_yaml", "load_config", "check", "typing"]

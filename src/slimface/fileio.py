@@ -1,9 +1,10 @@
-"""Atomic file writes: every file slimface produces appears whole or not at all.
+"""Atomic file writes and safe reads: every file slimface produces appears whole or not at all, and
+no file it reads can run code.
 
 A temp file next to the target is written, fsynced and renamed onto the target, so an interrupted
 or failed write (SIGKILL, a full disk) never leaves a half-written checkpoint, weights file, stage
 marker or report, and never damages the previous version. A failed write removes its temp file and
-becomes a one-line error.
+becomes a one-line error. :func:`safe_load` is the project's one ``torch.load`` (``weights_only``).
 """
 
 from __future__ import annotations
@@ -60,6 +61,63 @@ def atomic_write(target: str | Path, data: bytes | str | Writer) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return target
+
+
+def safe_load(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
+    """Load a checkpoint/exported model with ``weights_only=True``; anything else is CheckpointError.
+
+    The one ``torch.load`` of the project (training checkpoints, official LightCNN files...; ``what``
+    names the file in messages). A file that needs arbitrary unpickling (custom classes,
+    ``__reduce__`` tricks, a plain pickle stream) is refused without executing it; a truncated or
+    corrupt file is reported as unreadable.
+    """
+    import pickle
+    import re
+
+    import torch  # here, not at the top: this module is imported by configs that load before torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} does not exist; check the path")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch words every refusal "Weights only load failed": tell code from damage by what it hit
+        text = str(exc)
+        found = re.search(r"\bGLOBAL ([\w.]+)", text)
+        if found or _is_plain_pickle(path):
+            needs = f" (it needs {found.group(1)})" if found else ""
+            raise CheckpointError(
+                f"{what} {path} contains arbitrary Python objects and was not loaded: slimface refuses to "
+                f"unpickle code{needs}; re-save it with torch.save(state_dict) from a trusted environment"
+            ) from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        reason = detail.group(1).strip()[:120] if detail else _first_line(exc)
+        raise CheckpointError(
+            f"{what} {path} is not a readable PyTorch checkpoint: corrupt or truncated ({reason}); delete it"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as exc:
+        raise CheckpointError(
+            f"{what} {path} is not a readable PyTorch checkpoint: corrupt or truncated ({_first_line(exc)}); "
+            "delete it"
+        ) from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(
+            f"{what} {path} holds a {type(obj).__name__}, not a state dict; "
+            "pass a slimface checkpoint"
+        )
+    return obj
+
+
+def _is_plain_pickle(path: Path) -> bool:
+    """A bare pickle stream (``pickle.dump``), not torch.save's zip: only code-free data is allowed."""
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0][:160] if text else type(exc).__name__) or type(exc).__name__
 
 
 def remove_stale_temps(folder: str | Path) -> None:

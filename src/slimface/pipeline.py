@@ -12,22 +12,25 @@ from the same inputs; others are moved aside.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 from torch import nn
 
-from slimface.errors import CheckpointError, ConfigError, DataError
+from slimface.data.splits import DataBundle
+from slimface.errors import ConfigError, DataError
 from slimface.fileio import atomic_write
-from slimface.pipeline_config import JudgeSettings, PipelineConfig, RecognizerSettings, TrainSettings
+from slimface.pipeline_config import JudgeSettings, PipelineConfig, RecognizerSettings
+from slimface.train.checkpoint import load_weights, save_weights
+from slimface.train.config import TrainConfig
 
 if TYPE_CHECKING:
+    from slimface.evaluate.context import RunContext
     from slimface.models.judge import Judge
 
 log = logging.getLogger("slimface")
@@ -43,67 +46,6 @@ def _say(text: str) -> None:
 
     if D.is_main():
         print(text, flush=True)
-
-
-def save_weights(module: nn.Module, path: Path) -> Path:
-    """state_dict as safetensors, written atomically (temp file + rename); rank 0 only under DDP."""
-    from safetensors.torch import save as safetensors_bytes
-
-    from slimface.train import distributed as D
-
-    if not D.is_main():
-        return path
-    module = D.unwrap(module)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
-    # a failed write (disk full) removes the temp file and is a one-line CheckpointError
-    atomic_write(path, lambda f: f.write(safetensors_bytes(state)))
-    return path
-
-
-def load_weights(module: nn.Module, path: Path, what: str) -> nn.Module:
-    """Load safetensors weights; a file of another architecture is a one-line CheckpointError."""
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise CheckpointError(f"{what} weights {path} do not exist; run the stage that writes them")
-    try:
-        state = load_file(str(path))
-    except Exception as exc:  # noqa: BLE001 - any decode failure means a broken file
-        raise CheckpointError(f"{what} weights {path} are not a readable safetensors file ({exc})") from exc
-    own = module.state_dict()
-    for key, value in own.items():
-        if key not in state:
-            raise CheckpointError(f"{what} weights {path} lack {key!r}: they belong to another architecture")
-        if state[key].shape != value.shape:
-            raise CheckpointError(
-                f"{what} weights {path}: {key!r} has shape {tuple(state[key].shape)}, this model needs "
-                f"{tuple(value.shape)} (another architecture, width or resolution)"
-            )
-    module.load_state_dict({k: state[k] for k in own})
-    return module
-
-
-@dataclass
-class DataBundle:
-    """The splits every stage uses: training pairs (minus validation identities), validation pairs
-    (held-out training identities, for search), test probes and gallery (test identities)."""
-
-    train_pairs: list
-    val_pairs: list
-    test_pairs: list
-    gallery: list
-    fit_records: list  # every image of the training identities (minus validation ones)
-    subject_labels: dict[str, int]
-    has_pitch: bool
-    skipped: int = 0  # bad files the loader skipped (policy "skip")
-
-    def recognition_records(self, max_abs_yaw: int, identities: str) -> list:
-        """Near-frontal, pitch-0 images of the chosen identity subset: what a recognizer trains on."""
-        from slimface.data.records import identity_subset
-
-        keep = set(identity_subset(sorted({r.subject for r in self.fit_records}), identities))
-        return [r for r in self.fit_records if r.subject in keep and abs(r.yaw) <= max_abs_yaw and r.pitch == 0]
 
 
 class Pipeline:
@@ -221,14 +163,10 @@ class Pipeline:
         return results
 
     # ------------------------------------------------------------------ shared helpers
-    def train_config(self, settings: TrainSettings, out_dir: Path, seed_offset: int = 0):  # noqa: ANN201
-        from slimface.train.loop import TrainConfig
-
-        return TrainConfig(
-            steps=settings.steps, batch_size=settings.batch_size, log_every=settings.log_every,
-            ckpt_every=settings.ckpt_every, sample_every=max(settings.steps // 2, 1),
-            keep_last=settings.keep_last, seed=self.cfg.seed + seed_offset, out_dir=out_dir,
-            progress=self.progress, channels_last=settings.channels_last,
+    def train_config(self, settings: TrainConfig, out_dir: Path, seed_offset: int = 0) -> TrainConfig:
+        """A stage's ``train:`` section with the per-stage fields filled in (``train.config.RUN_FIELDS``)."""
+        return dataclasses.replace(
+            settings, seed=self.cfg.seed + seed_offset, out_dir=out_dir, progress=self.progress,
             key=self._active_key[0] if self._active_key else "",
             key_reason=self._active_key[1] if self._active_key else "",
         )
@@ -300,7 +238,7 @@ class Pipeline:
     def recognizer(self) -> nn.Module:
         """The loss recognizer (identity losses, distillation, search metric), frozen."""
         if self._recognizer is None:
-            from slimface.train.losses import freeze
+            from slimface.nn.modes import freeze
 
             r = self.cfg.recognizer
             if r.checkpoint and Path(r.checkpoint).suffix == ".safetensors":  # one slimface trained elsewhere
@@ -368,8 +306,8 @@ class Pipeline:
         return self._judges
 
     def teacher_generator(self, family: str) -> nn.Module:
-        from slimface.models.registry import build_generator
-        from slimface.train.losses import freeze
+        from slimface.families import build_generator
+        from slimface.nn.modes import freeze
 
         t = self.cfg.teacher(family)
         d = self.cfg.data
@@ -382,15 +320,9 @@ class Pipeline:
         d = self.cfg.data
         root = self._dataset_root()
         if d.kind == "synth":
-            from slimface.config import from_dict
-            from slimface.data.synth import SynthConfig, render_dataset
+            from slimface.data.synth import render_dataset
 
-            s = d.synth
-            synth_cfg = from_dict(SynthConfig, {
-                "subjects": s.subjects, "train_subjects": s.train_subjects, "resolution": d.resolution,
-                "illuminations": s.illuminations, "pitch": s.pitch, "gray": s.gray, "seed": s.seed,
-            }, where="data.synth")
-            render_dataset(synth_cfg, root, progress=self.progress)
+            render_dataset(d.synth, root, progress=self.progress)
         self._data = self._load_data(verify=True)  # decode every image once: bad files surface here
         b = self.data
         info = {
@@ -409,6 +341,11 @@ class Pipeline:
         if r.checkpoint:
             self.recognizer  # noqa: B018 - loads and validates the official file
             return {"source": str(r.checkpoint)}
+        if r.pretrained:  # the shipped recognizer, verified against this run's config (slimface.shipped)
+            from slimface.shipped import install
+
+            self._recognizer = None
+            return install(self, "recognizer", _say)
         return self._train_recognizer(r, self.out / "recognizer", 1, "recognizer.safetensors")
 
     def stage_judge(self) -> dict[str, Any]:
@@ -417,12 +354,17 @@ class Pipeline:
         if j.checkpoint:
             self._judges = None
             return {"source": str(j.checkpoint), "judges": list(self.judges)}
+        if j.pretrained:  # the shipped judge, verified against this run's config (slimface.shipped)
+            from slimface.shipped import install
+
+            self._judges = None
+            return install(self, "judge", _say)
         info = self._train_recognizer(j, self.out / "judge", 10 + j.seed, "judge.safetensors")
         self._judges = None
         return info
 
     def stage_teacher(self, family: str) -> dict[str, Any]:
-        from slimface.models.registry import get_family
+        from slimface.families import get_family
         from slimface.train.loop import Trainer
 
         t = self.cfg.teacher(family)
@@ -431,6 +373,10 @@ class Pipeline:
         if t.checkpoint:
             self.teacher_generator(family)  # validates the given file against the architecture
             return {"source": str(t.checkpoint)}
+        if t.pretrained:  # shipped generator + discriminator, verified against this run's config (slimface.shipped)
+            from slimface.shipped import install
+
+            return install(self, f"teacher.{family}", _say)
         fam = get_family(family)
         gen = fam.build_generator(resolution=d.resolution, channels=d.channels, width_mult=t.width_mult,
                                   separable=False, sub=None)
@@ -445,7 +391,7 @@ class Pipeline:
         return {"final": metrics}
 
     def _teacher_disc(self, family: str) -> nn.Module:
-        from slimface.models.registry import get_family
+        from slimface.families import get_family
 
         t = self.cfg.teacher(family)
         d = self.cfg.data
@@ -457,7 +403,7 @@ class Pipeline:
         return disc.to(self.device)
 
     def _supernet(self, family: str) -> nn.Module:
-        from slimface.models.registry import build_generator
+        from slimface.families import build_generator
 
         d = self.cfg.data
         supernet = build_generator(family, d.resolution, d.channels, self.cfg.teacher(family).width_mult,
@@ -465,28 +411,22 @@ class Pipeline:
         return supernet.to(self.device)
 
     def _ofa_task(self, family: str, supernet: nn.Module, fixed: dict[str, int] | None = None):  # noqa: ANN202
-        from slimface.compress.distill import DistillConfig
+        """The supernet stage's task, or with ``fixed`` the fine-tune stage's: the same objective
+        (``student``) trained for ``finetune.train``."""
         from slimface.compress.ofa import OFATask
         from slimface.compress.space import ConfigSpace
-        from slimface.config import from_dict
-        from slimface.models.registry import get_family
+        from slimface.families import get_family
 
         s = self.cfg.student_for(family)
+        if fixed:  # the fine-tune stage: its own train section and lr schedule (decay over its second half)
+            s = dataclasses.replace(s, train=self.cfg.finetune_for(family).train, decay_steps=None)
         fam = get_family(family)
-        dcfg = from_dict(DistillConfig, {"recon_weight": s.recon_weight, "teacher_weight": s.teacher_weight,
-                                         "distill_weight": s.distill_weight,
-                                         "gan_weight": s.gan_weight, "identity_weight": s.identity_weight,
-                                         "gan_mode": s.gan_mode or fam.extras.get("gan_mode", "bce")},
-                         where="student")
-        settings = self.cfg.finetune_for(family).train if fixed else s.train
         teacher = self.teacher_generator(family)
         return OFATask(
-            family=fam, supernet=supernet, teacher=teacher,
-            teacher_disc=self._teacher_disc(family), space=ConfigSpace.from_supernet(fam, supernet),
-            distill=dcfg, recognizer=self.recognizer if s.identity_weight > 0 else None,
-            lr=settings.lr, total_steps=settings.steps, seed=self.cfg.seed, sampling=s.sampling,
-            budget_macs=self.budget_macs(family, teacher) if s.sampling == "budget" and not fixed else None,
-            budget_low=s.budget_low,
+            fam, supernet, teacher, self._teacher_disc(family), s,
+            space=ConfigSpace.from_supernet(fam, supernet),
+            recognizer=self.recognizer if s.identity_weight > 0 else None, seed=self.cfg.seed,
+            budget_macs=self.budget_macs(family, teacher) if s.sampling == "budget" and not fixed else 0.0,
             fixed_config=fixed,
         )
 
@@ -510,27 +450,15 @@ class Pipeline:
         return {"final": metrics}
 
     def budget_macs(self, family: str, teacher: nn.Module | None = None) -> float:
-        """The search budget in MACs: absolute ("2.5G") or relative to the teacher ("10x"; ``teacher``:
-        the loaded teacher generator, if the caller has it already)."""
-        from slimface.nn.profile import count_macs, parse_count
+        """The search budget in MACs (``search.budget``, parsed when the config loaded): absolute, or
+        relative to the teacher (``teacher``: the loaded teacher generator, if the caller has it)."""
+        from slimface.nn.profile import count_macs
 
-        text = str(self.cfg.search.budget).strip().lower()
-        if text.endswith("x"):
-            try:
-                factor = float(text[:-1])
-            except ValueError as exc:
-                raise ConfigError(f"search.budget {self.cfg.search.budget!r}: expected e.g. 10x, 2.5G or 300M") from exc
-            if factor <= 1:
-                raise ConfigError(f"search.budget {text}: a reduction factor must be above 1 (e.g. 10x)")
-            teacher = teacher if teacher is not None else self.teacher_generator(family)
-            return count_macs(teacher, teacher.example_inputs()) / factor  # type: ignore[operator]
-        try:
-            macs = parse_count(text)
-        except ValueError as exc:
-            raise ConfigError(f"search.budget {self.cfg.search.budget!r}: expected e.g. 2.5G, 300M or 10x") from exc
-        if macs <= 0:
-            raise ConfigError(f"search.budget {self.cfg.search.budget!r}: must be a positive MACs count, e.g. 300M")
-        return macs
+        def teacher_macs() -> float:
+            net = teacher if teacher is not None else self.teacher_generator(family)
+            return float(count_macs(net, net.example_inputs()))  # type: ignore[operator]
+
+        return self.cfg.search.budget.macs(teacher_macs)
 
     def _trained_supernet(self, family: str) -> nn.Module:
         supernet = self._supernet(family)
@@ -540,7 +468,7 @@ class Pipeline:
     def stage_search(self, family: str) -> dict[str, Any]:
         from slimface.compress.search import identity_metric, search
         from slimface.compress.space import ConfigSpace
-        from slimface.models.registry import get_family
+        from slimface.families import get_family
 
         sc = self.cfg.search
         out = self.family_dir(family) / "search"
@@ -560,11 +488,8 @@ class Pipeline:
             latency_fn = search_latency_model(family, supernet, sc.runtime, self.cfg.bench.threads or 1,
                                               sc.latency_table, out, _say)
         result = search(
-            supernet, space, budget,
-            lambda net, cfg: identity_metric(net, cfg, val, self.recognizer, bn),
-            method=sc.method, population=sc.population, generations=sc.generations,
-            parent_ratio=sc.parent_ratio, mutation_ratio=sc.mutation_ratio, seed=self.cfg.seed,
-            cache_path=out / "cache.jsonl", out_jsonl=out / "evaluated.jsonl",
+            supernet, space, budget, lambda cfg: identity_metric(supernet, cfg, val, self.recognizer, bn),
+            sc, seed=self.cfg.seed, cache_path=out / "cache.jsonl", out_jsonl=out / "evaluated.jsonl",
             resolution=self.cfg.data.resolution, latency_fn=latency_fn, latency_budget_ms=latency_ms,
             cache_key=self._active_key[0] if self._active_key is not None else None,
         )
@@ -591,7 +516,7 @@ class Pipeline:
 
     def stage_finetune(self, family: str) -> dict[str, Any]:
         from slimface.compress.space import ConfigSpace
-        from slimface.models.registry import get_family
+        from slimface.families import get_family
         from slimface.train.loop import Trainer
 
         out = self.family_dir(family) / "finetune"
@@ -608,10 +533,11 @@ class Pipeline:
         return {"final": metrics, "config": space.encode(cfg)}
 
     def stage_export(self, family: str) -> dict[str, Any]:
-        from slimface.compress.export import extract_subnet, save_export
-        from slimface.compress.search import recalibrate_bn
+        from slimface.compress.extract import extract_subnet
+        from slimface.export_format import save_export
+        from slimface.compress.bn import recalibrate_bn
         from slimface.compress.space import ConfigSpace
-        from slimface.models.registry import get_family
+        from slimface.families import get_family
 
         d = self.cfg.data
         out = self.family_dir(family) / "export"
@@ -631,7 +557,8 @@ class Pipeline:
         return info
 
     def _deploy(self, student: nn.Module, out: Path) -> dict[str, Any]:
-        from slimface.deploy.onnx_export import check_onnx, export_onnx
+        from slimface.deploy.onnx_export import export_onnx
+        from slimface.deploy.runtime import check_onnx
 
         student.eval()
         inputs = student.example_inputs()
@@ -662,18 +589,43 @@ class Pipeline:
                 info["int8_report"] = report.as_dict()
         return info
 
+    def context(self) -> "RunContext":
+        """What the evaluate, bench and report stages read of this run (they never see the Pipeline)."""
+        from slimface import stage_keys
+        from slimface.evaluate.context import RunContext
+
+        c, r = self.cfg, self.cfg.recognizer
+
+        def provenance() -> tuple[dict[str, Any], list[str], set[str]]:
+            prov = stage_keys.provenance(self.out, c.families)
+            return (prov, *stage_keys.provenance_lines(prov))
+
+        return RunContext(
+            name=c.name, out=self.out, seed=c.seed, device=self.device, families=list(c.families),
+            stages=self.stages(), data_kind=c.data.kind, resolution=c.data.resolution, channels=c.data.channels,
+            teacher_widths={f: c.teacher(f).width_mult for f in c.families}, eval_batch_size=c.eval_batch_size,
+            eval_probes_per_group=c.eval_probes_per_group, dlib_probes_per_group=c.judge.dlib_probes_per_group,
+            bench=c.bench,
+            recognizer_info={"kind": f"{r.variant} w{r.width_mult:g}",
+                             "source": str(r.checkpoint or self.out / "recognizer" / "recognizer.safetensors"),
+                             "identities": f"{r.identities} of the training identities"},
+            data=lambda: self.data, pair_dataset=self.pair_dataset, batches=self.batches,
+            teacher=self.teacher_generator, recognizer=lambda: self.recognizer, judges=lambda: self.judges,
+            provenance=provenance,
+        )
+
     def stage_evaluate(self) -> dict[str, Any]:
         from slimface.evaluate.run_eval import evaluate_run
 
-        return evaluate_run(self)
+        return evaluate_run(self.context())
 
     def stage_bench(self) -> dict[str, Any]:
         from slimface.evaluate.run_eval import bench_run
 
-        return bench_run(self)
+        return bench_run(self.context())
 
     def stage_report(self) -> dict[str, Any]:
         from slimface.evaluate.report import write_report
 
-        path = write_report(self)
+        path = write_report(self.context())
         return {"report": str(path)}

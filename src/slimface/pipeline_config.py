@@ -1,5 +1,12 @@
 """The configuration of one `slimface run`: every stage's settings, validated strictly.
 
+Each section is the dataclass its stage consumes, nested as is (no copy in between): ``train:``
+sections are :class:`~slimface.train.config.TrainConfig`, ``data.synth`` is
+:class:`~slimface.data.synth.SynthConfig`, ``student`` / ``finetune`` / ``search`` are
+:mod:`slimface.compress.config`'s, ``teachers.<family>.loss`` is the family's own loss dataclass. A
+family's changes to ``student`` / ``finetune`` are merged once, when the config loads, and every
+value (the search budget too) is checked then, before any stage or heavy import runs.
+
 Presets live in ``configs/*.yaml`` (tiny for tests, quick for the default run, cpu for better
 numbers on this kind of machine, full for GPUs). Any key can be overridden from the CLI with
 ``--set stage.key=value``.
@@ -11,21 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from slimface.config import check, from_dict, to_dict
+from slimface.compress.config import FinetuneConfig, OFAConfig, SearchConfig
+from slimface.config import check, from_dict, with_changes
+from slimface.data.synth import SynthConfig
+from slimface.evaluate.config import BenchConfig
+from slimface.families import family_names, get_family
+from slimface.train.config import RUN_FIELDS, TrainConfig
 
 
 def _check_width(value: float, name: str) -> None:
     check(0 < value <= 4, f"{name} must be in (0, 4], e.g. 1.0 (official widths) or 0.25; got {value}")
-
-
-@dataclass
-class SynthSettings:
-    subjects: int = 337
-    train_subjects: int = 200
-    illuminations: int = 5
-    pitch: bool = False
-    gray: bool = False
-    seed: int = 0
 
 
 @dataclass
@@ -34,7 +36,7 @@ class DataSettings:
     root: Path = Path("data_cache/synth")
     resolution: int = 64
     channels: int = 3
-    synth: SynthSettings = field(default_factory=SynthSettings)
+    synth: SynthConfig = field(default_factory=SynthConfig)  # kind synth: what is rendered (at ``resolution``)
     train_subjects: Optional[int] = None  # None: the dataset's own split (setting 2 / dataset.json)
     val_subjects: int = 20  # held-out *training* identities for search and validation
     policy: Literal["skip", "stop"] = "skip"
@@ -44,22 +46,10 @@ class DataSettings:
         check(self.resolution in (64, 128), f"data.resolution must be 64 or 128, got {self.resolution}")
         check(self.channels in (1, 3), f"data.channels must be 1 or 3, got {self.channels}")
         check(self.val_subjects >= 1, "data.val_subjects must be at least 1")
-
-
-@dataclass
-class TrainSettings:
-    steps: int = 1000
-    batch_size: int = 16
-    lr: float = 2e-4
-    log_every: int = 50
-    ckpt_every: int = 200
-    keep_last: int = 2
-    channels_last: bool = True  # NHWC training (faster convs on CPU; see TrainConfig)
-
-    def validate(self) -> None:
-        check(self.steps >= 1, f"steps must be at least 1, got {self.steps}")
-        check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
-        check(self.lr > 0, f"lr must be positive, got {self.lr}")
+        check(self.synth.resolution in (None, self.resolution),
+              f"data.synth.resolution {self.synth.resolution} differs from data.resolution {self.resolution}; "
+              "drop it (the data is rendered at data.resolution)")
+        self.synth.resolution = self.resolution
 
 
 #: which of the (non-validation) training identities a recognizer learns: the loss recognizer and the
@@ -76,7 +66,8 @@ class RecognizerSettings:
     max_abs_yaw: int = 30  # trained on near-frontal faces only, like public recognizers
     identities: Identities = "all"
     checkpoint: Optional[Path] = None  # instead of training: slimface .safetensors, or an official LightCNN file
-    train: TrainSettings = field(default_factory=lambda: TrainSettings(steps=600, batch_size=64, lr=1e-3))
+    pretrained: bool = False  # instead of training: the shipped recognizer in ``weights`` (slimface.shipped)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=600, batch_size=64, lr=1e-3))
 
     def validate(self) -> None:
         _check_width(self.width_mult, "recognizer.width_mult")
@@ -93,9 +84,10 @@ class JudgeSettings:
     identities: Identities = "second_half"
     seed: int = 1  # its own initialisation and batch order, apart from the loss recognizer's
     checkpoint: Optional[Path] = None  # a judge trained elsewhere (safetensors of this architecture)
+    pretrained: bool = False  # instead of training: the shipped judge in ``weights`` (slimface.shipped)
     dlib: bool = True  # also judge with dlib's ResNet descriptor (trained on real faces)
     dlib_probes_per_group: int = 60  # dlib costs ~0.1 s per image on a CPU: a subset of the probes
-    train: TrainSettings = field(default_factory=lambda: TrainSettings(steps=600, batch_size=64, lr=1e-3))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=600, batch_size=64, lr=1e-3))
 
     def validate(self) -> None:
         _check_width(self.width_mult, "judge.width_mult")
@@ -104,73 +96,22 @@ class JudgeSettings:
 
 @dataclass
 class TeacherSettings:
-    family: Literal["tpgan", "crgan", "pim"] = "tpgan"
+    """One ``teachers.<family>`` section; the key names the family (slimface.families)."""
+
     width_mult: float = 0.25
     checkpoint: Optional[Path] = None  # a trained teacher generator to compress instead of training
-    loss: dict[str, float] = field(default_factory=dict)
-    train: TrainSettings = field(default_factory=TrainSettings)
+    # instead of training: the shipped generator + discriminator in ``weights`` (slimface.shipped);
+    # --set teachers.<family>.pretrained=false trains the teacher in this run
+    pretrained: bool = False
+    # the family's loss weights: a mapping in the file, loaded into the family's ``loss_config``
+    # dataclass by PipelineConfig.validate (unknown keys and wrong types fail at load time)
+    loss: Any = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
     # this family's changes to the top-level ``student`` / ``finetune`` settings (its compression
     # recipe), e.g. student: {sampling: uniform, identity_weight: 300}, finetune: {train: {steps: 400}};
     # nested ``train`` keys merge key by key
     student: dict[str, Any] = field(default_factory=dict)
     finetune: dict[str, Any] = field(default_factory=dict)
-
-    def validate(self) -> None:
-        _check_width(self.width_mult, f"teachers.{self.family}.width_mult")
-
-
-@dataclass
-class StudentSettings:
-    # uniform: one random sub-network per step (the reference); sandwich: largest + smallest + random;
-    # budget: random sub-networks shrunk under a MAC target in [budget_low, 1] x the search budget,
-    # so a short run trains the region the search will pick from
-    sampling: Literal["uniform", "sandwich", "budget"] = "uniform"
-    budget_low: float = 0.5
-    # start the supernet from the teacher (copied layers, rank-1 factorised separable convs, channels
-    # sorted by importance) rather than from random weights; see slimface.compress.warmstart
-    warm_start: bool = False
-    recon_weight: float = 100.0
-    teacher_weight: float = 0.0  # output distillation: L1 to the teacher's image
-    distill_weight: float = 1.0
-    gan_weight: float = 1.0
-    identity_weight: float = 0.0
-    gan_mode: Optional[Literal["bce", "wgan-gp"]] = None  # None: the family's own (bce; wgan-gp for crgan)
-    train: TrainSettings = field(default_factory=TrainSettings)
-
-    def validate(self) -> None:
-        check(0 < self.budget_low <= 1, f"student.budget_low must be in (0, 1], got {self.budget_low}")
-
-
-@dataclass
-class SearchSettings:
-    budget: str = "10x"  # absolute MACs ("2.5G", "300M") or a reduction factor vs the teacher ("10x")
-    method: Literal["auto", "exhaustive", "evolution"] = "auto"
-    population: int = 100
-    generations: int = 5
-    parent_ratio: float = 0.25
-    mutation_ratio: float = 0.5
-    val_batches: int = 4
-    bn_batches: int = 4
-    latency: Optional[str] = None  # predicted-latency budget on `runtime` ("15ms"), as well as the MACs budget
-    runtime: Literal["torch", "ort", "ort-int8"] = "ort"  # whose latency table prices the candidates
-    latency_table: Optional[str] = None  # a `slimface latency-table` JSON; default: built in the search dir
-
-    def validate(self) -> None:
-        import re
-
-        check(self.latency is None or bool(re.fullmatch(r"\s*[0-9.]+(e-?[0-9]+)?\s*(ms|s|us)?\s*", str(self.latency))),
-              f"search.latency must be a duration like 15ms, got {self.latency!r}")
-        check(self.population >= 2, f"search.population must be at least 2, got {self.population}")
-        check(self.generations >= 0, f"search.generations must be >= 0, got {self.generations}")
-        check(0 < self.parent_ratio <= 1, f"search.parent_ratio must be in (0, 1], got {self.parent_ratio}")
-        check(0 <= self.mutation_ratio <= 1, f"search.mutation_ratio must be in [0, 1], got {self.mutation_ratio}")
-        check(self.val_batches >= 1 and self.bn_batches >= 1, "search.val_batches and bn_batches must be >= 1")
-
-
-@dataclass
-class FinetuneSettings:
-    train: TrainSettings = field(default_factory=lambda: TrainSettings(steps=300))
-
 
 @dataclass
 class DeploySettings:
@@ -178,16 +119,6 @@ class DeploySettings:
     int8: bool = True
     calibration_batches: int = 8
     int8_nodes: Literal["all", "faster"] = "all"  # faster: convs stay fp32 where the ort-int8 latency table says int8 is slower
-
-
-@dataclass
-class BenchSettings:
-    warmup: int = 100
-    runs: int = 100
-    threads: Optional[int] = None
-    full_size: bool = True  # also time the 128x128 official-width teacher vs its compressed arch
-    full_size_warmup: int = 3
-    full_size_runs: int = 10
 
 
 @dataclass
@@ -201,46 +132,84 @@ class PipelineConfig:
     recognizer: RecognizerSettings = field(default_factory=RecognizerSettings)
     judge: JudgeSettings = field(default_factory=JudgeSettings)
     teachers: dict[str, TeacherSettings] = field(default_factory=dict)
-    student: StudentSettings = field(default_factory=StudentSettings)
-    search: SearchSettings = field(default_factory=SearchSettings)
-    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    student: OFAConfig = field(default_factory=OFAConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     deploy: DeploySettings = field(default_factory=DeploySettings)
-    bench: BenchSettings = field(default_factory=BenchSettings)
+    bench: BenchConfig = field(default_factory=BenchConfig)
     eval_batch_size: int = 64
     eval_probes_per_group: int = 0  # cap probes per pose group (0: every test probe)
+    # shipped weights (weights/manifest.json, slimface.shipped): what recognizer/judge/teachers.<f>.pretrained
+    # load instead of training, after checking checksum, architecture and data fingerprint
+    weights: Path = Path("weights")
+
+    @classmethod
+    def upgrade_keys(cls, data: dict[str, Any], where: str) -> dict[str, Any]:
+        """Older files repeat the family inside its teacher section (``teachers.tpgan.family: tpgan``):
+        accepted when it equals the key, refused otherwise (the key is the family)."""
+        teachers = data.get("teachers")
+        if not isinstance(teachers, dict):
+            return data
+        fixed = {}
+        for name, section in teachers.items():
+            if isinstance(section, dict) and "family" in section:
+                check(section["family"] == name,
+                      f"{where}.teachers.{name}.family is {section['family']!r}, but the key {name!r} names "
+                      f"the family; drop the family: line or rename the section")
+                section = {k: v for k, v in section.items() if k != "family"}
+            fixed[name] = section
+        return {**data, "teachers": fixed}
 
     def validate(self) -> None:
-        known = {"tpgan", "crgan", "pim"}
+        known = family_names()
         for fam in self.families:
-            check(fam in known, f"families: unknown model {fam!r}; choose from {sorted(known)}")
+            check(fam in known, f"families: unknown model {fam!r}; choose from {known}")
         check(len(self.families) >= 1, "families: name at least one model to compress")
         r, j = self.recognizer, self.judge
         check(not (r.checkpoint and j.checkpoint and Path(r.checkpoint).resolve() == Path(j.checkpoint).resolve()),
               "judge.checkpoint is the loss recognizer's file: a judge must be a network no training saw")
+        for where, part in (("recognizer", r), ("judge", j), *((f"teachers.{n}", t) for n, t in self.teachers.items())):
+            check(not (part.pretrained and part.checkpoint),
+                  f"{where}: pretrained (shipped weights) and checkpoint (a given file) exclude each other; drop one")
         for name in self.teachers:
-            check(name in known, f"teachers: unknown model {name!r}; choose from {sorted(known)}")
-            self.student_for(name), self.finetune_for(name)  # a bad per-family key fails at load time
+            check(name in known, f"teachers: unknown model {name!r}; choose from {known}")
+        self._students: dict[str, OFAConfig] = {}
+        self._finetunes: dict[str, FinetuneConfig] = {}
+        for name in [*self.teachers, *(f for f in self.families if f not in self.teachers)]:
+            t = self.teachers.setdefault(name, TeacherSettings())
+            _check_width(t.width_mult, f"teachers.{name}.width_mult")
+            loss_cls = get_family(name).loss_config
+            if not isinstance(t.loss, loss_cls):
+                check(isinstance(t.loss, dict), f"teachers.{name}.loss must be a mapping of loss weights")
+                t.loss = from_dict(loss_cls, t.loss, f"teachers.{name}.loss")
+            # the family's recipe, merged once (a bad key fails here, at load time)
+            self._students[name] = with_changes(self.student, t.student, f"teachers.{name}.student")
+            self._finetunes[name] = with_changes(self.finetune, t.finetune, f"teachers.{name}.finetune")
+        for where, train in self._train_sections():
+            for run_field in RUN_FIELDS:
+                check(getattr(train, run_field) == getattr(_DEFAULT_TRAIN, run_field),
+                      f"{where}.{run_field} is set per stage by slimface run (the top-level seed, --out); "
+                      f"drop it from {where}")
+
+    def _train_sections(self) -> list[tuple[str, TrainConfig]]:
+        out = [("recognizer.train", self.recognizer.train), ("judge.train", self.judge.train),
+               ("student.train", self.student.train), ("finetune.train", self.finetune.train)]
+        for name, t in self.teachers.items():
+            out.append((f"teachers.{name}.train", t.train))
+            out.append((f"teachers.{name}.student.train", self.student_for(name).train))
+            out.append((f"teachers.{name}.finetune.train", self.finetune_for(name).train))
+        return out
 
     def teacher(self, family: str) -> TeacherSettings:
-        return self.teachers.get(family) or TeacherSettings(family=family)  # type: ignore[arg-type]
+        return self.teachers[family]
 
-    def student_for(self, family: str) -> StudentSettings:
-        """The student settings for ``family``: the top-level ``student`` with the family's changes."""
-        return _with_changes(self.student, self.teacher(family).student, f"teachers.{family}.student")
+    def student_for(self, family: str) -> OFAConfig:
+        """The supernet stage's settings for ``family``: the top-level ``student`` with the family's changes."""
+        return self._students[family]
 
-    def finetune_for(self, family: str) -> FinetuneSettings:
-        """The fine-tune settings for ``family``: the top-level ``finetune`` with the family's changes."""
-        return _with_changes(self.finetune, self.teacher(family).finetune, f"teachers.{family}.finetune")
+    def finetune_for(self, family: str) -> FinetuneConfig:
+        """The fine-tune stage's settings for ``family``: the top-level ``finetune`` with the family's changes."""
+        return self._finetunes[family]
 
 
-def _with_changes(settings: Any, changes: dict[str, Any], where: str) -> Any:
-    """``settings`` (a dataclass) with ``changes`` applied and validated; ``train`` merges key by key."""
-    if not changes:
-        return settings
-    merged = to_dict(settings)
-    for key, value in changes.items():
-        if key == "train" and isinstance(value, dict):
-            merged["train"] = {**merged["train"], **value}
-        else:
-            merged[key] = value
-    return from_dict(type(settings), merged, where=where)
+_DEFAULT_TRAIN = TrainConfig()

@@ -26,11 +26,13 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from slimface.config import to_dict
+from slimface.train.config import RUN_FIELDS
 
 #: bumped when the key formula changes: markers of another version are stale
 KEY_VERSION = 2
 #: training settings a run may change and still continue from its checkpoints
-CONTINUATION = frozenset({"steps", "batch_size", "log_every", "ckpt_every", "keep_last", "channels_last"})
+CONTINUATION = frozenset({"steps", "batch_size", "log_every", "ckpt_every", "keep_last", "channels_last",
+                          "sample_every", "sample_count", "eval_every", "resume"})
 #: data-stage counts that define the splits every other stage trains and tests on
 SPLIT_COUNTS = ("train_pairs", "val_pairs", "test_probes", "gallery", "train_identities", "skipped_files")
 
@@ -119,14 +121,47 @@ def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
         s = {"search": to_dict(c.search), "eval_batch_size": c.eval_batch_size, "seed": c.seed}
     elif kind == "finetune":
         student = to_dict(c.student_for(fam))
-        for supernet_only in ("train", "warm_start", "sampling", "budget_low"):
+        for supernet_only in ("train", "warm_start", "sampling", "budget_low", "decay_steps"):
             student.pop(supernet_only, None)
         s = {"finetune": to_dict(c.finetune_for(fam)), "student": student, "seed": c.seed}
     elif kind == "export":
         s = {"deploy": to_dict(c.deploy), "eval_batch_size": c.eval_batch_size}
     else:
         s = _final_settings(c, kind)
-    return _plain(s)
+    return _plain(_with_shipped(c, stage, _without_run_fields(s)))
+
+
+def _without_run_fields(obj: Any, parent: str = "") -> Any:
+    """``obj`` minus the per-stage fields of every ``train`` section (where it writes, its seed and
+    key: the pipeline sets them, they are no settings)."""
+    if isinstance(obj, dict):
+        return {k: _without_run_fields(v, k) for k, v in obj.items() if not (parent == "train" and k in RUN_FIELDS)}
+    return obj
+
+
+def _without_off_switches(obj: Any, top: bool = True) -> Any:
+    """``obj`` minus ``pretrained: false`` and the top-level ``weights`` folder: settings that change
+    nothing while no stage uses shipped weights stay out of every key (older runs keep their keys)."""
+    if isinstance(obj, dict):
+        return {k: _without_off_switches(v, False) for k, v in obj.items()
+                if not (k == "pretrained" and v is False) and not (top and k == "weights")}
+    return obj
+
+
+def _with_shipped(cfg: Any, stage: str, s: dict[str, Any]) -> dict[str, Any]:
+    """A stage that installs shipped weights (slimface.shipped) depends on the manifest's checksums
+    of its files instead of its training settings."""
+    from slimface.shipped import stage_key_part
+
+    s = _without_off_switches(s)
+    part = stage_key_part(cfg, stage)
+    if part is not None:
+        for section in s.values():
+            if isinstance(section, dict):
+                section.pop("train", None)
+                section.pop("loss", None)
+        s["pretrained"] = part  # first in a stale stage's reasons: "setting pretrained changed"
+    return s
 
 
 def _final_settings(cfg: Any, kind: str) -> dict[str, Any]:
@@ -503,6 +538,10 @@ def provenance(out: str | Path, families: Sequence[str]) -> dict[str, dict[str, 
         teacher_files = list((t_marker or {}).get("files") or {})  # the generator (or given file) first
         entry: dict[str, Any] = {"teacher_key": teacher_key, "teacher_file": teacher_files[0] if teacher_files else None,
                                  "student_teacher_key": None, "status": "no student"}
+        # where the teacher came from: shipped weights/ (slimface.shipped), a given file, or trained here
+        outputs = (t_marker or {}).get("outputs") or {}
+        entry["origin"] = {k: outputs[k] for k in ("origin", "manifest", "manifest_sha256", "files", "source")
+                           if k in outputs}
         if x_marker is not None and output_paths_exist(x_marker, out):  # a student to trace
             export_now = content_digest(x_marker, out)
             traced = (x_marker.get("lineage") or {}).get(t_stage)
@@ -528,8 +567,9 @@ def provenance_lines(prov: dict[str, dict[str, Any]]) -> tuple[list[str], set[st
     refused: set[str] = set()
     notes = []
     for fam, p in prov.items():
-        src = f": `{p['teacher_file']}`" if p.get("teacher_file") else ""
-        lines.append(f"| {fam} teacher | itself{src} | `{p['teacher_key']}` |")
+        from slimface.shipped import origin_text
+
+        lines.append(f"| {fam} teacher | {origin_text(p.get('origin'), p.get('teacher_file'))} | `{p['teacher_key']}` |")
         if p["status"] == "ok":
             lines.append(f"| {fam} compressed | distilled from the {fam} teacher | `{p['student_teacher_key']}` |")
         elif p["status"] in ("mismatch", "unknown"):

@@ -10,45 +10,17 @@ channels, also when that layout is a concatenation of several groups.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slimface.config import check
+from slimface.compress.config import DistillConfig, GanMode
 from slimface.errors import ConfigError
 from slimface.nn.channels import Chans, ch
 from slimface.nn.super_layers import SuperConv2d, SuperMixin, super_layers
 from slimface.train import losses as L
-from slimface.train.distributed import unwrap
-
-
-@dataclass
-class DistillConfig:
-    """Loss weights of the compression objective (reference defaults, reference.md §1):
-    λ_recon = ``recon_weight``, λ_distill = ``distill_weight``, λ_gan = ``gan_weight``.
-
-    ``gan_mode``: ``"bce"`` is the paper's cGAN (non-saturating -log D(x, G(x)) for G); ``"wgan-gp"``
-    suits a teacher critic trained with WGAN-GP (CR-GAN). ``identity_weight`` (λ_id) > 0 adds the identity-preserving
-    L1 on frozen recognizer features (needs a recognizer). ``teacher_weight`` (λ_out) > 0 adds output
-    distillation, the L1 between the student's and the teacher's images: the teacher's output is an
-    easier target than the ground truth and carries what the teacher learned about identity.
-    """
-
-    recon_weight: float = 100.0
-    teacher_weight: float = 0.0
-    distill_weight: float = 1.0
-    gan_weight: float = 1.0
-    identity_weight: float = 0.0
-    gan_mode: Literal["bce", "wgan-gp"] = "bce"
-    gp_weight: float = 10.0
-
-    def validate(self) -> None:
-        for name in ("recon_weight", "teacher_weight", "distill_weight", "gan_weight", "identity_weight", "gp_weight"):
-            v = getattr(self, name)
-            check(v >= 0, f"distill.{name} must be >= 0, got {v}")
-        check(self.gan_mode in ("bce", "wgan-gp"), f"distill.gan_mode {self.gan_mode!r}: use 'bce' or 'wgan-gp'")
+from slimface.nn.modes import unwrap
 
 
 # -------------------------------------------------------------------- taps
@@ -219,9 +191,12 @@ class DistillLoss:
     """The full student objective of reference.md §1, parts returned for logging."""
 
     def __init__(self, config: DistillConfig | None = None, conditional: bool = True,
-                 recognizer: nn.Module | None = None) -> None:
+                 recognizer: nn.Module | None = None, family_gan_mode: GanMode = "bce") -> None:
+        """``family_gan_mode``: the loss the teacher's discriminator was trained with
+        (``Family.gan_mode``), used unless ``config.gan_mode`` says otherwise."""
         self.cfg = config or DistillConfig()
         self.cfg.validate()
+        self.gan_mode: GanMode = self.cfg.gan_mode or family_gan_mode
         self.conditional = conditional
         self.recognizer = recognizer
         if self.cfg.identity_weight > 0 and recognizer is None:
@@ -246,7 +221,7 @@ class DistillLoss:
             parts["teacher"] = (fake - teacher_out).abs().mean()
         if c.gan_weight > 0:
             logits = self.score(disc, profile, fake)
-            parts["gan_g"] = L.gan_loss_g(logits) if c.gan_mode == "bce" else L.wgan_loss_g(logits)
+            parts["gan_g"] = L.gan_loss_g(logits) if self.gan_mode == "bce" else L.wgan_loss_g(logits)
         if c.distill_weight > 0 and mapped:
             assert teacher_feats is not None
             parts["distill"] = distill_loss(mapped, teacher_feats)
@@ -263,13 +238,13 @@ class DistillLoss:
         """cGAN D loss on real pairs (x, y) vs generated pairs (x, G(x)); ``fake`` must be detached."""
         real_s = self.score(disc, profile, real)
         fake_s = self.score(disc, profile, fake)
-        if self.cfg.gan_mode == "bce":
+        if self.gan_mode == "bce":
             return L.gan_loss_d(real_s, fake_s)
         gp = L.gradient_penalty(lambda z: self.score(disc, profile, z), real, fake)
         return L.wgan_loss_d(real_s, fake_s) + self.cfg.gp_weight * gp
 
 
 __all__ = [
-    "DistillConfig", "DistillLoss", "FeatureTaps", "Mapper", "distill_loss", "disc_logits", "is_conditional",
+    "DistillLoss", "FeatureTaps", "Mapper", "distill_loss", "disc_logits", "is_conditional",
     "output_layout", "resolve_module",
 ]

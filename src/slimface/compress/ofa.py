@@ -10,61 +10,31 @@ per-sample code (``noise_dim`` > 0, e.g. TP-GAN's z) gets its noise from
 :class:`~slimface.train.distributed.StepRandom` (global batch, sliced to this rank), and BN statistics
 are synchronised by the Trainer, so N processes follow the 1-process run with the same global batch.
 
-BatchNorm: all sub-networks share one set of running statistics, which are right for none of them in
-particular, so any sub-network is evaluated after :func:`recalibrate_bn` (fresh cumulative statistics
-from a few training batches), inside :func:`preserve_bn` so the supernet's own buffers are untouched.
+BatchNorm: all sub-networks share one set of running statistics, so a sub-network is scored after
+recalibrating them for it (:mod:`slimface.compress.bn`).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from slimface.compress.distill import DistillConfig, DistillLoss, FeatureTaps, Mapper, is_conditional
+from slimface.compress.bn import Batch
+from slimface.compress.config import OFAConfig
+from slimface.compress.distill import DistillLoss, FeatureTaps, Mapper, is_conditional
 from slimface.compress.space import Config, ConfigSpace, active_config
-from slimface.config import check
 from slimface.errors import CheckpointError, ConfigError
-from slimface.nn.modes import module_mode
-from slimface.train.distributed import StepRandom, shared_generator, unwrap
-from slimface.train.losses import freeze
+from slimface.families.base import Family
+from slimface.compress.search import identity_metric, recon_metric
+from slimface.nn.modes import freeze, unwrap
+from slimface.train.distributed import StepRandom, shared_generator
 
-Batch = Mapping[str, Tensor]
-
-
-@dataclass
-class OFAConfig:
-    """Supernet training settings (reference defaults: Adam 2e-4, betas (0.5, 0.999), constant lr
-    then linear decay to 0 over the last ``decay_steps`` of ``steps``)."""
-
-    steps: int = 10000
-    decay_steps: int = 5000
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    sampling: Literal["uniform", "sandwich", "budget"] = "uniform"
-    budget_macs: float = 0.0  # sampling "budget": the search budget (MACs) the sub-networks aim under
-    budget_low: float = 0.5  # sampling "budget": MAC targets drawn uniformly in [budget_low, 1] x budget
-    seed: int = 0
-    bn_batches: int = 4
-    distill: DistillConfig = field(default_factory=DistillConfig)
-
-    def validate(self) -> None:
-        check(self.steps > 0, f"ofa.steps must be > 0, got {self.steps}")
-        check(0 <= self.decay_steps <= self.steps, f"ofa.decay_steps must be in [0, steps={self.steps}], got {self.decay_steps}")
-        check(self.lr > 0, f"ofa.lr must be > 0, got {self.lr}")
-        check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "ofa.beta1/beta2 must be in [0, 1)")
-        check(self.sampling in ("uniform", "sandwich", "budget"),
-              f"ofa.sampling {self.sampling!r}: use 'uniform', 'sandwich' or 'budget'")
-        check(0 < self.budget_low <= 1, f"budget_low must be in (0, 1], got {self.budget_low}")
-        check(self.seed >= 0, f"ofa.seed must be >= 0, got {self.seed}")
-        check(self.bn_batches >= 1, f"ofa.bn_batches must be >= 1, got {self.bn_batches}")
-        self.distill.validate()
+#: batches (of ``bn_batches``, else ``val_batches``) that recalibrate BN before :meth:`OFATask.evaluate_config`
+EVAL_BN_BATCHES = 4
 
 
 def linear_decay(steps: int, decay_steps: int) -> Callable[[int], float]:
@@ -79,117 +49,46 @@ def linear_decay(steps: int, decay_steps: int) -> Callable[[int], float]:
     return fn
 
 
-# -------------------------------------------------------------------- BatchNorm recalibration
-def _bns(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in unwrap(model).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-@contextmanager
-def preserve_bn(model: nn.Module) -> Iterator[None]:
-    """Restore every BN's running statistics and momentum on exit (evaluate without side effects)."""
-    saved = [
-        (bn, {k: v.clone() for k, v in bn.named_buffers(recurse=False) if v is not None}, bn.momentum)
-        for bn in _bns(model)
-    ]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for bn, buffers, momentum in saved:
-                for k, v in buffers.items():
-                    getattr(bn, k).copy_(v)
-                bn.momentum = momentum
-
-
-def default_forward(model: nn.Module, batch: Batch) -> Tensor:
-    return model(batch["profile"], batch.get("landmarks"))
-
-
-def recalibrate_bn(model: nn.Module, batches: Iterable[Batch], cfg: Mapping[str, int] | None = None,
-                   forward: Callable[[nn.Module, Batch], Any] = default_forward) -> int:
-    """Reset BN running stats and re-estimate them for sub-network ``cfg`` (None: whatever widths are
-    active now); the new statistics stay in the model (e.g. right before export).
-
-    Cumulative averaging (momentum None) over ``batches``, forward in train mode under no_grad;
-    the model's training flag, widths and BN momenta are restored. Returns the number of batches used.
-    """
-    if cfg is not None:
-        with active_config(model, cfg) as inner_net:
-            return recalibrate_bn(inner_net, batches, None, forward)
-    inner = unwrap(model)
-    bns = _bns(inner)
-    momenta = [bn.momentum for bn in bns]
-    n = 0
-    try:
-        for bn in bns:
-            bn.reset_running_stats()
-            bn.momentum = None
-        with module_mode(inner, training=True), torch.no_grad():
-            for batch in batches:
-                forward(inner, batch)
-                n += 1
-    finally:
-        for bn, m in zip(bns, momenta):
-            bn.momentum = m
-    if n == 0:
-        raise ValueError("recalibrate_bn needs at least one batch")
-    return n
-
-
 # -------------------------------------------------------------------- the task
 class OFATask:
     """TrainTask for the once-for-all student.
 
     nets: ``student`` (supernet), ``disc`` (copy of the teacher's D), ``mappers`` (:class:`Mapper`).
-    Optimisers: ``student`` (generator + mappers, trained together) and ``disc``. Sub-networks leave
-    some supernet weights without gradient, so DDP runs need ``find_unused_parameters=True``
-    (``self.find_unused_parameters`` says so).
+    Optimisers: ``student`` (generator + mappers, trained together) and ``disc``.
     """
 
-    find_unused_parameters = True
+    #: nets whose parameters a step may leave without gradient (the Trainer wraps them in DDP with
+    #: ``find_unused_parameters``): the student runs one sub-network and only the image path (CR-GAN's
+    #: encoder view head is not part of it), the critic is asked for its score only (CR-GAN's view head)
+    unused_parameters = ("student", "disc")
 
     def __init__(
         self,
-        family: Any,
+        family: Family,
         supernet: nn.Module,
         teacher: nn.Module,
         teacher_disc: nn.Module,
         config: OFAConfig | None = None,
+        *,
         space: ConfigSpace | None = None,
         recognizer: nn.Module | None = None,
         val_batches: Sequence[Batch] | None = None,
         bn_batches: Sequence[Batch] | None = None,
-        *,
-        distill: DistillConfig | None = None,
-        lr: float | None = None,
-        total_steps: int | None = None,
-        seed: int | None = None,
-        sampling: str | None = None,
-        budget_macs: float | None = None,
-        budget_low: float | None = None,
+        seed: int = 0,
+        budget_macs: float = 0.0,
         fixed_config: Mapping[str, int] | str | None = None,
     ) -> None:
-        """Settings come from ``config``; the keyword overrides (``distill``, ``lr``, ``total_steps``
-        -- decay over its second half --, ``seed``, ``sampling``, ``budget_macs``, ``budget_low``)
-        replace single fields of it.
-        ``fixed_config`` trains that one sub-network every step (fine-tuning)."""
-        c = copy.deepcopy(config) if config is not None else OFAConfig()
-        if distill is not None:
-            c.distill = distill
-        if lr is not None:
-            c.lr = lr
-        if total_steps is not None:
-            c.steps, c.decay_steps = total_steps, total_steps // 2
-        if seed is not None:
-            c.seed = seed
-        if sampling is not None:
-            c.sampling = sampling  # type: ignore[assignment]
-        if budget_macs is not None:
-            c.budget_macs = float(budget_macs)
-        if budget_low is not None:
-            c.budget_low = float(budget_low)
+        """``config``: the ``student:`` section (``train.lr`` and ``train.steps`` drive the optimisers and
+        their lr schedule). ``seed``: with the step, seeds the sampled sub-networks and the per-sample
+        noise (the run's seed). ``budget_macs``: the search budget in MACs that sampling ``budget``
+        aims under. ``fixed_config`` trains that one sub-network every step (fine-tuning: the stage
+        passes ``replace(student, train=finetune.train)``). ``bn_batches`` of the training data
+        recalibrate BN before :meth:`evaluate_config` scores ``val_batches``."""
+        c = config if config is not None else OFAConfig()
+        c.validate()
         self.cfg = c
-        self.cfg.validate()
+        self.seed = int(seed)
+        self.budget_macs = float(budget_macs)
         self.family = family
         self.space = space or ConfigSpace.from_supernet(family, supernet)
         self.fixed: Config | None = None
@@ -208,16 +107,16 @@ class OFATask:
         disc.train()
         mappers = Mapper(supernet, self.teacher, names).to(device)
         self.channels = int(getattr(unwrap(supernet), "channels", 3))
-        self.loss = DistillLoss(self.cfg.distill, is_conditional(disc, self.channels),
-                                freeze(recognizer) if recognizer is not None else None)
+        self.loss = DistillLoss(c, is_conditional(disc, self.channels),
+                                freeze(recognizer) if recognizer is not None else None, family.gan_mode)
         self.nets: dict[str, nn.Module] = {"student": supernet, "disc": disc.to(device), "mappers": mappers}
-        c = self.cfg
         betas = (c.beta1, c.beta2)
+        lr = c.train.lr
         self.optimizers: dict[str, torch.optim.Optimizer] = {
-            "student": torch.optim.Adam(list(supernet.parameters()) + list(mappers.parameters()), lr=c.lr, betas=betas),
-            "disc": torch.optim.Adam(disc.parameters(), lr=c.lr, betas=betas),
+            "student": torch.optim.Adam(list(supernet.parameters()) + list(mappers.parameters()), lr=lr, betas=betas),
+            "disc": torch.optim.Adam(disc.parameters(), lr=lr, betas=betas),
         }
-        decay = linear_decay(c.steps, c.decay_steps)
+        decay = linear_decay(c.train.steps, c.decay)
         self.schedulers: dict[str, Any] = {
             k: torch.optim.lr_scheduler.LambdaLR(o, decay) for k, o in self.optimizers.items()
         }
@@ -242,17 +141,18 @@ class OFATask:
     def _budget_model(self, net: nn.Module) -> Callable[[Config], int]:
         """Conv MACs as a formula of the widths (for near-budget sampling); checks the budget is
         reachable at all."""
-        from slimface.nn.profile import ConvMacsModel, format_count
+        from slimface.nn.counts import format_count
+        from slimface.nn.profile import ConvMacsModel
 
-        if self.cfg.budget_macs <= 0:
+        if self.budget_macs <= 0:
             raise ConfigError("sampling 'budget' needs a MACs budget > 0 (the search budget)")
         if not hasattr(net, "example_inputs"):
             raise ConfigError("sampling 'budget' needs a generator with example_inputs(); use 'uniform'")
         model = ConvMacsModel(net, net.example_inputs(1))  # type: ignore[operator]
         smallest = model(self.space.smallest())
-        if smallest > self.cfg.budget_macs:
+        if smallest > self.budget_macs:
             raise ConfigError(
-                f"budget {format_count(self.cfg.budget_macs)} is below the smallest sub-network's conv MACs "
+                f"budget {format_count(self.budget_macs)} is below the smallest sub-network's conv MACs "
                 f"({format_count(smallest)}); raise the search budget or sample 'uniform'"
             )
         return model
@@ -261,12 +161,12 @@ class OFATask:
         """The sub-networks trained at ``step`` (same on every rank: seeded by (seed, step))."""
         if self.fixed is not None:
             return [dict(self.fixed)]
-        gen = shared_generator(self.cfg.seed, step)
+        gen = shared_generator(self.seed, step)
         if self.cfg.sampling == "sandwich":
             return [self.space.largest(), self.space.smallest(), self.space.sample(gen)]
         if self.cfg.sampling == "budget":
             low = self.cfg.budget_low
-            target = self.cfg.budget_macs * (low + (1 - low) * float(torch.rand((), generator=gen)))
+            target = self.budget_macs * (low + (1 - low) * float(torch.rand((), generator=gen)))
             return [self.space.shrink(self.space.sample(gen), self._conv_macs, target, gen)]
         return [self.space.sample(gen)]
 
@@ -295,7 +195,7 @@ class OFATask:
         fakes: list[Tensor] = []
         sums: dict[str, float] = {}
         noise_dim = int(getattr(unwrap(student), "noise_dim", 0) or 0)
-        rnd = StepRandom(self.cfg.seed, step, profile.shape[0], profile.device, stream="ofa-student")
+        rnd = StepRandom(self.seed, step, profile.shape[0], profile.device, stream="ofa-student")
         for cfg in configs:
             self._activate(cfg)
             self.student_taps.clear()
@@ -304,7 +204,7 @@ class OFATask:
             else:
                 fake = student(profile, landmarks)
             s_feats = self.student_taps.collect()
-            mapped = mappers(s_feats) if self.cfg.distill.distill_weight > 0 else None
+            mapped = mappers(s_feats) if self.cfg.distill_weight > 0 else None
             total, parts = self.loss.generator_loss(disc, profile, fake, target, mapped, t_feats, t_out)
             (total / len(configs)).backward()
             fakes.append(fake.detach())
@@ -333,12 +233,10 @@ class OFATask:
         Default metric: identity similarity with a recognizer, else the negative L1 to the ground
         truth, both on ``val_batches``.
         """
-        from slimface.compress.search import identity_metric, recon_metric
-
         student = unwrap(self.nets["student"])
         if metric is not None:
             return float(metric(student, cfg))
-        bn = self.bn_batches[: self.cfg.bn_batches] or self.val_batches[: self.cfg.bn_batches]
+        bn = self.bn_batches[:EVAL_BN_BATCHES] or self.val_batches[:EVAL_BN_BATCHES]
         if self.recognizer is not None:
             return identity_metric(student, cfg, self.val_batches, self.recognizer, bn)
         return recon_metric(student, cfg, self.val_batches, bn)
@@ -392,8 +290,5 @@ class OFATask:
                 "resume with the same model settings or start a new run directory"
             )
 
-    state_dict = extra_state
-    load_state_dict = load_extra_state
 
-
-__all__ = ["OFAConfig", "OFATask", "linear_decay", "preserve_bn", "recalibrate_bn", "default_forward"]
+__all__ = ["OFATask", "linear_decay"]

@@ -18,39 +18,30 @@ screened them; the winner's count is checked once against torchprofile itself.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slimface.compress.ofa import Batch, default_forward, preserve_bn, recalibrate_bn
+from slimface.compress.config import SearchConfig
+from slimface.compress.bn import Batch, default_forward, preserve_bn, recalibrate_bn
 from slimface.compress.space import Config, ConfigSpace, active_config, macs_of, params_of
 from slimface.errors import ConfigError
-from slimface.fileio import set_aside_unless_keyed, write_key
+from slimface.fileio import atomic_write, set_aside_unless_keyed, write_key
 from slimface.models.judge import refuse_judge
-from slimface.nn.modes import module_mode
-from slimface.nn.profile import ConvMacsModel, format_count, parse_count
+from slimface.nn.modes import module_mode, unwrap
+from slimface.nn.counts import format_count
+from slimface.nn.profile import ConvMacsModel
 from slimface.train import distributed as D
 
-EvaluateFn = Callable[..., float]  # fn(cfg) or fn(supernet, cfg) -> metric (higher is better)
-
-
-def _takes_two(fn: Callable[..., Any]) -> bool:
-    """Whether ``fn`` wants ``(supernet, cfg)`` rather than ``(cfg)``."""
-    try:
-        params = [p for p in inspect.signature(fn).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
-    except (TypeError, ValueError):
-        return False
-    return len(params) >= 2
+EvaluateFn = Callable[[Config], float]  # fn(cfg) -> metric (higher is better)
 
 
 @dataclass
@@ -73,7 +64,7 @@ def _eval_outputs(model: nn.Module, cfg: Config, val_batches: Sequence[Batch], b
     """Mean of ``fn(output, batch)`` per sample over ``val_batches`` for sub-network ``cfg``."""
     if not val_batches:
         raise ConfigError("the validation split is empty; hold out some training identities for search")
-    inner = D.unwrap(model)
+    inner = unwrap(model)
     total, count = 0.0, 0
     with active_config(inner, cfg), preserve_bn(inner), torch.no_grad():
         recalibrate_bn(inner, bn_batches or val_batches)
@@ -138,17 +129,6 @@ def _read_cache(path: Path | None, space: ConfigSpace) -> dict[str, dict[str, An
         except (ValueError, KeyError, TypeError, ConfigError):
             continue  # a torn last line from a killed run, or a record of another space
     return out
-
-
-def _write_jsonl_atomic(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "w") as f:
-        for r in records:
-            f.write(json.dumps(r, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # -------------------------------------------------------------------- search
@@ -244,14 +224,10 @@ class _Searcher:
 def search(
     supernet: nn.Module | None,
     space: ConfigSpace,
-    budget_macs: float | str,
+    budget_macs: float,
     evaluate_fn: EvaluateFn,
-    method: Literal["auto", "exhaustive", "evolution"] = "auto",
-    population: int = 100,
-    parent_ratio: float = 0.25,
-    mutation_ratio: float = 0.5,
-    mutate_prob: float = 0.1,
-    generations: int = 20,
+    cfg: SearchConfig | None = None,
+    *,
     seed: int = 0,
     cache_path: str | Path | None = None,
     out_jsonl: str | Path | None = None,
@@ -263,24 +239,28 @@ def search(
     latency_budget_ms: float | None = None,
     cache_key: str | None = None,
 ) -> SearchResult:
-    """Best sub-network (highest ``evaluate_fn``) with MACs < ``budget_macs``.
+    """Best sub-network (highest ``evaluate_fn(cfg)``) with MACs < ``budget_macs``.
 
-    ``evaluate_fn`` is called as ``fn(cfg)`` or, if it takes two arguments, ``fn(supernet, cfg)``.
+    ``cfg``: the search settings (:class:`~slimface.compress.config.SearchConfig`: method, population,
+    generations, parent/mutation ratios, mutation probability; its budget and batches are the stage's).
     ``cost_fn(cfg) -> (macs, params)`` defaults to counting on ``supernet`` (at ``resolution``, which
-    must be the supernet's own if given)
-    (:func:`~slimface.compress.space.macs_of`). Evolution: ``population`` feasible random configs,
-    then per generation the best ``parent_ratio`` survive, ``mutation_ratio`` of the population is
-    made by mutating parents (each group resampled with ``mutate_prob``) and the rest by crossover.
+    must be the supernet's own if given) (:func:`~slimface.compress.space.macs_of`). Evolution:
+    ``population`` feasible random configs, then per generation the best ``parent_ratio`` survive,
+    ``mutation_ratio`` of the population is made by mutating parents (each group resampled with
+    ``mutate_prob``) and the rest by crossover.
     ``latency_fn(cfg) -> ms`` (e.g. a :class:`~slimface.deploy.latency_table.LatencyModel`): every
     evaluated record gets ``latency_ms``; with ``latency_budget_ms`` only configs predicted at or
     under it are candidates (as well as under the MACs budget). ``cache_key``: what the cached
     metrics were computed from (the stage's resume key); a ``cache_path`` of another key is moved aside
     before it is read, and the key is recorded beside the cache once a record is written.
     """
-    try:
-        budget = parse_count(budget_macs)
-    except ValueError:
-        raise ConfigError(f"budget {budget_macs!r} is not a number of MACs; use e.g. 4G, 500M or 4e9") from None
+    sc = cfg if cfg is not None else SearchConfig()
+    sc.validate()
+    budget = float(budget_macs)
+    if not budget > 0:
+        raise ConfigError(f"budget {budget_macs!r} is not a positive number of MACs")
+    method, population, generations = sc.method, sc.population, sc.generations
+    parent_ratio, mutation_ratio, mutate_prob = sc.parent_ratio, sc.mutation_ratio, sc.mutate_prob
     bound_fn: Callable[[Config], int] | None = None
     reference_fn: Callable[[Config], int] | None = None
     if cost_fn is None:
@@ -293,13 +273,6 @@ def search(
         reference_fn = lambda c: macs_of(net, c, resolution, reference=True)  # noqa: E731
         if hasattr(net, "example_inputs"):
             bound_fn = ConvMacsModel(net, net.example_inputs(1))  # type: ignore[operator]
-    if _takes_two(evaluate_fn):
-        two, net2 = evaluate_fn, supernet
-        evaluate_fn = lambda c: two(net2, c)  # noqa: E731
-    if method not in ("auto", "exhaustive", "evolution"):
-        raise ConfigError(f"search method {method!r} is unknown; use auto, exhaustive or evolution")
-    if not (0 < parent_ratio <= 1 and 0 <= mutation_ratio <= 1 and population >= 2 and generations >= 0):
-        raise ConfigError("search: need population >= 2, 0 < parent_ratio <= 1, 0 <= mutation_ratio <= 1, generations >= 0")
 
     if latency_budget_ms is not None and latency_fn is None:
         raise ValueError("a latency budget needs a latency_fn (a latency model of the target runtime)")
@@ -357,7 +330,7 @@ def search(
                           f"torchprofile's {ref}; reporting torchprofile's", RuntimeWarning, stacklevel=2)
             best = dict(best, macs=ref)
     if out_jsonl is not None and D.is_main():
-        _write_jsonl_atomic(Path(out_jsonl), evaluated)
+        atomic_write(Path(out_jsonl), "".join(json.dumps(r, sort_keys=True) + "\n" for r in evaluated))
     D.barrier()
     return SearchResult(
         best_cfg=space.decode(best["config"]), best_config=best["config"], best_metric=best["metric"],
@@ -366,4 +339,4 @@ def search(
     )
 
 
-__all__ = ["SearchResult", "search", "identity_metric", "recon_metric", "pareto_front", "recalibrate_bn"]
+__all__ = ["SearchResult", "search", "identity_metric", "recon_metric", "pareto_front"]

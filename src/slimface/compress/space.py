@@ -17,12 +17,14 @@ from __future__ import annotations
 import itertools
 import weakref
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from slimface.errors import ConfigError
+from slimface.families.base import Family
+from slimface.nn.modes import unwrap
 from slimface.nn.profile import count_macs, count_macs_fast, count_params
 from slimface.nn.super_layers import set_widths, super_layers, width_groups
 
@@ -44,9 +46,18 @@ class ConfigSpace:
             self.choices[g] = vals
 
     @classmethod
-    def from_supernet(cls, family: Any, supernet: nn.Module) -> "ConfigSpace":
-        """The space a family's StudentSpec allows on this supernet's width groups."""
-        return cls(family.student_spec.choices(width_groups(_unwrap(supernet))))
+    def from_supernet(cls, family: Family, supernet: nn.Module) -> "ConfigSpace":
+        """The space a family's StudentSpec allows on this supernet's width groups; a ``prunable``
+        pattern that matches no group is a ConfigError (group names follow the module names)."""
+        groups = width_groups(unwrap(supernet))
+        spec = family.student_spec
+        unmatched = spec.unmatched(groups)
+        if unmatched:
+            raise ConfigError(
+                f"the {family.name} StudentSpec pattern {unmatched[0]!r} matches no width group of its supernet "
+                f"(groups are named after modules, e.g. {', '.join(sorted(groups)[:4])}); fix StudentSpec.prunable"
+            )
+        return cls(spec.choices(groups))
 
     # ---------------------------------------------------------------- encoding
     def encode(self, cfg: Mapping[str, int]) -> str:
@@ -150,15 +161,9 @@ class ConfigSpace:
 
 
 # -------------------------------------------------------------------- widths and cost
-def _unwrap(net: nn.Module) -> nn.Module:
-    from slimface.train.distributed import unwrap
-
-    return unwrap(net)
-
-
 def current_widths(model: nn.Module) -> dict[str, int] | None:
     """The widths currently active on ``model`` (None: full network)."""
-    for _, layer in super_layers(_unwrap(model)):
+    for _, layer in super_layers(unwrap(model)):
         return dict(layer._widths) if layer._widths else None
     return None
 
@@ -166,7 +171,7 @@ def current_widths(model: nn.Module) -> dict[str, int] | None:
 @contextmanager
 def active_config(model: nn.Module, cfg: Mapping[str, int] | None) -> Iterator[nn.Module]:
     """Run ``model`` as the sub-network ``cfg`` inside the block; the previous widths come back after."""
-    inner = _unwrap(model)
+    inner = unwrap(model)
     previous = current_widths(inner)
     set_widths(inner, dict(cfg) if cfg else None)
     try:
@@ -180,23 +185,6 @@ def _key(cfg: Mapping[str, int] | None) -> str:
 
 
 _COST_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, str], int]]" = weakref.WeakKeyDictionary()
-_FAMILY_NETS: dict[tuple[str, int, int, float], nn.Module] = {}
-
-
-def _supernet_for(target: Any, resolution: int | None, channels: int, width_mult: float) -> nn.Module:
-    """``target`` itself if it is a module, else a (cached) supernet built from the family."""
-    if isinstance(target, nn.Module):
-        return _unwrap(target)
-    from slimface.models.registry import Family, get_family
-
-    family = target if isinstance(target, Family) else get_family(str(target))
-    res = resolution or 128
-    key = (family.name, res, channels, float(width_mult))
-    if key not in _FAMILY_NETS:
-        _FAMILY_NETS[key] = family.build_generator(
-            resolution=res, channels=channels, width_mult=width_mult, separable=True, sub=None
-        ).eval()
-    return _FAMILY_NETS[key]
 
 
 def _cost(net: nn.Module, cfg: Mapping[str, int] | None, kind: str) -> int:
@@ -213,24 +201,22 @@ def _cost(net: nn.Module, cfg: Mapping[str, int] | None, kind: str) -> int:
     return cache[key]
 
 
-def macs_of(target: Any, cfg: Mapping[str, int] | None, resolution: int | None = None,
-            channels: int = 3, width_mult: float = 1.0, reference: bool = False) -> int:
-    """MACs of sub-network ``cfg`` (batch 1) measured on a supernet (or a family's supernet, built
-    at ``resolution``/``channels``/``width_mult``); cached per supernet and config.
+def macs_of(supernet: nn.Module, cfg: Mapping[str, int] | None, resolution: int | None = None,
+            reference: bool = False) -> int:
+    """MACs of sub-network ``cfg`` (batch 1) measured on ``supernet``; cached per supernet and config.
 
-    The count is torchprofile's (``count_macs``), computed by the fast eager counter
-    ``count_macs_fast``; ``reference=True`` runs torchprofile's trace itself (slow, for checks)."""
-    net = _supernet_for(target, resolution, channels, width_mult)
+    ``resolution``: what the caller expects the supernet to be built for (checked). The count is
+    torchprofile's (``count_macs``), computed by the fast eager counter ``count_macs_fast``;
+    ``reference=True`` runs torchprofile's trace itself (slow, for checks)."""
+    net = unwrap(supernet)
     if resolution is not None and getattr(net, "resolution", resolution) != resolution:
         raise ValueError(f"supernet is built for {net.resolution}px, not {resolution}px")
     return _cost(net, cfg, "macs_ref" if reference else "macs")
 
 
-def params_of(target: Any, cfg: Mapping[str, int] | None, resolution: int | None = None,
-              channels: int = 3, width_mult: float = 1.0) -> int:
+def params_of(supernet: nn.Module, cfg: Mapping[str, int] | None) -> int:
     """Parameters of sub-network ``cfg`` (the sliced weights), cached like :func:`macs_of`."""
-    net = _supernet_for(target, resolution, channels, width_mult)
-    return _cost(net, cfg, "params")
+    return _cost(unwrap(supernet), cfg, "params")
 
 
 __all__ = ["Config", "ConfigSpace", "active_config", "current_widths", "macs_of", "params_of"]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from slimface.data.loaders import BadFile, Collector, check_root, load_manifest_if_any
+from slimface.data.collect import BadFile, Collector, check_root, load_manifest_if_any
 from slimface.data.records import FaceIndex, FaceRecord, Policy
 
 PITCH = {"U": 15, "M": 0, "D": -15}

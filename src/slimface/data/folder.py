@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from slimface.data.landmarks import landmarks_from_row, read_manifest
-from slimface.data.loaders import BadFile, Collector, check_root
+from slimface.data.collect import BadFile, Collector, check_root
 from slimface.data.records import FaceIndex, FaceRecord, Policy
 from slimface.errors import DataError
 

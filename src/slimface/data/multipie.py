@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from slimface.data.loaders import BadFile, Collector, Ignored, check_root, load_manifest_if_any
+from slimface.data.collect import BadFile, Collector, Ignored, check_root, load_manifest_if_any
 from slimface.data.records import FaceIndex, FaceRecord, Policy
 
 #: Camera code -> yaw in degrees (reference.md section 4).

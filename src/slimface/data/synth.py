@@ -29,7 +29,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 from PIL import Image
@@ -39,6 +39,7 @@ from slimface.data.synth_render import (
     FRONTAL_ILLUMINATION,
     ILLUMINATION_ORDER,
     ILLUMINATION_TABLE,
+    RENDER_VERSION,
     FaceParams,
     Identity,
     render_face,
@@ -70,17 +71,20 @@ RECORDING = "01"
 
 __all__ = [
     "SynthConfig", "render_dataset", "is_complete", "render_face", "sample_identity",
-    "identity_params", "image_name", "MANIFEST_COLUMNS", "YAW_TO_CAMERA", "FaceParams",
+    "identity_params", "image_name", "MANIFEST_COLUMNS", "YAW_TO_CAMERA", "FaceParams", "data_fingerprint",
+    "RENDER_VERSION",
 ]
 
 
 @dataclass
 class SynthConfig:
-    """Settings of ``slimface data synth`` (one field per CLI flag)."""
+    """Settings of the built-in data: ``slimface data synth`` (one field per CLI flag) and a run
+    config's ``data.synth`` section, where ``resolution`` is left out (None): the run's
+    ``data.resolution`` sets it when the config loads."""
 
     subjects: int = 337
     train_subjects: int = 200
-    resolution: int = 128
+    resolution: Optional[int] = None  # rendered size: 64 or 128 (set before rendering)
     illuminations: int = 5
     pitch: bool = False
     gray: bool = False
@@ -88,7 +92,7 @@ class SynthConfig:
 
     def validate(self) -> None:
         """Range checks; raises ConfigError naming the value and the fix."""
-        check(self.resolution in (64, 128),
+        check(self.resolution in (None, 64, 128),
               f"synth resolution {self.resolution} is not supported; use 64 or 128")
         check(1 <= self.illuminations <= 20,
               f"synth illuminations {self.illuminations} is out of range; use 1..20")
@@ -115,6 +119,7 @@ class SynthConfig:
         return {
             "generator": GENERATOR,
             "version": VERSION,
+            "render_version": RENDER_VERSION,  # a cached render of another renderer is stale
             "seed": self.seed,
             "subjects": self.subjects,
             "resolution": self.resolution,
@@ -128,6 +133,24 @@ class SynthConfig:
             "naming": "caspeal" if self.pitch else "multipie",
             "images": self.subjects * len(poses) * self.illuminations,
         }
+
+
+def data_fingerprint(source: "SynthConfig | dict[str, Any]") -> dict[str, Any]:
+    """What identifies the built-in data a network was trained on: the dataset.json fields (generator
+    name + version, seed, subjects, train_subjects, resolution, illumination codes, pitch, gray, ...)
+    plus the renderer's :data:`RENDER_VERSION`, and ``fingerprint``: 16 hex digits over all of them.
+
+    ``source``: the settings (:class:`SynthConfig`) or a dataset.json read from disk; both give the
+    same fingerprint for the same data. It changes with every setting that changes the rendered images
+    (and with ``train_subjects``, which moves identities between training and test).
+    """
+    import hashlib
+
+    meta = source.metadata() if isinstance(source, SynthConfig) else dict(source)
+    meta.pop("complete", None)
+    meta.setdefault("render_version", RENDER_VERSION)  # dataset.json predates the field: this renderer's
+    text = json.dumps(meta, sort_keys=True, default=str)
+    return {**meta, "fingerprint": hashlib.sha256(text.encode()).hexdigest()[:16]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,6 +304,7 @@ def render_dataset(cfg: SynthConfig, out: str | Path, progress: bool = True,
     subject is recorded under ``out/.parts`` so an interrupted run resumes where it stopped.
     """
     cfg.validate()
+    check(cfg.resolution is not None, "synth resolution is not set; use 64 or 128 (a run: data.resolution)")
     out = Path(out)
     if is_complete(out, cfg):
         return out

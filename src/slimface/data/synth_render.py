@@ -24,7 +24,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-F = np.float32
+#: float64 geometry and shading: float32 results differ by one grey level between numpy's SIMD paths
+#: (AVX-512 vs AVX2), so the same seed rendered other bytes on other CPUs
+F = np.float64
+
+#: Version of the rendered pixels: bump it with any change that alters an image (geometry, shading,
+#: nuisance, quantisation), so data fingerprints (slimface.data.synth.data_fingerprint) and the shipped
+#: weights trained on the old images (weights/manifest.json) no longer match the new data.
+RENDER_VERSION = 2
 
 # --------------------------------------------------------------------------------------------
 # Constants: canonical landmarks, illumination table, camera

@@ -46,7 +46,6 @@ __all__ = [
     "verify_loaded",
     "refusal_note",
     "write_refusal",
-    "load_or_refusal",
     "int8_summary",
 ]
 
@@ -293,20 +292,6 @@ def refusal_note(int8_path: str | Path) -> str | None:
     """Why the int8 model at ``int8_path`` was refused when it was made, or None."""
     note = _note_path(int8_path)
     return note.read_text().strip() if note.is_file() else None
-
-
-def load_or_refusal(path: str | Path, threads: int | None = None) -> tuple[Any, str | None]:
-    """``(frontalizer, None)`` for a model that loads, ``(None, reason)`` for an int8 model refused
-    on this CPU (now, or when it was made: :func:`refusal_note`), ``(None, None)`` when absent."""
-    from slimface.deploy.runtime import load_frontalizer
-
-    path = Path(path)
-    if not path.is_file():
-        return None, refusal_note(path)
-    try:
-        return load_frontalizer(path, threads=threads), None
-    except Int8RefusedError as e:
-        return None, str(e)
 
 
 def int8_summary(int8_path: str | Path) -> str:

@@ -525,7 +525,7 @@ class LatencyModel:
 
 # ----------------------------------------------------------------------------- whole sub-networks
 def _family(family: Any) -> Any:
-    from slimface.models.registry import Family, get_family
+    from slimface.families import Family, get_family
 
     return family if isinstance(family, Family) else get_family(str(family))
 
@@ -604,7 +604,7 @@ def subnet_runner(family: Any, model: Mapping[str, Any], cfg: Mapping[str, int] 
     """``(run, info)``: one batch-1 forward of sub-network ``cfg`` (random weights) as deployed in
     ``runtime`` (PyTorch: batch norms folded; ort-int8: quantized like the export, with
     ``fp32_modules`` kept fp32). PyTorch's thread count is ``threads`` inside the block."""
-    from slimface.evaluate.bench import inference_copy
+    from slimface.nn.fold import inference_copy
 
     check_runtime(runtime)
     net = _build(family, model, cfg)
@@ -619,7 +619,7 @@ def subnet_runner(family: Any, model: Mapping[str, Any], cfg: Mapping[str, int] 
         finally:
             torch.set_num_threads(old)
         return
-    from slimface.compress.profile_cli import random_calibration
+    from slimface.deploy.calibration import random_calibration
     from slimface.deploy.onnx_export import export_onnx
     from slimface.deploy.quantize import quantize_int8, session_kwargs
 

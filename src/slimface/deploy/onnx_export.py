@@ -25,7 +25,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -35,7 +34,6 @@ __all__ = [
     "INPUT_NAMES",
     "OUTPUT_NAME",
     "export_onnx",
-    "check_onnx",
     "export_torchscript",
     "set_onnx_metadata",
 ]
@@ -136,20 +134,6 @@ def export_onnx(
     set_onnx_metadata(proto, _model_meta(inputs, metadata))
     atomic_write(path, proto.SerializeToString())
     return path
-
-
-def check_onnx(model: nn.Module, path: str | Path, example_inputs: tuple) -> float:
-    """Max abs difference between PyTorch (eval) and ONNX Runtime on ``example_inputs``."""
-    from slimface.deploy.runtime import load_frontalizer
-
-    model = model.eval()
-    dev = _device_of(model)
-    with torch.inference_mode():
-        ref = model(*(t.to(dev) for t in example_inputs)).float().cpu().numpy()
-    front = load_frontalizer(path)
-    lm = example_inputs[1] if len(example_inputs) > 1 else None
-    got = front(example_inputs[0], lm)
-    return float(np.max(np.abs(got - ref)))
 
 
 def export_torchscript(

@@ -27,13 +27,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimface.errors import CheckpointError, DataError
+from slimface.errors import CheckpointError, DataError, Int8RefusedError
 
 __all__ = [
     "Frontalizer",
     "OnnxFrontalizer",
     "TorchFrontalizer",
     "load_frontalizer",
+    "check_onnx",
+    "load_or_refusal",
     "register_format",
     "from_module",
 ]
@@ -317,7 +319,7 @@ def _load_program(path: Path) -> nn.Module:
 
 def _load_slimface_export(path: Path) -> nn.Module:
     """A slimface export directory (``arch.json`` + ``model.safetensors``)."""
-    from slimface.compress.export import load_export
+    from slimface.export_format import load_export
 
     return load_export(path).eval()
 
@@ -371,3 +373,29 @@ def load_frontalizer(path: str | Path, device: str = "cpu", threads: int | None 
     raise CheckpointError(
         f"{path}: unknown model format {suffix or '(no suffix)'}; expected .onnx or a TorchScript .pt"
     )
+
+
+def check_onnx(model: nn.Module, path: str | Path, example_inputs: tuple) -> float:
+    """Max abs difference between PyTorch (eval) and ONNX Runtime on ``example_inputs``."""
+    model = model.eval()
+    dev = next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu"))
+    with torch.inference_mode():
+        ref = model(*(t.to(dev) for t in example_inputs)).float().cpu().numpy()
+    front = load_frontalizer(path)
+    lm = example_inputs[1] if len(example_inputs) > 1 else None
+    got = front(example_inputs[0], lm)
+    return float(np.max(np.abs(got - ref)))
+
+
+def load_or_refusal(path: str | Path, threads: int | None = None) -> tuple[Any, str | None]:
+    """``(frontalizer, None)`` for a model that loads, ``(None, reason)`` for an int8 model refused
+    on this CPU (now, or when it was made: :func:`~slimface.deploy.int8_guard.refusal_note`), ``(None, None)`` when absent."""
+    from slimface.deploy.int8_guard import refusal_note
+
+    path = Path(path)
+    if not path.is_file():
+        return None, refusal_note(path)
+    try:
+        return load_frontalizer(path, threads=threads), None
+    except Int8RefusedError as e:
+        return None, str(e)

@@ -39,6 +39,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from slimface.nn.fold import inference_copy
+
 __all__ = [
     "RUNTIME_LABELS",
     "TEACHER_LABELS",
@@ -279,21 +281,6 @@ def benchmark_callables(
             "times_ms": [t * 1000.0 for t in ts],
         }
     return out
-
-
-def inference_copy(model: nn.Module, example_inputs: tuple, fold_bn: bool = True) -> tuple[nn.Module, int]:
-    """An eval-mode copy of ``model`` as it is deployed: batch norms folded into their convs (as ONNX
-    Runtime does to its graph), so eager PyTorch is not timed on per-op overhead a deployment removes.
-    The caller's model is left untouched (put in eval mode). Returns the copy (the model itself when
-    it has no batch norm or ``fold_bn`` is False) and how many batch norms were folded."""
-    import copy
-
-    from slimface.nn.fold import fold_batchnorm
-
-    if not fold_bn or not any(isinstance(x, nn.BatchNorm2d) for x in model.modules()):
-        return model.eval(), 0  # nothing to fold: time the model itself
-    m = copy.deepcopy(model).eval()
-    return m, fold_batchnorm(m, example_inputs)
 
 
 RUNTIME_LABELS = ("PyTorch fp32", "ONNX Runtime fp32", "ONNX Runtime int8")

@@ -33,6 +33,8 @@ from slimface.data.face_detect import Detector
 from slimface.data.pose import pose_template
 from slimface.deploy.frontalize import align_face, find_landmarks, open_photo
 from slimface.deploy.runtime import Frontalizer
+from slimface.errors import ConfigError
+from slimface.evaluate.context import RunContext
 from slimface.evaluate.verification import rank1, summarize_folds, verify_folds
 from slimface.fileio import atomic_write
 
@@ -217,17 +219,19 @@ def write_cfp_results(r: dict[str, Any], out_dir: str | Path, judge_notes: dict[
     return md, js
 
 
-def _judges(cfg: Any, names: Sequence[str] | None) -> tuple[dict[str, Any], dict[str, str]]:
+def _judges(cfg: Any, names: Sequence[str] | None,
+            run: Callable[[], RunContext] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     """Judges by name (``run``: the run's independent judge; ``loss``: its loss recognizer;
     ``dlib``: dlib's ResNet). By default ``run`` and ``dlib``; a default ``run`` without trained
-    weights is left out with a note, an asked-for one is an error."""
+    weights is left out with a note, an asked-for one is an error. ``run`` gives the run's context
+    (``Pipeline(cfg).context()``), asked for only when its judge or recognizer is needed."""
     from slimface.errors import SlimfaceError
     from slimface.models.recognizer import build_recognizer
 
     asked = list(dict.fromkeys(names)) if names else None
     judges: dict[str, Any] = {}
     notes: dict[str, str] = {}
-    pipe = None
+    ctx = None
     for name in asked or ["run", "dlib"]:
         if name == "dlib":
             judges["dlib"] = build_recognizer("dlib", detect=False)
@@ -239,17 +243,17 @@ def _judges(cfg: Any, names: Sequence[str] | None) -> tuple[dict[str, Any], dict
         if not asked and not Path(weights).is_file():  # no finished run here: nothing to load (or render)
             notes[name] = f"left out: no trained weights at {weights} (pass the run's --config/--out)"
             continue
-        if pipe is None:
-            from slimface.pipeline import Pipeline
-
-            pipe = Pipeline(cfg, progress=False)
+        if ctx is None:
+            if run is None:
+                raise ConfigError(f"judge {name!r} needs the run (its config and --out) to load it")
+            ctx = run()
         try:
             if name == "run":
-                judges["run"] = pipe.judges["judge"]
-                notes["run"] = f"the run's independent judge ({pipe.out / 'judge'}), trained on its synthetic identities"
+                judges["run"] = ctx.judges()["judge"]
+                notes["run"] = f"the run's independent judge ({ctx.out / 'judge'}), trained on its synthetic identities"
             else:
-                judges["loss"] = pipe.recognizer
-                notes["loss"] = f"the run's loss recognizer ({pipe.out / 'recognizer'}); it shaped the model's training"
+                judges["loss"] = ctx.recognizer()
+                notes["loss"] = f"the run's loss recognizer ({ctx.out / 'recognizer'}); it shaped the model's training"
         except SlimfaceError as exc:
             if asked:
                 raise
@@ -266,15 +270,17 @@ def run_cfp_benchmark(
     use_fiducials: bool = True,
     results_dir: str | Path | None = None,
     report: Callable[[str], None] | None = print,
+    run: Callable[[], RunContext] | None = None,
 ) -> tuple[Path, Path]:
-    """CLI body of ``slimface evaluate --benchmark cfp-fp``: load, judge, write; (md, json) paths."""
+    """CLI body of ``slimface evaluate --benchmark cfp-fp``: load, judge, write; (md, json) paths.
+    ``run``: the run's context (for its judge and loss recognizer), see :func:`_judges`."""
     from slimface.data.cfp import load_cfp
     from slimface.data.face_detect import build_chain
     from slimface.deploy.runtime import load_frontalizer
 
     bench = load_cfp(data)
     model = load_frontalizer(model_path)
-    judges, notes = _judges(cfg, recognizers)
+    judges, notes = _judges(cfg, recognizers, run)
     chain = build_chain(detectors) if detectors else build_chain()
     r = evaluate_cfp(bench, model, judges, chain=chain, use_fiducials=use_fiducials, report=report)
     out = Path(results_dir) if results_dir else Path(cfg.out_dir) / "evaluate" / "cfp-fp"

@@ -7,17 +7,14 @@ search results, stage markers), so the report can be rebuilt without re-running 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from slimface.evaluate.bench import RUNTIME_LABELS
+from slimface.evaluate.context import RunContext
 from slimface.evaluate.rank1 import table1_markdown, table2_markdown
 from slimface.fileio import atomic_write
-from slimface.nn.profile import format_count
-
-if TYPE_CHECKING:
-    from slimface.pipeline import Pipeline
+from slimface.nn.counts import format_count
 
 YAW_COLUMNS = (90, 75, 60, 45, 30, 15)
 
@@ -128,20 +125,17 @@ def judge_tables(ev: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
     return lines, out
 
 
-def write_report(pipe: "Pipeline") -> Path:
+def write_report(ctx: RunContext) -> Path:
     from slimface.evaluate.figures import plot_pareto
 
-    out = pipe.out / "report"
+    out = ctx.out / "report"
     out.mkdir(parents=True, exist_ok=True)
-    ev = _read(pipe.out / "evaluate" / "results.json") or {"models": {}}
-    bench = _read(pipe.out / "bench" / "bench.json") or {}
+    ev = _read(ctx.out / "evaluate" / "results.json") or {"models": {}}
+    bench = _read(ctx.out / "bench" / "bench.json") or {}
     models = ev["models"]
-    fams = pipe.cfg.families
+    fams = ctx.families
     # a student is never put beside a teacher it was not distilled from (slimface.stage_keys)
-    from slimface.stage_keys import provenance, provenance_lines
-
-    prov = provenance(pipe.out, fams)
-    prov_lines, refused = provenance_lines(prov)
+    prov, prov_lines, refused = ctx.provenance()
     if refused:
         models = {m: e for m, e in models.items() if not any(m.startswith(f"{f} compressed") for f in refused)}
         ev, bench = {**ev, "models": models}, {f: b for f, b in bench.items() if f not in refused}
@@ -149,18 +143,18 @@ def write_report(pipe: "Pipeline") -> Path:
             print(f"  {f}: the compressed student was not distilled from the {f} teacher measured here; "
                   "its rows are left out of the report (see its Provenance section)", flush=True)
     stage_times = {}
-    for stage in pipe.stages():
-        marker = pipe.out / "stages" / f"{stage}.json"
+    for stage in ctx.stages:
+        marker = ctx.out / "stages" / f"{stage}.json"
         if marker.is_file():
             stage_times[stage] = round(float(json.loads(marker.read_text())["wall_s"]), 1)
 
-    results: dict[str, Any] = {"name": pipe.cfg.name, "families": {}, "stages_wall_s": stage_times,
+    results: dict[str, Any] = {"name": ctx.name, "families": {}, "stages_wall_s": stage_times,
                                "probes": ev.get("probes"), "gallery": ev.get("gallery")}
     if "no frontalization" in models:
         results["baseline"] = {"rank1": _rank1(models["no frontalization"])}
-    lines = [f"# slimface report: {pipe.cfg.name}", ""]
+    lines = [f"# slimface report: {ctx.name}", ""]
     lines += [
-        f"Data: {pipe.cfg.data.kind} at {pipe.cfg.data.resolution}x{pipe.cfg.data.resolution}, "
+        f"Data: {ctx.data_kind} at {ctx.resolution}x{ctx.resolution}, "
         f"{ev.get('probes', '?')} test probes against a gallery of {ev.get('gallery', '?')} identities. "
         "Rank-1 is the cosine-nearest gallery identity, ± yaws pooled, read from the independent judges "
         "(no training stage, search or fine-tune ever saw them); the loss recognizer's figures follow, "
@@ -185,10 +179,10 @@ def write_report(pipe: "Pipeline") -> Path:
     deploy = ["## Deployment runtimes (compressed model)", "",
               "| model | size | runtime | latency (ms) | speedup vs PyTorch | rank-1 avg | Δ rank-1 vs PyTorch |",
               "|---|---|---|---|---|---|---|"]
-    size_label = f"{pipe.cfg.data.resolution}² ×{{w}}"
+    size_label = f"{ctx.resolution}² ×{{w}}"
     for fam in fams:
         b = bench.get(fam, {})
-        search = _read(pipe.family_dir(fam) / "search" / "result.json") or {}
+        search = _read(ctx.family_dir(fam) / "search" / "result.json") or {}
         fam_res: dict[str, Any] = {}
         for role, key in (("teacher", f"{fam} teacher"), ("student", f"{fam} compressed")):
             rs = b.get("run_size", {}).get(role, {})
@@ -207,7 +201,7 @@ def write_report(pipe: "Pipeline") -> Path:
                 continue
             t, s = r["teacher"], r["student"]
             tp, tm = t.get("params") or (r.get("teacher_params")), t.get("macs")
-            size = (size_label.format(w=pipe.cfg.teacher(fam).width_mult) if key == "run_size"
+            size = (size_label.format(w=ctx.teacher_widths[fam]) if key == "run_size"
                     else "128² ×1.0 (official widths)")
             if key == "full_size":
                 tp, tm = r.get("teacher_counts", {}).get("params"), r.get("teacher_counts", {}).get("macs")
@@ -240,19 +234,19 @@ def write_report(pipe: "Pipeline") -> Path:
             fam_res["runtimes"][label] = {"latency_ms": rt["latency_ms"], "rank1_avg": r1}
             speed = f"{base_ms / rt['latency_ms']:.2f}×" if base_ms else "–"
             delta = f"{r1 - base_r1:+.2f}" if (r1 is not None and base_r1 is not None) else "–"
-            run_label = size_label.format(w=pipe.cfg.teacher(fam).width_mult)
+            run_label = size_label.format(w=ctx.teacher_widths[fam])
             deploy.append(f"| {fam} | {run_label} | {label} | {rt['latency_ms']:.2f} | {speed} | "
                           f"{r1:.2f} | {delta} |" if r1 is not None else
                           f"| {fam} | {run_label} | {label} | {rt['latency_ms']:.2f} | {speed} | – | – |")
         refused = (ev.get("int8_refused") or {}).get(fam) or b.get("int8_refused")
         if refused:  # int8 refused on this CPU (deploy.int8_guard): said instead of a collapsed rank-1
             fam_res["int8_refused"] = refused
-            deploy.append(f"| {fam} | {size_label.format(w=pipe.cfg.teacher(fam).width_mult)} | {RUNTIME_LABELS[2]} "
+            deploy.append(f"| {fam} | {size_label.format(w=ctx.teacher_widths[fam])} | {RUNTIME_LABELS[2]} "
                           f"| – | – | {refused.replace('|', '/')} | – |")
-        if (pipe.family_dir(fam) / "export" / "model.int8.onnx").is_file():  # what ran in int8
+        if (ctx.family_dir(fam) / "export" / "model.int8.onnx").is_file():  # what ran in int8
             from slimface.deploy.int8_guard import int8_summary
 
-            fam_res["int8"] = int8_summary(pipe.family_dir(fam) / "export" / "model.int8.onnx")
+            fam_res["int8"] = int8_summary(ctx.family_dir(fam) / "export" / "model.int8.onnx")
         # full-size student (official widths, random weights): latency only, rank-1 is meaningless
         full_rts = (b.get("full_size") or {}).get("runtimes") or {}
         if full_rts:
@@ -271,7 +265,7 @@ def write_report(pipe: "Pipeline") -> Path:
                 fam_res["full_size_runtimes"]["int8_vs_ort_fp32"] = full_rts["int8_vs_ort_fp32"]
         results["families"][fam] = fam_res
         # Pareto figure of the search
-        evaluated = pipe.family_dir(fam) / "search" / "evaluated.jsonl"
+        evaluated = ctx.family_dir(fam) / "search" / "evaluated.jsonl"
         if evaluated.is_file():
             pts = [json.loads(l) for l in evaluated.read_text().splitlines() if l.strip()]
             for p in pts:
@@ -296,7 +290,7 @@ def write_report(pipe: "Pipeline") -> Path:
     lines += ["## Figures", ""]
     for fig, title in (("frontalization_grid.png", "Input / ground truth / teacher / compressed per yaw"),
                        ("rank1_vs_yaw.png", "Rank-1 versus yaw")):
-        src = pipe.out / "evaluate" / fig
+        src = ctx.out / "evaluate" / fig
         if src.is_file():
             (out / fig).write_bytes(src.read_bytes())
             lines += [f"### {title}", "", f"![{title}]({fig})", ""]

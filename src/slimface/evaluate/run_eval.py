@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from slimface.evaluate.context import RunContext
 from slimface.evaluate.quality import image_quality
 from slimface.evaluate.rank1 import bootstrap_rank1, embed_all, group_rates, pose_group, rank1_hits, yaw_group
 from slimface.fileio import atomic_write
-
-if TYPE_CHECKING:
-    from slimface.pipeline import Pipeline
 
 Frontalize = Callable[[Tensor, Tensor], Tensor]
 
@@ -40,23 +38,23 @@ def _subsample(pairs: list, per_group: int, has_pitch: bool) -> list:
     return out
 
 
-def _frontalizers(pipe: "Pipeline", refused: dict[str, str] | None = None) -> dict[str, Frontalize]:
+def _frontalizers(ctx: RunContext, refused: dict[str, str] | None = None) -> dict[str, Frontalize]:
     """Every model to judge; ``refused`` collects family -> why its int8 model was refused on this CPU."""
-    from slimface.compress.export import load_export
+    from slimface.export_format import load_export
 
     models: dict[str, Frontalize] = {"no frontalization": lambda x, lm: x}
-    for fam in pipe.cfg.families:
-        teacher = pipe.teacher_generator(fam)
+    for fam in ctx.families:
+        teacher = ctx.teacher(fam)
         models[f"{fam} teacher"] = lambda x, lm, g=teacher: g(x, lm)
-        export_dir = pipe.family_dir(fam) / "export"
+        export_dir = ctx.family_dir(fam) / "export"
         if not export_dir.exists():  # a teacher-only run: `slimface evaluate` right after training it
             print(f"  {fam}: no exported student in {export_dir}; evaluating the teacher only", flush=True)
             continue
-        student = load_export(export_dir).eval().to(pipe.device)
+        student = load_export(export_dir).eval().to(ctx.device)
         models[f"{fam} compressed"] = lambda x, lm, g=student: g(x, lm)
         for suffix, label in (("model.onnx", "ONNX fp32"), ("model.int8.onnx", "ONNX int8")):
             path = export_dir / suffix
-            from slimface.deploy.int8_guard import load_or_refusal
+            from slimface.deploy.runtime import load_or_refusal
 
             rt, why = load_or_refusal(path)
             if why is not None and refused is not None:  # reported instead of a collapsed rank-1
@@ -74,17 +72,14 @@ def _frontalizers(pipe: "Pipeline", refused: dict[str, str] | None = None) -> di
 LOSS_RECOGNIZER = "loss recognizer"
 
 
-def _scorers(pipe: "Pipeline") -> dict[str, tuple[Any, dict[str, Any]]]:
+def _scorers(ctx: RunContext) -> dict[str, tuple[Any, dict[str, Any]]]:
     """Who scores rank-1, in report order: the independent judges (primary first), then the loss
     recognizer. Values: (an object with ``embed``, what the report says about it)."""
     out: dict[str, tuple[Any, dict[str, Any]]] = {}
-    for name, judge in pipe.judges.items():
+    for name, judge in ctx.judges().items():
         out[name] = (judge, {**asdict(judge.info)})
-    r = pipe.cfg.recognizer
-    out[LOSS_RECOGNIZER] = (pipe.recognizer, {
-        "name": LOSS_RECOGNIZER, "kind": f"{r.variant} w{r.width_mult:g}",
-        "source": str(r.checkpoint or pipe.out / "recognizer" / "recognizer.safetensors"),
-        "identities": f"{r.identities} of the training identities", "seen_in_training": True})
+    out[LOSS_RECOGNIZER] = (ctx.recognizer(), {"name": LOSS_RECOGNIZER, **ctx.recognizer_info,
+                                               "seen_in_training": True})
     return out
 
 
@@ -111,26 +106,26 @@ def _ceiling(scorer: Any, frontals: list[Tensor], subjects: list[str], gallery_e
     return float(100.0 * rank1_hits(emb, subjects, gallery_emb, gallery_subjects).mean())
 
 
-def evaluate_run(pipe: "Pipeline") -> dict[str, Any]:
+def evaluate_run(ctx: RunContext) -> dict[str, Any]:
     """Rank-1 per yaw (and pitch x yaw) by every judge and by the loss recognizer, bootstrap
     intervals, image quality (with the high-frequency artefact ratio), and figures for every model."""
     from slimface.evaluate.figures import image_grid, plot_rank1_vs_yaw
 
-    data = pipe.data
-    out = pipe.out / "evaluate"
+    data = ctx.data()
+    out = ctx.out / "evaluate"
     out.mkdir(parents=True, exist_ok=True)
-    probes = _subsample(data.test_pairs, pipe.cfg.eval_probes_per_group, data.has_pitch)
-    bs = pipe.cfg.eval_batch_size
-    batches = pipe.batches(probes, bs)
-    gallery_ds = pipe.pair_dataset([(g, g) for g in data.gallery])
+    probes = _subsample(data.test_pairs, ctx.eval_probes_per_group, data.has_pitch)
+    bs = ctx.eval_batch_size
+    batches = ctx.batches(probes, bs)
+    gallery_ds = ctx.pair_dataset([(g, g) for g in data.gallery])
     gallery_images = [gallery_ds[i]["frontal"] for i in range(len(gallery_ds))]
     gallery_subjects = [g.subject for g in data.gallery]
     subjects = [p[0].subject for p in probes]
     yaw_groups = [yaw_group(p[0].yaw) for p in probes]
     pose_groups = [pose_group(p[0].pitch, p[0].yaw) for p in probes]
-    scorers = _scorers(pipe)
+    scorers = _scorers(ctx)
     # a slow judge (dlib) scores a subset of the probes; the others score every probe
-    subsets = {name: (_scored_subset(len(probes), yaw_groups, pipe.cfg.judge.dlib_probes_per_group)
+    subsets = {name: (_scored_subset(len(probes), yaw_groups, ctx.dlib_probes_per_group)
                       if name == "dlib" else list(range(len(probes)))) for name in scorers}
     subset_sets = {name: set(idx) for name, idx in subsets.items()}
     gallery_emb = {name: embed_all(sc, gallery_images, bs) for name, (sc, _) in scorers.items()}
@@ -143,7 +138,7 @@ def evaluate_run(pipe: "Pipeline") -> dict[str, Any]:
             f = probes[i][1]
             if str(f.path) not in gallery_paths:
                 seen.setdefault(str(f.path), f)
-        front_ds = pipe.pair_dataset([(f, f) for f in seen.values()])
+        front_ds = ctx.pair_dataset([(f, f) for f in seen.values()])
         ceiling = _ceiling(sc, [front_ds[k]["frontal"] for k in range(len(front_ds))],
                            [f.subject for f in seen.values()], gallery_emb[name], gallery_subjects, bs)
         judges_info[name] = {**info, "probes": len(subsets[name]), "ceiling_rank1": ceiling,
@@ -157,7 +152,7 @@ def evaluate_run(pipe: "Pipeline") -> dict[str, Any]:
     hits: dict[str, dict[str, np.ndarray]] = {}
     grid_images: dict[str, dict[int, Tensor]] = {}
     results["int8_refused"] = refused = {}
-    for name, fn in _frontalizers(pipe, refused).items():
+    for name, fn in _frontalizers(ctx, refused).items():
         # the ONNX copies of a student are judged by the fast scorers only (dlib adds nothing there)
         active = {k: v for k, v in scorers.items() if not ("ONNX" in name and k == "dlib")}
         embs: dict[str, list[Tensor]] = {k: [] for k in active}
@@ -165,13 +160,13 @@ def evaluate_run(pipe: "Pipeline") -> dict[str, Any]:
         offset = 0
         with torch.no_grad():
             for batch in batches:
-                x, lm = batch["profile"].to(pipe.device), batch["landmarks"].to(pipe.device)
+                x, lm = batch["profile"].to(ctx.device), batch["landmarks"].to(ctx.device)
                 y = fn(x, lm).clamp(-1, 1)
                 for k, (sc, _) in active.items():
                     rows = [j for j in range(y.shape[0]) if offset + j in subset_sets[k]]
                     if rows:
                         embs[k].append(embed_all(sc, [y[rows]], bs))
-                quality.append(image_quality(y, batch["frontal"].to(pipe.device)))
+                quality.append(image_quality(y, batch["frontal"].to(ctx.device)))
                 for j in range(y.shape[0]):
                     if offset + j in grid_ids:
                         kept[offset + j] = y[j].cpu()
@@ -186,7 +181,7 @@ def evaluate_run(pipe: "Pipeline") -> dict[str, Any]:
             groups_k = [yaw_groups[i] for i in idx]
             entry["rank1_by"][k] = _str_keys(group_rates(h, groups_k))
             entry["rank1_ci_by"][k] = {str(g): list(ci) for g, ci in
-                                       bootstrap_rank1(h, groups_k, seed=pipe.cfg.seed).items()}
+                                       bootstrap_rank1(h, groups_k, seed=ctx.seed).items()}
             if data.has_pitch and k == results["primary_judge"]:
                 entry["rank1_pitch_yaw"] = _str_keys(group_rates(h, [pose_groups[i] for i in idx]))
         primary = results["primary_judge"]
@@ -210,12 +205,12 @@ def evaluate_run(pipe: "Pipeline") -> dict[str, Any]:
             groups_k = [yaw_groups[i] for i in subsets[k]]
             rates = group_rates(h, groups_k)
             base = group_rates(hits[teacher][k], groups_k)
-            ci = bootstrap_rank1(h, groups_k, baseline=hits[teacher][k], seed=pipe.cfg.seed)
+            ci = bootstrap_rank1(h, groups_k, baseline=hits[teacher][k], seed=ctx.seed)
             entry["vs_teacher"][k] = {str(g): {"diff": rates[g] - base[g], "ci": list(ci[g])} for g in rates}
 
     # Figures 3-4: per probe row -> input, ground truth, each model's output
     rows, labels = [], []
-    ds = pipe.pair_dataset([probes[i] for i in sorted(grid_ids)])
+    ds = ctx.pair_dataset([probes[i] for i in sorted(grid_ids)])
     model_names = [n for n in grid_images if n != "no frontalization" and "ONNX" not in n]
     for k, i in enumerate(sorted(grid_ids)):
         item = ds[k]
@@ -253,20 +248,21 @@ def _grid_probe_ids(probes: list, subjects: int = 2) -> set[int]:
     return set(chosen.values())
 
 
-def bench_run(pipe: "Pipeline") -> dict[str, Any]:
+def bench_run(ctx: RunContext) -> dict[str, Any]:
     """Table 4: teacher vs compressed student latency and memory, at the run's size and full size."""
-    from slimface.compress.export import load_export
-    from slimface.compress.profile_cli import bench_report, scale_config_to_full
+    from slimface.compress.extract import scale_config_to_full
+    from slimface.evaluate.arch_bench import bench_report
+    from slimface.export_format import load_export
     from slimface.evaluate.bench import RUNTIME_LABELS, benchmark_runtimes, benchmark_teacher_student
     from slimface.nn.profile import count_macs, count_params
 
-    b = pipe.cfg.bench
-    out = pipe.out / "bench"
+    b = ctx.bench
+    out = ctx.out / "bench"
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
-    for fam in pipe.cfg.families:
-        teacher = pipe.teacher_generator(fam).eval()
-        export_dir = pipe.family_dir(fam) / "export"
+    for fam in ctx.families:
+        teacher = ctx.teacher(fam).eval()
+        export_dir = ctx.family_dir(fam) / "export"
         student = load_export(export_dir).eval()
         inputs = teacher.example_inputs()
         r = benchmark_teacher_student(teacher, student, inputs, warmup=b.warmup, runs=b.runs, threads=b.threads)
@@ -274,7 +270,7 @@ def bench_run(pipe: "Pipeline") -> dict[str, Any]:
             r[key]["params"] = count_params(net)
             r[key]["macs"] = count_macs(net, inputs)
         entry: dict[str, Any] = {"run_size": r}
-        from slimface.deploy.int8_guard import load_or_refusal
+        from slimface.deploy.runtime import load_or_refusal
 
         loaded = {label: load_or_refusal(export_dir / name, threads=b.threads)
                   for name, label in (("model.onnx", RUNTIME_LABELS[1]), ("model.int8.onnx", RUNTIME_LABELS[2]))}
@@ -283,9 +279,8 @@ def bench_run(pipe: "Pipeline") -> dict[str, Any]:
         entry["runtimes"] = benchmark_runtimes(student, inputs, onnx, warmup=b.warmup, runs=b.runs,
                                                threads=b.threads)
         if b.full_size:
-            code = json.loads((pipe.family_dir(fam) / "search" / "result.json").read_text())["config"]
-            full_cfg = scale_config_to_full(fam, code, pipe.cfg.data.resolution, pipe.cfg.data.channels,
-                                            pipe.cfg.teacher(fam).width_mult)
+            code = json.loads((ctx.family_dir(fam) / "search" / "result.json").read_text())["config"]
+            full_cfg = scale_config_to_full(fam, code, ctx.resolution, ctx.channels, ctx.teacher_widths[fam])
             # ... plus the deployment runtimes of that full-size student (PyTorch fp32 / ORT fp32 /
             # ORT int8, random weights, calibrated on random inputs): under entry["full_size"]["runtimes"]
             full = bench_report(fam, 128, 1.0, student=full_cfg, warmup=b.full_size_warmup,
@@ -299,7 +294,7 @@ def bench_run(pipe: "Pipeline") -> dict[str, Any]:
               + (f"; full size int8 vs ORT fp32 {entry['full_size']['runtimes']['int8_vs_ort_fp32']:.2f}x"
                  if "int8_vs_ort_fp32" in entry.get("full_size", {}).get("runtimes", {}) else ""),
               flush=True)
-    (out / "bench.json").write_text(json.dumps(results, indent=2, default=float))
+    atomic_write(out / "bench.json", json.dumps(results, indent=2, default=float))
     return {"bench": str(out / "bench.json")}
 
 

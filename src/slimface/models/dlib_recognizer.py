@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from slimface.errors import ConfigError
-from slimface.models.recognizer import Recognizer, check_images
+from slimface.models.recognizer_base import Recognizer, check_images
 
 CHIP_SIZE = 150
 _MODEL_FILES = {

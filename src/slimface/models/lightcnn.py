@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slimface.errors import CheckpointError, ConfigError
+from slimface.fileio import safe_load
 
 Variant = Literal["lightcnn9", "lightcnn29", "lightcnn29v2"]
 VARIANTS: tuple[str, ...] = ("lightcnn9", "lightcnn29", "lightcnn29v2")
@@ -212,11 +213,9 @@ def _classifier_keys(variant: str) -> tuple[str, ...]:
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Read a LightCNN state dict safely (:func:`~slimface.train.checkpoint.safe_load`), unwrapping
+    """Read a LightCNN state dict safely (:func:`~slimface.fileio.safe_load`), unwrapping
     ``state_dict`` and stripping the ``module.`` prefix that ``DataParallel`` leaves in the official
     checkpoints."""
-    from slimface.train.checkpoint import safe_load
-
     obj: Mapping = safe_load(path, what="LightCNN checkpoint")
     if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]

@@ -15,6 +15,8 @@ the example inputs.
 
 from __future__ import annotations
 
+import copy
+
 from typing import Any
 
 import torch
@@ -23,7 +25,7 @@ from torch.overrides import TorchFunctionMode
 
 from slimface.nn.super_layers import SuperMixin
 
-__all__ = ["fold_batchnorm"]
+__all__ = ["fold_batchnorm", "inference_copy"]
 
 _CONVS = (nn.Conv2d, nn.ConvTranspose2d)
 
@@ -151,3 +153,14 @@ def fold_batchnorm(model: nn.Module, example_inputs: tuple, atol: float = 1e-4) 
             _set_child(model, bn_name, backup[bn_name][1])
         raise RuntimeError(f"folding {len(pairs)} batch norms changed the outputs by {err:.2e}; left unfolded")
     return len(pairs)
+
+
+def inference_copy(model: nn.Module, example_inputs: tuple, fold_bn: bool = True) -> tuple[nn.Module, int]:
+    """An eval-mode copy of ``model`` as it is deployed: batch norms folded into their convs (as ONNX
+    Runtime does to its graph), so eager PyTorch is not timed on per-op overhead a deployment removes.
+    The caller's model is left untouched (put in eval mode). Returns the copy (the model itself when
+    it has no batch norm or ``fold_bn`` is False) and how many batch norms were folded."""
+    if not fold_bn or not any(isinstance(x, nn.BatchNorm2d) for x in model.modules()):
+        return model.eval(), 0  # nothing to fold: time the model itself
+    m = copy.deepcopy(model).eval()
+    return m, fold_batchnorm(m, example_inputs)

@@ -450,27 +450,6 @@ def count_params(model: nn.Module) -> int:
     return total
 
 
-def format_count(n: float, unit: str = "") -> str:
-    """1234567 -> '1.23M' (G/M/K), for tables and logs."""
-    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{suffix}{unit}"
-    return f"{n:.0f}{unit}"
-
-
-def parse_count(text: str | int | float) -> float:
-    """'2.5G' / '300M' / '12k' / 1e9 -> a number; raises ValueError on anything else."""
-    if isinstance(text, (int, float)):
-        return float(text)
-    s = str(text).strip().upper()
-    if s.endswith("MACS"):
-        s = s[:-4].strip()
-    mult = {"G": 1e9, "M": 1e6, "K": 1e3}
-    if s and s[-1] in mult:
-        return float(s[:-1]) * mult[s[-1]]
-    return float(s)
-
-
 def count_conv_macs(model: nn.Module, inputs: tuple[Any, ...]) -> int:
     """Multiply-accumulates of the convs, transposed convs and linears alone, from forward hooks.
 

@@ -320,9 +320,6 @@ class SeparableConv2d(nn.Module):
         return self.pointwise(self.depthwise(x.contiguous(memory_format=torch.channels_last)))
 
 
-SUPER_TYPES = (SuperConv2d, SuperConvTranspose2d, SuperBatchNorm2d, SuperLinear)
-
-
 def super_layers(model: nn.Module) -> Iterator[tuple[str, SuperMixin]]:
     for name, module in model.named_modules():
         if isinstance(module, SuperMixin):

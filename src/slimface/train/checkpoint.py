@@ -11,10 +11,13 @@ Why each piece exists:
   reported in one log line and :func:`load_latest` falls back to the previous checkpoint. A checkpoint
   without a sidecar (killed between the two writes) is still accepted if it loads: torch's zip format
   carries its own CRCs.
-* **Safe to load**: :func:`safe_load` uses ``weights_only=True`` exclusively, so a file that would need
+* **Safe to load**: :func:`slimface.fileio.safe_load` uses ``weights_only=True`` exclusively, so a file that would need
   arbitrary unpickling (and could therefore run code) is refused with :class:`CheckpointError`. States
   therefore hold only tensors and plain Python types (see :func:`capture_rng`).
 * **Bounded**: only the newest ``keep_last`` checkpoints are kept.
+
+Plain weights (a stage's output networks) are safetensors files: :func:`save_weights` writes one
+atomically on rank 0, :func:`load_weights` refuses a file of another architecture in one line.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import pickle
 import random
 import re
 from collections.abc import Iterator
@@ -32,9 +34,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from slimface.errors import CheckpointError
-from slimface.fileio import atomic_write, remove_stale_temps, write_error
+from slimface.fileio import atomic_write, remove_stale_temps, safe_load, write_error
+from slimface.nn.modes import unwrap
+from slimface.train import distributed as D
 
 log = logging.getLogger("slimface.train")
 
@@ -124,60 +129,8 @@ def save_checkpoint(path_dir: str | Path, step: int, state: dict[str, Any], keep
     return target
 
 
-def safe_load(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
-    """Load a checkpoint/exported model with ``weights_only=True``; anything else is CheckpointError.
-
-    The one ``torch.load`` of the project (training checkpoints, official LightCNN files...; ``what``
-    names the file in messages). A file that needs arbitrary unpickling (custom classes,
-    ``__reduce__`` tricks, a plain pickle stream) is refused without executing it; a truncated or
-    corrupt file is reported as unreadable.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{what} {path} does not exist; check the path")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch words every refusal "Weights only load failed": tell code from damage by what it hit
-        text = str(exc)
-        found = re.search(r"\bGLOBAL ([\w.]+)", text)
-        if found or _is_plain_pickle(path):
-            needs = f" (it needs {found.group(1)})" if found else ""
-            raise CheckpointError(
-                f"{what} {path} contains arbitrary Python objects and was not loaded: slimface refuses to "
-                f"unpickle code{needs}; re-save it with torch.save(state_dict) from a trusted environment"
-            ) from None
-        detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-        reason = detail.group(1).strip()[:120] if detail else _first_line(exc)
-        raise CheckpointError(
-            f"{what} {path} is not a readable PyTorch checkpoint: corrupt or truncated ({reason}); delete it"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as exc:
-        raise CheckpointError(
-            f"{what} {path} is not a readable PyTorch checkpoint: corrupt or truncated ({_first_line(exc)}); "
-            "delete it"
-        ) from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(
-            f"{what} {path} holds a {type(obj).__name__}, not a state dict; "
-            "pass a slimface checkpoint"
-        )
-    return obj
-
-
-def _is_plain_pickle(path: Path) -> bool:
-    """A bare pickle stream (``pickle.dump``), not torch.save's zip: only code-free data is allowed."""
-    with open(path, "rb") as f:
-        return f.read(1) == b"\x80"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0][:160] if text else type(exc).__name__) or type(exc).__name__
-
-
 def load_checked(path: str | Path) -> dict[str, Any]:
-    """:func:`safe_load` after verifying the sidecar checksum (if there is one)."""
+    """:func:`~slimface.fileio.safe_load` after verifying the sidecar checksum (if there is one)."""
     ok = verify_checksum(path)
     if ok is False:
         raise CheckpointError(f"checkpoint {path} does not match its .sha256 checksum; delete it")
@@ -285,13 +238,52 @@ def preserve_rng() -> Iterator[None]:
         restore_rng(saved)
 
 
+# ----------------------------------------------------------------------------- plain weights
+def save_weights(module: nn.Module, path: Path) -> Path:
+    """state_dict as safetensors, written atomically (temp file + rename); rank 0 only under DDP."""
+    from safetensors.torch import save as safetensors_bytes
+
+    if not D.is_main():
+        return path
+    module = unwrap(module)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+    # a failed write (disk full) removes the temp file and is a one-line CheckpointError
+    atomic_write(path, lambda f: f.write(safetensors_bytes(state)))
+    return path
+
+
+def load_weights(module: nn.Module, path: Path, what: str) -> nn.Module:
+    """Load safetensors weights; a file of another architecture is a one-line CheckpointError."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise CheckpointError(f"{what} weights {path} do not exist; run the stage that writes them")
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - any decode failure means a broken file
+        raise CheckpointError(f"{what} weights {path} are not a readable safetensors file ({exc})") from exc
+    own = module.state_dict()
+    for key, value in own.items():
+        if key not in state:
+            raise CheckpointError(f"{what} weights {path} lack {key!r}: they belong to another architecture")
+        if state[key].shape != value.shape:
+            raise CheckpointError(
+                f"{what} weights {path}: {key!r} has shape {tuple(state[key].shape)}, this model needs "
+                f"{tuple(value.shape)} (another architecture, width or resolution)"
+            )
+    module.load_state_dict({k: state[k] for k in own})
+    return module
+
+
 __all__ = [
+    "save_weights",
+    "load_weights",
     "checkpoint_name",
     "list_checkpoints",
     "file_sha256",
     "verify_checksum",
     "save_checkpoint",
-    "safe_load",
     "load_checked",
     "load_latest",
     "check_fingerprint",

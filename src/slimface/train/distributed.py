@@ -12,15 +12,16 @@ Conventions every stage follows (see also :class:`slimface.train.loop.Trainer`):
   with a different process count.
 * **Wrapping**: the Trainer wraps every net with trainable parameters in
   ``DistributedDataParallel`` and puts the wrapper back into ``task.nets``; tasks must call nets via
-  ``self.nets[name]`` and use :func:`unwrap` to reach attributes of the inner module. Forward hooks
+  ``self.nets[name]`` and use :func:`slimface.nn.modes.unwrap` to reach attributes of the inner module. Forward hooks
   registered on the inner module (or its submodules) keep firing, because DDP calls the inner module's
   ``__call__`` (unlike the old DataParallel, which runs replicas).
 * **GAN steps**: calling a wrapped D several times before one backward is fine. Do **not** toggle
   ``requires_grad`` on a wrapped net to freeze it for the G step (DDP registers its gradient hooks once);
-  detach the inputs or zero D's gradients before its own step instead. Set
-  ``TrainConfig.find_unused_parameters = True`` when some trainable parameters of a net get no
-  gradient in a step (e.g. a supernet that runs a sub-network, or a branch skipped by a condition);
-  leaving it False is faster and DDP raises a clear error if it was needed.
+  detach the inputs or zero D's gradients before its own step instead. A task names the nets whose
+  trainable parameters may get no gradient in a step (e.g. a supernet that runs a sub-network, or a
+  head the objective skips) in its ``unused_parameters``; the Trainer wraps those with
+  ``find_unused_parameters=True`` and the others with DDP's faster default, which raises a clear
+  error if a parameter goes unused.
 * **Shared randomness**: per-rank global RNGs differ (seeded ``seed + rank``), so anything drawn from
   them (data augmentation in a dataset) differs from a 1-process run. Choices that must be identical
   on every rank (a supernet's channel configuration, a random loss weight) come from
@@ -56,6 +57,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from slimface.errors import ConfigError
+from slimface.nn.modes import unwrap
 
 
 @dataclass(frozen=True)
@@ -304,13 +306,6 @@ def wrap_ddp(net: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
     )
 
 
-def unwrap(net: nn.Module) -> nn.Module:
-    """The module inside a DDP/DataParallel wrapper (or ``net`` itself)."""
-    while isinstance(net, (DistributedDataParallel, nn.DataParallel)):
-        net = net.module
-    return net
-
-
 __all__ = [
     "DistInfo",
     "init_distributed",
@@ -335,5 +330,5 @@ __all__ = [
     "sync_stats",
     "has_trainable_params",
     "wrap_ddp",
-    "unwrap",
+    
 ]

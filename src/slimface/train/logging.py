@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
+
+from slimface.fileio import atomic_write
 
 
 class ScalarWriter:
@@ -40,9 +41,7 @@ class ScalarWriter:
                 continue
             if isinstance(rec, dict) and int(rec.get("step", 0)) <= step:
                 keep.append(line)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(k + "\n" for k in keep))
-        os.replace(tmp, self.path)
+        atomic_write(self.path, "".join(k + "\n" for k in keep))
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         rec: dict[str, Any] = {"step": int(step), "time": round(time.time(), 3)}
@@ -125,10 +124,7 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, pad: int = 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(canvas[..., 0] if c == 1 else canvas)  # L or RGB from the shape
-    tmp = path.with_name(path.name + ".tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda f: img.save(f, format="PNG"))
 
 
 __all__ = ["ScalarWriter", "read_scalars", "format_log_line", "Progress", "save_grid"]

@@ -39,7 +39,6 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -48,9 +47,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, default_collate
 
-from slimface.config import check, to_dict
+from slimface.config import to_dict
 from slimface.errors import CheckpointError, ConfigError
 from slimface.models.judge import refuse_judge
+from slimface.nn.modes import unwrap
 from slimface.train import distributed as D
 from slimface.train.checkpoint import (
     SUFFIX_SHA,
@@ -64,6 +64,7 @@ from slimface.train.checkpoint import (
     save_checkpoint,
     set_aside,
 )
+from slimface.train.config import TrainConfig
 from slimface.train.logging import Progress, ScalarWriter, format_log_line, save_grid
 from slimface.train.sampler import ResumableSampler, _BatchIndexStream
 
@@ -71,50 +72,6 @@ log = logging.getLogger("slimface.train")
 
 CHECKPOINT_FORMAT = "slimface-train"
 CHECKPOINT_VERSION = 1
-
-
-@dataclass
-class TrainConfig:
-    """Settings of the training loop (embed as ``train:`` in a stage config)."""
-
-    steps: int = 1000
-    batch_size: int = 32  # global batch: each of N processes gets batch_size // N
-    log_every: int = 50
-    ckpt_every: int = 1000  # 0: only at the end (and on SIGINT/SIGTERM)
-    sample_every: int = 500  # 0: never
-    keep_last: int = 3
-    seed: int = 0
-    deterministic: bool = False
-    num_workers: int = 0  # >0 loses bit-identical resume (worker RNG), not the sampler position
-    out_dir: Path = Path("runs/train")
-    resume: bool = True
-    progress: bool = True
-    eval_every: int = 0  # 0: only at the end (if the task has on_eval)
-    sample_count: int = 8  # images in a sample grid
-    find_unused_parameters: bool = False  # DDP: True if some trainable params get no grad in a step
-    # NHWC weights and batches while training (every net of the task, frozen ones too): oneDNN's conv
-    # training step is 1.1-1.4x faster so on CPU; the nets are NCHW again when fit() returns
-    channels_last: bool = True
-    # what this run is trained from (the pipeline's resume key: its inputs' content and settings). A
-    # checkpoint made under another key is moved aside (checkpoints.stale-<key>/) and training starts
-    # again from step 0, saying ``key_reason`` in one line; "" turns the check off
-    key: str = ""
-    key_reason: str = ""
-
-    def __post_init__(self) -> None:
-        self.out_dir = Path(self.out_dir)
-
-    def validate(self) -> None:
-        check(self.steps >= 1, f"train.steps must be >= 1, got {self.steps}")
-        check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
-        check(self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}")
-        check(self.ckpt_every >= 0, f"train.ckpt_every must be >= 0 (0 = only at the end), got {self.ckpt_every}")
-        check(self.sample_every >= 0, f"train.sample_every must be >= 0 (0 = never), got {self.sample_every}")
-        check(self.keep_last >= 1, f"train.keep_last must be >= 1, got {self.keep_last}")
-        check(self.num_workers >= 0, f"train.num_workers must be >= 0, got {self.num_workers}")
-        check(self.eval_every >= 0, f"train.eval_every must be >= 0, got {self.eval_every}")
-        check(self.sample_count >= 1, f"train.sample_count must be >= 1, got {self.sample_count}")
-        check(self.seed >= 0, f"train.seed must be >= 0, got {self.seed}")
 
 
 @runtime_checkable
@@ -134,6 +91,10 @@ class TrainTask(Protocol):
     * ``on_eval(step) -> dict[str, float]`` -- evaluation metrics (rank 0 only, no_grad, eval mode).
     * ``frozen_nets: dict[str, nn.Module]`` -- nets the step runs but does not train (a distillation
       teacher, a recognizer): they follow the loop's memory format (``channels_last``) with ``nets``.
+    * ``unused_parameters: Collection[str]`` -- names of ``nets`` in which a step may leave some trainable
+      parameters without a gradient (a supernet's sub-network, a head the objective does not use):
+      under DDP the Trainer wraps exactly those with ``find_unused_parameters=True`` (the others keep
+      DDP's faster default, which raises a clear error if a parameter goes unused).
     """
 
     nets: dict[str, nn.Module]
@@ -186,7 +147,7 @@ def _set_memory_format(nets: dict[str, nn.Module], channels_last: bool) -> None:
     """In place (the parameter objects, and so the optimisers' references, stay the same)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     for net in nets.values():
-        D.unwrap(net).to(memory_format=fmt)
+        unwrap(net).to(memory_format=fmt)
 
 
 @contextmanager
@@ -349,7 +310,7 @@ class Trainer:
                     sums, count, window_steps, t0 = {}, 0, 0, time.perf_counter()
                 if (cfg.eval_every and done % cfg.eval_every == 0) or final:
                     self._evaluate(done)
-                if cfg.sample_every and (done % cfg.sample_every == 0 or final):
+                if cfg.sample_period and (done % cfg.sample_period == 0 or final):
                     self._write_samples(done)
                 stop = D.any_rank(self._stop_signal is not None)
                 if stop or final or (cfg.ckpt_every and done % cfg.ckpt_every == 0):
@@ -417,12 +378,17 @@ class Trainer:
     def _wrap_nets(self) -> None:
         if not D.is_dist():
             return
+        unused = set(getattr(self.task, "unused_parameters", ()) or ())
+        unknown = sorted(unused - set(self.task.nets))
+        if unknown:
+            raise TypeError(f"{type(self.task).__name__}.unused_parameters names {unknown[0]!r}, which is not "
+                            f"one of its nets ({', '.join(self.task.nets)})")
         for name, net in list(self.task.nets.items()):
-            self.task.nets[name] = D.wrap_ddp(net, self.cfg.find_unused_parameters)
+            self.task.nets[name] = D.wrap_ddp(net, find_unused_parameters=name in unused)
 
     def _unwrap_nets(self) -> None:
         for name, net in list(self.task.nets.items()):
-            self.task.nets[name] = D.unwrap(net)
+            self.task.nets[name] = unwrap(net)
 
     @contextmanager
     def _plain_nets(self) -> Iterator[None]:
@@ -489,7 +455,7 @@ class Trainer:
             "version": CHECKPOINT_VERSION,
             "step": self.step,
             "fingerprint": self.fingerprint,
-            "nets": {n: D.unwrap(net).state_dict() for n, net in self.task.nets.items()},
+            "nets": {n: unwrap(net).state_dict() for n, net in self.task.nets.items()},
             "optimizers": {n: o.state_dict() for n, o in self.task.optimizers.items()},
             "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
             "sampler": sampler.state_dict(),
@@ -574,7 +540,7 @@ class Trainer:
                         f"checkpoint {path} has no {kind[:-1]} {name!r}; use another --out or delete it"
                     )
                 try:
-                    target = D.unwrap(obj) if isinstance(obj, nn.Module) else obj
+                    target = unwrap(obj) if isinstance(obj, nn.Module) else obj
                     target.load_state_dict(saved[name])
                 except (RuntimeError, KeyError, ValueError, TypeError) as exc:
                     first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__

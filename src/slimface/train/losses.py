@@ -6,9 +6,8 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from slimface.models.judge import refuse_judge
 
 
 def gan_loss_d(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
@@ -80,13 +79,3 @@ def multiscale_l1(outputs: dict[int, Tensor], target: Tensor, weights: dict[int,
     for size, out in outputs.items():
         total = total + weights.get(size, 1.0) * (out - resize_to(target, out.shape[-1])).abs().mean()
     return total
-
-
-def freeze(module: nn.Module) -> nn.Module:
-    """Eval mode, no grads: for teachers and the loss recognizer inside a training objective.
-    A judge is refused (:func:`slimface.models.judge.refuse_judge`): no objective may see one."""
-    refuse_judge(module, "a training objective")
-    module.eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module

@@ -1,5 +1,8 @@
-"""Materialise a chosen sub-network as a plain static generator and write it to disk.
+"""The export directory: a static student generator on disk, and how it is read back.
 
+Written by the export stage (:func:`save_export`, after :func:`slimface.compress.extract.extract_subnet`
+materialised the chosen sub-network), read by evaluation and the deploy runtimes (:func:`load_export`),
+which need nothing from compression: ``arch.json`` names the family and the registry rebuilds it.
 An export directory holds
 * ``model.safetensors`` -- the static network's weights (only the kept channels);
 * ``model.pt2`` -- a ``torch.export`` program (eval mode) that runs with plain torch, no slimface:
@@ -7,43 +10,29 @@ An export directory holds
   ``torch.export`` a traced TorchScript ``model.ts`` is written instead (``arch.json`` says which);
 * ``arch.json`` -- ``Generator.arch()`` (rebuilds the network), the config string, MACs, params and
   the weights' SHA-256, written last: a directory whose arch.json exists is complete.
-Every file is written to a temp name and ``os.replace``-d into place.
+Every file is written atomically (:func:`slimface.fileio.atomic_write`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
-from torch import nn
 
-from slimface.compress.space import active_config
+
 from slimface.errors import CheckpointError
-from slimface.models.registry import Family, Generator, build_generator, generator_from_arch
-from slimface.nn.modes import module_mode
+from slimface.fileio import atomic_write
+from slimface.families import generator_from_arch
+from slimface.models.generator import Generator
+from slimface.nn.modes import module_mode, unwrap
 from slimface.nn.profile import count_macs, count_params
-from slimface.nn.super_layers import load_subnet_weights
-from slimface.train.distributed import unwrap
 
 FORMAT = "slimface-export"
 VERSION = 1
-
-
-def extract_subnet(family: Family | str, supernet: nn.Module, cfg: Mapping[str, int], resolution: int,
-                   channels: int = 3, width_mult: float = 1.0) -> Generator:
-    """The static student with sub-network ``cfg``'s widths, weights copied from the supernet slices
-    (BN running statistics included: recalibrate the supernet for ``cfg`` first if needed)."""
-    name = family.name if isinstance(family, Family) else str(family)
-    static = build_generator(name, resolution, channels, width_mult, separable=True, sub=dict(cfg))
-    inner = unwrap(supernet)
-    with active_config(inner, cfg):
-        load_subnet_weights(inner, static)
-    return static.eval()
 
 
 def config_string(generator: Generator) -> str:
@@ -59,12 +48,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _replace_into(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-
-
 def _write_program(generator: Generator, out_dir: Path) -> tuple[str, str]:
     """torch.export program with a dynamic batch dimension (fallback: traced TorchScript) of the
     eval-mode generator."""
@@ -74,17 +57,13 @@ def _write_program(generator: Generator, out_dir: Path) -> tuple[str, str]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.export.export(generator, inputs, dynamic_shapes=({0: batch}, {0: batch}))
-        tmp = out_dir / ".tmp-model.pt2"
-        torch.export.save(program, str(tmp))
-        _replace_into(tmp, out_dir / "model.pt2")
+        atomic_write(out_dir / "model.pt2", lambda f: torch.export.save(program, f))
         return "model.pt2", "torch.export"
     except Exception:  # noqa: BLE001 - models torch.export cannot capture fall back to tracing
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(generator, inputs, check_trace=False)
-        tmp = out_dir / ".tmp-model.ts"
-        traced.save(str(tmp))
-        _replace_into(tmp, out_dir / "model.ts")
+        atomic_write(out_dir / "model.ts", lambda f: torch.jit.save(traced, f))
         return "model.ts", "torchscript"
 
 
@@ -92,7 +71,7 @@ def save_export(generator: Generator, out_dir: str | Path, config: str | None = 
                 macs: int | None = None, params: int | None = None, program: bool = True) -> Path:
     """Write weights, program (unless ``program=False``: capturing takes seconds) and arch.json into
     ``out_dir``; returns the arch.json path."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save as safetensors_bytes
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,9 +81,7 @@ def save_export(generator: Generator, out_dir: str | Path, config: str | None = 
         macs = int(macs if macs is not None else count_macs(gen, gen.example_inputs(1)))
         params = int(params if params is not None else count_params(gen))
         state = {k: v.detach().cpu().contiguous().clone() for k, v in gen.state_dict().items()}
-        tmp = out / ".tmp-model.safetensors"
-        save_file(state, str(tmp))
-        _replace_into(tmp, out / "model.safetensors")
+        atomic_write(out / "model.safetensors", safetensors_bytes(state))
         prog, kind = _write_program(gen, out) if program else (None, None)
     arch: dict[str, Any] = {
         "format": FORMAT, "version": VERSION, "arch": gen.arch(),
@@ -113,10 +90,7 @@ def save_export(generator: Generator, out_dir: str | Path, config: str | None = 
         "weights": "model.safetensors", "weights_sha256": _sha256(out / "model.safetensors"),
         "program": prog, "program_kind": kind,
     }
-    tmp = out / ".tmp-arch.json"
-    tmp.write_text(json.dumps(arch, indent=2, sort_keys=True) + "\n")
-    _replace_into(tmp, out / "arch.json")
-    return out / "arch.json"
+    return atomic_write(out / "arch.json", json.dumps(arch, indent=2, sort_keys=True) + "\n")
 
 
 def _export_dir(path: Path) -> Path:
@@ -175,4 +149,4 @@ def load_export(path: str | Path, resolution: int | None = None, family: str | N
     return gen.eval()
 
 
-__all__ = ["extract_subnet", "save_export", "load_export", "config_string"]
+__all__ = ["FORMAT", "VERSION", "save_export", "load_export", "config_string"]

@@ -1,7 +1,8 @@
-"""Count and time architectures without training: teachers and their compressed students.
+"""Time architectures without training: teachers and their compressed students.
 
 Latency and counts depend only on the architecture, so full-size (128x128, official widths)
-students can be measured here with random weights -- the paper's Table 3/4 setting.
+students can be measured here with random weights -- the paper's Table 3/4 setting. The bench stage
+(full-size comparison) and ``slimface bench`` use :func:`bench_report`.
 """
 
 from __future__ import annotations
@@ -10,20 +11,13 @@ from typing import Any
 
 import torch
 
+from slimface.compress.extract import student_space
+from slimface.deploy.calibration import random_calibration
 from slimface.errors import ConfigError, Int8RefusedError
 from slimface.evaluate.bench import RUNTIME_LABELS
-from slimface.models.registry import Generator, build_generator, get_family
+from slimface.families import build_generator, get_family
+from slimface.models.generator import Generator
 from slimface.nn.profile import count_macs, count_params
-from slimface.nn.super_layers import width_groups
-
-
-def student_space(model: str, resolution: int, channels: int, width_mult: float):  # noqa: ANN201
-    """The family's student design space at this size (built from its declarative spec)."""
-    from slimface.compress.space import ConfigSpace
-
-    supernet = build_generator(model, resolution, channels, width_mult, separable=True)
-    choices = get_family(model).student_spec.choices(width_groups(supernet))
-    return supernet, ConfigSpace(choices)
 
 
 def check_arch_args(model: str, resolution: int, width_mult: float) -> None:
@@ -67,20 +61,6 @@ def build_pair(model: str, resolution: int, channels: int, width_mult: float,
     return teacher, static, space.encode(cfg)
 
 
-def profile_report(model: str, resolution: int = 128, width_mult: float = 1.0,
-                   student: str | None = None, channels: int = 3) -> dict[str, Any]:
-    """``{"teacher": {params, macs}, "student": {params, macs, config}, reductions}``."""
-    teacher, stud, code = build_pair(model, resolution, channels, width_mult, student)
-    report: dict[str, Any] = {"model": model, "resolution": resolution, "width_mult": width_mult}
-    report["teacher"] = {"params": count_params(teacher), "macs": count_macs(teacher, teacher.example_inputs())}
-    if stud is not None:
-        report["student"] = {"params": count_params(stud), "macs": count_macs(stud, stud.example_inputs()),
-                             "config": code}
-        report["mac_reduction"] = report["teacher"]["macs"] / report["student"]["macs"]
-        report["param_reduction"] = report["teacher"]["params"] / report["student"]["params"]
-    return report
-
-
 def bench_report(model: str, resolution: int = 128, width_mult: float = 1.0, student: str | None = "smallest",
                  warmup: int = 100, runs: int = 100, threads: int | None = None,
                  device: str = "cpu", runtimes: bool = False, n_calibration: int = 8,
@@ -119,31 +99,6 @@ def bench_report(model: str, resolution: int = 128, width_mult: float = 1.0, stu
     return report
 
 
-def random_calibration(example_inputs: tuple, n: int = 8, seed: int = 0,
-                       jitter_px: float = 1.0) -> list[dict[str, Any]]:
-    """``n`` batch-1 feeds for int8 calibration of a random-weight architecture.
-
-    Images are uniform in [-1, 1] (the generators' input range; with random weights, face-like
-    content would not make the activation ranges any more representative), landmarks are the
-    canonical ones of ``example_inputs`` moved by up to ``jitter_px`` pixels, so the landmark-driven
-    crops see more than one position.
-    """
-    import numpy as np
-
-    image = example_inputs[0]
-    lm = example_inputs[1] if len(example_inputs) > 1 else None
-    rng = np.random.default_rng(seed)
-    shape = (1, *tuple(image.shape[1:]))
-    feeds: list[dict[str, Any]] = []
-    for _ in range(max(1, n)):
-        feed: dict[str, Any] = {"image": rng.uniform(-1.0, 1.0, shape).astype(np.float32)}
-        if lm is not None:
-            base = lm[:1].detach().cpu().numpy().astype(np.float32)
-            feed["landmarks"] = (base + rng.uniform(-jitter_px, jitter_px, base.shape)).astype(np.float32)
-        feeds.append(feed)
-    return feeds
-
-
 def student_runtimes_report(student: torch.nn.Module, example_inputs: tuple, warmup: int = 100, runs: int = 100,
                             threads: int | None = None, calibration: list[dict[str, Any]] | None = None,
                             n_calibration: int = 8, quantize_kwargs: dict[str, Any] | None = None,
@@ -172,10 +127,11 @@ def student_runtimes_report(student: torch.nn.Module, example_inputs: tuple, war
 
     import numpy as np
 
-    from slimface.deploy.onnx_export import check_onnx, export_onnx
+    from slimface.deploy.onnx_export import export_onnx
     from slimface.deploy.quantize import quantize_int8
-    from slimface.deploy.runtime import load_frontalizer
-    from slimface.evaluate.bench import TEACHER_LABELS, benchmark_runtimes, inference_copy, runtime_ratios
+    from slimface.deploy.runtime import check_onnx, load_frontalizer
+    from slimface.evaluate.bench import TEACHER_LABELS, benchmark_runtimes, runtime_ratios
+    from slimface.nn.fold import inference_copy
 
     student = student.eval().cpu()
     inputs = tuple(t.cpu() for t in example_inputs)
@@ -222,26 +178,3 @@ def student_runtimes_report(student: torch.nn.Module, example_inputs: tuple, war
     out["calibration"] = {"samples": len(calib), "source": source}
     out["threads"], out["warmup"], out["runs"] = timed[RUNTIME_LABELS[0]]["threads"], warmup, runs
     return out
-
-
-def scale_config_to_full(model: str, code: str, resolution: int, channels: int, width_mult: float) -> str:
-    """Map a config found at a small preset onto the full-size (128, width 1.0) design space.
-
-    Each group keeps its *fraction* of the full width (rounded to the nearest allowed choice), so
-    the full-size student has the same shape as the one searched on this CPU; groups that exist only
-    at full size take the median fraction of the others.
-    """
-    import statistics
-
-    small_net, small_space = student_space(model, resolution, channels, width_mult)
-    small_full = width_groups(small_net)
-    cfg = small_space.decode(code)
-    full_net, full_space = student_space(model, 128, 3, 1.0)
-    fractions = {g: c / small_full[g] for g, c in cfg.items() if g in small_full}
-    default = statistics.median(fractions.values()) if fractions else 0.0
-    full_widths = width_groups(full_net)
-    out: dict[str, int] = {}
-    for group, choices in full_space.choices.items():
-        target = fractions.get(group, default) * full_widths[group]
-        out[group] = min(choices, key=lambda c: (abs(c - target), c))
-    return full_space.encode(out)

@@ -27,77 +27,18 @@ default 2e-4 follows the compression recipe (pass ``lr=1e-4`` for the official o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slimface.config import check, from_dict
 from slimface.errors import ConfigError, DataError
-from slimface.models.crgan import CRGANCritic, CRGANGenerator, yaw_to_view
-from slimface.nn.modes import module_mode
+from slimface.families.crgan.config import CRGANLossConfig
+from slimface.families.crgan.model import CRGANCritic, CRGANGenerator, yaw_to_view
+from slimface.nn.modes import freeze, module_mode
 from slimface.train.distributed import StepRandom
-from slimface.train.losses import freeze, gradient_penalty, identity_loss, wgan_loss_d, wgan_loss_g
-
-
-@dataclass
-class CRGANLossConfig:
-    """Loss weights and critic schedule of the CR-GAN teacher (defaults: the official values).
-
-    ``reconstruction`` weights the official L1 (summed over channels, averaged over pixels and batch),
-    so its scale does not depend on the image size. ``identity`` weights the L1 between the frozen
-    recognizer's unit-norm embeddings of the reconstruction and of the ground truth (~0.05 per
-    dimension for unrelated faces, so a weight that matters against ``reconstruction`` is tens).
-
-    Schedule (not in the official code; both 0 = the official recipe, adversarial from step 0):
-
-    * ``warmup_steps``: for the first ``warmup_steps`` steps only the reconstruction path trains
-      (L1 + encoder view + identity); the generation path and the critic are skipped entirely, so a
-      warm-up step costs about a sixth of a full step on CPU. A short CPU run needs this: from a random
-      start the WGAN critic's gradients swamp the L1 and the encoder never learns to carry identity
-      through z (outputs collapse to one blob).
-    * ``ramp_steps``: after the warm-up the critic trains every step and the generator's
-      adversarial and fake-view weights ramp linearly from 0 to ``adversarial`` / ``view_fake``
-      over this many steps (:meth:`adversarial_scale`).
-    """
-
-    adversarial: float = 1.0
-    gradient_penalty: float = 10.0
-    view_real: float = 1.0
-    view_fake: float = 1.0
-    reconstruction: float = 4.0
-    encoder_view: float = 0.01
-    identity: float = 0.0
-    n_critic: int = 1
-    betas: tuple[float, float] = (0.0, 0.9)
-    warmup_steps: int = 0
-    ramp_steps: int = 0
-
-    def validate(self) -> None:
-        for name in ("adversarial", "gradient_penalty", "view_real", "view_fake", "reconstruction",
-                     "encoder_view", "identity"):
-            check(getattr(self, name) >= 0, f"loss.{name} = {getattr(self, name)} must be >= 0")
-        check(self.n_critic >= 1, f"loss.n_critic = {self.n_critic} must be >= 1")
-        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
-              f"loss.betas = {self.betas} must be two numbers in [0, 1)")
-        for name in ("warmup_steps", "ramp_steps"):
-            value = getattr(self, name)
-            check(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
-                  f"loss.{name} = {value!r} must be an integer >= 0")
-
-    def adversarial_scale(self, step: int) -> float:
-        """Factor on the generator's adversarial and fake-view terms at 0-based ``step``.
-
-        0 during the warm-up (then the critic and the generation path are skipped too), then a linear
-        ramp reaching 1 after ``ramp_steps`` more steps, 1 from there on.
-        """
-        if step < self.warmup_steps:
-            return 0.0
-        if self.ramp_steps <= 0:
-            return 1.0
-        return min(1.0, (step - self.warmup_steps + 1) / self.ramp_steps)
+from slimface.train.losses import gradient_penalty, identity_loss, wgan_loss_d, wgan_loss_g
 
 
 def _unwrap(net: nn.Module) -> nn.Module:
@@ -173,7 +114,7 @@ class CRGANTask:
         """
         cfg = self.cfg
         gen, critic = self.nets["generator"], self.nets["discriminator"]
-        opt_g, opt_d = self.optimizers["generator"], self.optimizers["discriminator"]
+        opt_d = self.optimizers["discriminator"]
         gen.train()
         critic.train()
         profile, frontal, prof_views = self._inputs(batch)
@@ -270,19 +211,4 @@ class CRGANTask:
         return None
 
 
-def make_teacher_task(generator: CRGANGenerator, discriminator: CRGANCritic,
-                      recognizer: nn.Module | None = None, num_subjects: int = 0,
-                      loss: dict | None = None, lr: float = 2e-4, seed: int = 0) -> CRGANTask:
-    """The ``crgan`` family's teacher stage; ``loss`` holds :class:`CRGANLossConfig` keys.
-
-    ``num_subjects`` is accepted for the common family signature and unused: CR-GAN has no identity
-    classifier (identity is kept by reconstruction and, optionally, the recognizer loss).
-    """
-    loss = dict(loss or {})
-    # the pipeline's teacher config types loss values as floats: give integral ones back to int fields
-    for key in ("n_critic", "warmup_steps", "ramp_steps"):
-        value = loss.get(key)
-        if isinstance(value, float) and value.is_integer():
-            loss[key] = int(value)
-    cfg = from_dict(CRGANLossConfig, loss, "loss")
-    return CRGANTask(generator, discriminator, recognizer, cfg, lr, seed)
+__all__ = ["CRGANLossConfig", "CRGANTask"]

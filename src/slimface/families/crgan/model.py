@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from slimface.errors import DataError
 from slimface.models.blocks import Widths, conv
-from slimface.models.registry import Family, Generator, StudentSpec, register_family
+from slimface.models.generator import Generator
 from slimface.nn.channels import Chans
 from slimface.nn.super_layers import SuperBatchNorm2d, SuperConv2d, SuperLinear
 
@@ -278,46 +278,7 @@ class CRGANCritic(nn.Module):
         return self.view_head(h), score
 
 
-def build_crgan_generator(resolution: int = 128, channels: int = 3, width_mult: float = 1.0,
-                          separable: bool = False, sub: Mapping[str, int] | None = None) -> CRGANGenerator:
-    return CRGANGenerator(resolution, channels, width_mult, separable, sub)
-
-
-def build_crgan_discriminator(resolution: int = 128, channels: int = 3, width_mult: float = 1.0,
-                              **_: object) -> CRGANCritic:
-    """The critic; extra keywords other families' builders take (e.g. ``separable``) are ignored."""
-    return CRGANCritic(resolution, channels, width_mult)
-
-
-def _make_teacher_task(generator: CRGANGenerator, discriminator: CRGANCritic,
-                       recognizer: nn.Module | None = None, num_subjects: int = 0,
-                       loss: dict | None = None, lr: float = 2e-4, seed: int = 0) -> object:
-    """Lazy import: the training module imports this one."""
-    from slimface.train.crgan_task import make_teacher_task
-
-    return make_teacher_task(generator, discriminator, recognizer, num_subjects, loss, lr, seed=seed)
-
-
-#: Every trunk and inner width of encoder and generator may shrink to a quarter: at 128x128 the
-#: smallest separable student runs >= 10x fewer MACs than the teacher (tests/test_crgan.py).
-CRGAN_STUDENT_SPEC = StudentSpec(
-    prunable={
-        "encoder.stem": (0.25, 1.0),
-        "encoder.down.*": (0.25, 1.0),
-        "generator.fc": (0.25, 1.0),
-        "generator.up.*": (0.25, 1.0),
-    },
-    distill=["encoder.down.s4", "generator.up.s8", "generator.up.s16", "generator.up.s32",
-             "generator.up.s64"],
-)
-
-register_family(Family(
-    name="crgan",
-    build_generator=build_crgan_generator,
-    build_discriminator=build_crgan_discriminator,
-    make_teacher_task=_make_teacher_task,
-    student_spec=CRGAN_STUDENT_SPEC,
-    description="CR-GAN (encoder + view-conditioned generator, WGAN-GP critic with a view head)",
-    extras={"num_views": NUM_VIEWS, "z_dim": Z_DIM, "frontal_view": FRONTAL_VIEW, "view_yaws": VIEW_YAWS,
-            "gan_mode": "wgan-gp"},  # its critic was trained as a Wasserstein critic: keep that loss
-))
+__all__ = [
+    "VIEW_YAWS", "NUM_VIEWS", "FRONTAL_VIEW", "CODE_DIM", "Z_DIM", "yaw_to_view", "view_onehot", "DownBlock", "UpBlock",
+    "CRGANEncoder", "CRGANDecoder", "CRGANGenerator", "CRGANCritic",
+]

@@ -1,4 +1,4 @@
-"""Teacher training for TP-GAN and PIM: one GAN task, PIM = TP-GAN + joint recognizer + domain D.
+"""TP-GAN's teacher objective (PIM's, in :mod:`slimface.families.pim.task`, extends it).
 
 TP-GAN's synthesis loss (Huang et al. 2017, eq. 7; reference.md section 3), each term a mean so the
 published weights apply as printed in the paper (which normalises by W x H):
@@ -16,12 +16,6 @@ published weights apply as printed in the paper (which normalises by W x H):
 * ``local``: L1 of each predicted patch against the ground-truth frontal cropped at the canonical box
   where that patch is pasted (official PART_W = 3).
 
-PIM adds (documented choices; PIM has no public code): the recognizer is *trained jointly* --
-cross-entropy on real frontals and on (detached) generated frontals through a linear head -- and the
-generator's identity-preserving loss uses it; the generator also gets ``rec_cls`` x cross-entropy of
-its output through that recognizer, and ``domain`` x a non-saturating adversarial loss from a small
-domain discriminator that tells generated from real frontal faces (cross-domain adversarial training).
-
 Adam, lr 2e-4, betas (0.5, 0.999) for every network; one D step per G step.
 
 Randomness with a batch dimension -- TP-GAN's z and the identity head's dropout mask -- is drawn per
@@ -32,20 +26,19 @@ batch (BatchNorm statistics are synchronised by the Trainer).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slimface.config import check, from_dict
+from slimface.config import from_dict
 from slimface.errors import ConfigError
+from slimface.families.tpgan.config import TPGANLossConfig
 from slimface.models.patches import PATCH_NAMES, canonical_crops, patch_boxes
-from slimface.nn.modes import module_mode
+from slimface.nn.modes import freeze, module_mode
 from slimface.train.distributed import StepRandom
 from slimface.train.losses import (
-    freeze,
     gan_loss_d,
     gan_loss_g,
     identity_loss,
@@ -55,33 +48,6 @@ from slimface.train.losses import (
 )
 
 BETAS = (0.5, 0.999)
-
-
-@dataclass
-class TPGANLossConfig:
-    """Weights of TP-GAN's synthesis loss (published lambda values where they exist)."""
-
-    pixel_full: float = 1.0
-    pixel_half: float = 1.0
-    pixel_quarter: float = 1.5
-    symmetry: float = 0.3
-    adversarial: float = 1e-3
-    identity: float = 3e-3
-    classification: float = 0.1
-    tv: float = 1e-4
-    local: float = 3.0
-
-    def validate(self) -> None:
-        for name, value in vars(self).items():
-            check(value >= 0, f"loss.{name} = {value} must be >= 0")
-
-
-@dataclass
-class PIMLossConfig(TPGANLossConfig):
-    """TP-GAN's weights plus PIM's joint-recognizer and domain-adversarial terms."""
-
-    rec_cls: float = 3e-3
-    domain: float = 1e-3
 
 
 def _inner(net: nn.Module) -> nn.Module:
@@ -163,8 +129,8 @@ class TPGANTask:
                 raise ConfigError("the identity-preserving loss needs a differentiable recognizer "
                                   "(a LightCNN); dlib's cannot back-propagate")
             self.frozen_recognizer = freeze(recognizer)
-        family = getattr(generator, "family", "tpgan")
-        self.fingerprint = f"{family}@{self.resolution} w{getattr(generator, 'width_mult', 1.0)}"
+        gen = _inner(generator)
+        self.fingerprint = f"{gen.family}@{self.resolution} w{gen.width_mult}"
 
     def _freezes_recognizer(self) -> bool:
         return True
@@ -279,93 +245,4 @@ class TPGANTask:
         return torch.stack([profile, fake, frontal], 1).flatten(0, 1)
 
 
-class PIMTask(TPGANTask):
-    """PIM: TP-GAN's objective + a jointly trained recognizer + a domain discriminator.
-
-    ``recognizer`` (a LightCNN-style module: ``forward(images) -> (logits, feature)``) is *trained*
-    here with its own linear head over ``num_subjects``; when ``None`` a LightCNN-9 at the generator's
-    resolution is built.
-    """
-
-    loss_config_cls = PIMLossConfig
-    cfg: PIMLossConfig
-
-    def __init__(self, generator: nn.Module, discriminator: nn.Module, recognizer: nn.Module | None = None,
-                 *, num_subjects: int, loss: dict[str, Any] | PIMLossConfig | None = None,
-                 lr: float = 2e-4, domain_width: float | None = None, seed: int = 0) -> None:
-        super().__init__(generator, discriminator, recognizer, num_subjects=num_subjects, loss=loss, lr=lr,
-                         seed=seed)
-        from slimface.models.discriminators import DomainDiscriminator
-
-        if recognizer is None:
-            from slimface.models.recognizer import build_recognizer
-
-            recognizer = build_recognizer("lightcnn9", input_size=self.resolution, num_classes=0)
-        dim = int(getattr(recognizer, "embedding_dim", 0) or 256)
-        channels = int(getattr(generator, "channels", 3))
-        width = domain_width if domain_width is not None else float(getattr(generator, "width_mult", 1.0))
-        self.nets["recognizer"] = recognizer
-        self.nets["rec_head"] = nn.Linear(dim, num_subjects)
-        self.nets["domain_d"] = DomainDiscriminator(self.resolution, channels, width)
-        self.optimizers["recognizer"] = _adam(
-            list(recognizer.parameters()) + list(self.nets["rec_head"].parameters()), lr)
-        self.optimizers["domain_d"] = _adam(self.nets["domain_d"].parameters(), lr)
-
-    def _freezes_recognizer(self) -> bool:
-        return False
-
-    def _rec_logits_features(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        out = self.nets["recognizer"](images)
-        feat = out[1] if isinstance(out, (tuple, list)) else out
-        return self.nets["rec_head"](feat), feat
-
-    def _identity_features(self) -> Callable[[Tensor], Tensor] | None:
-        if self.cfg.identity <= 0:
-            return None
-        return lambda images: self._rec_logits_features(images)[1]
-
-    def _extra_weights(self) -> dict[str, float]:
-        return {"rec_cls": self.cfg.rec_cls, "domain": self.cfg.domain}
-
-    def _extra_steps(self, profile: Tensor, frontal: Tensor, fake: Tensor, subject: Tensor) -> dict[str, Tensor]:
-        dd = self.nets["domain_d"]
-        loss_dd = gan_loss_d(dd(frontal), dd(fake.detach()))
-        opt = self.optimizers["domain_d"]
-        opt.zero_grad(set_to_none=True)
-        loss_dd.backward()
-        opt.step()
-        real_logits, _ = self._rec_logits_features(frontal)
-        fake_logits, _ = self._rec_logits_features(fake.detach())
-        loss_rec = F.cross_entropy(real_logits, subject) + F.cross_entropy(fake_logits, subject)
-        opt = self.optimizers["recognizer"]
-        opt.zero_grad(set_to_none=True)
-        loss_rec.backward()
-        opt.step()
-        acc = (real_logits.detach().argmax(1) == subject).float().mean()
-        return {"domain_d": loss_dd.detach(), "rec": loss_rec.detach(), "rec_acc": acc}
-
-    def _extra_generator_terms(self, fake: Tensor, frontal: Tensor, subject: Tensor) -> dict[str, Tensor]:
-        logits, _ = self._rec_logits_features(fake)
-        return {
-            "rec_cls": F.cross_entropy(logits, subject),
-            "domain": gan_loss_g(self.nets["domain_d"](fake)),
-        }
-
-
-def make_tpgan_task(generator: nn.Module, discriminator: nn.Module, recognizer: nn.Module | None = None,
-                    *, num_subjects: int, loss: dict[str, Any] | None = None, lr: float = 2e-4,
-                    seed: int = 0) -> TPGANTask:
-    """The ``make_teacher_task`` of the ``tpgan`` family."""
-    return TPGANTask(generator, discriminator, recognizer, num_subjects=num_subjects, loss=loss, lr=lr,
-                     seed=seed)
-
-
-def make_pim_task(generator: nn.Module, discriminator: nn.Module, recognizer: nn.Module | None = None,
-                  *, num_subjects: int, loss: dict[str, Any] | None = None, lr: float = 2e-4,
-                  seed: int = 0) -> PIMTask:
-    """The ``make_teacher_task`` of the ``pim`` family."""
-    return PIMTask(generator, discriminator, recognizer, num_subjects=num_subjects, loss=loss, lr=lr,
-                   seed=seed)
-
-
-__all__ = ["IdentityHead", "TPGANLossConfig", "PIMLossConfig", "TPGANTask", "PIMTask", "make_tpgan_task", "make_pim_task"]
+__all__ = ["IdentityHead", "TPGANLossConfig", "TPGANTask"]

@@ -14,19 +14,14 @@ code, same module/group names, so compression treats it like TP-GAN), with these
 At 128x128, width 1.0 this gives fewer params and MACs than TP-GAN, in the direction of the source
 paper's Table 3 (PIM 12.7M/57.9G vs TP-GAN 14.3M/78.3G); we do not chase those figures (our TP-GAN
 follows the official code, 157.4M/93.0G). The recognizer, the domain discriminator and the joint
-objective live in :class:`slimface.train.teacher_tasks.PIMTask`.
+objective live in :class:`slimface.families.pim.task.PIMTask`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Mapping
 
-from torch import nn
-
-from slimface.models.registry import Family, StudentSpec, register_family
-from slimface.models.tpgan import (
-    TPGAN_DISTILL, TPGAN_PRUNABLE, TPGANArch, TPGANGenerator, build_tpgan_discriminator,
-)
+from slimface.families.tpgan.model import TPGANArch, TPGANGenerator
 
 PIM_ARCH = TPGANArch(z_dim=0, noise_maps=False, noise_std=0.0, enc_res_s8=4, dec_res=(2, 1, 1, 1),
                      local_bottleneck_res=2)
@@ -43,25 +38,4 @@ class PIMGenerator(TPGANGenerator):
         super().__init__(resolution, channels, width_mult, separable, sub, arch=PIM_ARCH)
 
 
-def build_pim_generator(resolution: int = 128, channels: int = 3, width_mult: float = 1.0,
-                        separable: bool = False, sub: Mapping[str, int] | None = None) -> PIMGenerator:
-    return PIMGenerator(resolution, channels, width_mult, separable, sub)
-
-
-def _make_pim_task(*args: Any, **kwargs: Any) -> Any:
-    from slimface.train.teacher_tasks import make_pim_task
-
-    return make_pim_task(*args, **kwargs)
-
-
-register_family(Family(
-    name="pim",
-    build_generator=build_pim_generator,
-    build_discriminator=build_tpgan_discriminator,  # the same conditional patch D
-    make_teacher_task=_make_pim_task,
-    student_spec=StudentSpec(prunable=dict(TPGAN_PRUNABLE), distill=list(TPGAN_DISTILL)),
-    description="PIM (TP-GAN-like dual path without noise, lighter decoder; joint recognizer + domain D)",
-    extras={"needs_landmarks": True},
-))
-
-__all__ = ["PIM_ARCH", "PIMGenerator", "build_pim_generator"]
+__all__ = ["PIM_ARCH", "PIMGenerator"]

@@ -37,11 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from slimface.data.records import canonical_landmarks
 from slimface.models.blocks import ConvBlock, ResBlock, UpBlock, Widths
-from slimface.models.patches import PATCH_NAMES, canonical_crops, crop_all, patch_boxes, paste_max
-from slimface.models.registry import Family, Generator, StudentSpec, register_family
+from slimface.models.generator import Generator
+from slimface.models.patches import PATCH_NAMES, crop_all, patch_boxes, paste_max
 from slimface.nn.channels import Chans
-from slimface.nn.super_layers import SeparableConv2d, SuperBatchNorm2d, SuperConv2d, SuperConvTranspose2d, SuperLinear
+from slimface.nn.super_layers import SeparableConv2d, SuperConv2d, SuperConvTranspose2d, SuperLinear
 
 # --------------------------------------------------------------------------------------------- layers
 
@@ -330,8 +331,6 @@ class TPGANGenerator(Generator):
 
     def _landmarks(self, x: Tensor, landmarks: Tensor | None) -> Tensor:
         if landmarks is None:
-            from slimface.data.records import canonical_landmarks
-
             lm = torch.as_tensor(canonical_landmarks(self.resolution), dtype=x.dtype, device=x.device)
             return lm.unsqueeze(0).expand(x.shape[0], 5, 2)
         return landmarks.to(device=x.device, dtype=x.dtype)
@@ -390,60 +389,8 @@ class TPGANGenerator(Generator):
         out = self.forward_train(x, landmarks, noise=noise)
         return out if outputs == "train" else out["image"]
 
-    def target_patches(self, frontal: Tensor) -> dict[str, Tensor]:
-        """Ground-truth patches: the frontal cropped at the canonical boxes (same place as pasted)."""
-        return canonical_crops(frontal, self.boxes)
-
-    def part_modules(self) -> dict[str, list[nn.Module]]:
-        """Modules of each part (for per-part counts): encoder, decoder, local pathways."""
-        return {"encoder": [self.encoder], "decoder": [self.decoder], "local": list(self.local.values())}
-
-
-# ------------------------------------------------------------------------------------ family wiring
-
-
-def build_tpgan_generator(resolution: int = 128, channels: int = 3, width_mult: float = 1.0,
-                          separable: bool = False, sub: Mapping[str, int] | None = None) -> TPGANGenerator:
-    return TPGANGenerator(resolution, channels, width_mult, separable, sub)
-
-
-def build_tpgan_discriminator(resolution: int = 128, channels: int = 3, width_mult: float = 1.0,
-                              **_: object) -> nn.Module:
-    """TP-GAN's conditional patch discriminator D(profile, frontal); extra keywords are ignored."""
-    from slimface.models.discriminators import PatchDiscriminator
-
-    return PatchDiscriminator(resolution, channels, width_mult, conditional=True)
-
-
-def _make_tpgan_task(*args: Any, **kwargs: Any) -> Any:
-    from slimface.train.teacher_tasks import make_tpgan_task
-
-    return make_tpgan_task(*args, **kwargs)
-
-
-#: Every trunk, inner (mid) width, noise map, local level and the decoder fc may shrink to 1/16 of
-#: its width (multiples of 8, so 64-wide layers stop at 8); image outputs, the 2C input and the
-#: 256-d identity feature stay fixed. Smallest separable student at 128: see tests/test_tpgan_pim.py.
-TPGAN_PRUNABLE: dict[str, tuple[float, float]] = {
-    "encoder.*": (0.0625, 1.0),
-    "decoder.*": (0.0625, 1.0),
-    "local.*": (0.0625, 1.0),
-}
-TPGAN_DISTILL = ["encoder.s8", "decoder.s16.up", "decoder.s32.up", "decoder.s64.up", "decoder.s128.up",
-                 "decoder.s128.conv1"]
-
-register_family(Family(
-    name="tpgan",
-    build_generator=build_tpgan_generator,
-    build_discriminator=build_tpgan_discriminator,
-    make_teacher_task=_make_tpgan_task,
-    student_spec=StudentSpec(prunable=dict(TPGAN_PRUNABLE), distill=list(TPGAN_DISTILL)),
-    description="TP-GAN (global encoder-decoder + four landmark-patch pathways, conditional patch D)",
-    extras={"needs_landmarks": True},
-))
 
 __all__ = [
     "TPResBlock", "res_chain", "TPGANArch", "TPGAN_ARCH", "TPEncoder", "TPDecoder",
-    "DecoderStage", "LocalPathway", "TPGANGenerator", "build_tpgan_generator", "build_tpgan_discriminator",
-    "FinalStage", "TPGAN_PRUNABLE", "TPGAN_DISTILL",
+    "DecoderStage", "LocalPathway", "TPGANGenerator", "FinalStage",
 ]

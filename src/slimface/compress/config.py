@@ -1,0 +1,188 @@
+"""What the compression stages consume: the ``student:``, ``finetune:`` and ``search:`` sections.
+
+One dataclass per stage, nested as is in the run config (slimface.pipeline_config) and handed to the
+stage (no copy in between): :class:`OFAConfig` is the supernet stage's (its distillation weights are
+:class:`DistillConfig`'s, which :class:`~slimface.compress.distill.DistillLoss` reads), the fine-tune stage
+trains with the same objective and :class:`FinetuneConfig`'s ``train``, and :class:`SearchConfig` is
+the search's, with the :class:`Budget` parsed and checked when the config loads. Light on purpose (no
+torch): a run config loads, and every mistake in it is reported, before any heavy import.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Optional, Union
+
+from slimface.config import check
+from slimface.errors import ConfigError
+from slimface.nn.counts import format_count, parse_count
+from slimface.train.config import TrainConfig
+
+GanMode = Literal["bce", "wgan-gp"]
+
+
+@dataclass
+class DistillConfig:
+    """Loss weights of the compression objective (reference defaults, reference.md §1):
+    λ_recon = ``recon_weight``, λ_distill = ``distill_weight``, λ_gan = ``gan_weight``.
+
+    ``gan_mode``: ``"bce"`` is the paper's cGAN (non-saturating -log D(x, G(x)) for G); ``"wgan-gp"``
+    suits a teacher critic trained with WGAN-GP (CR-GAN); None keeps the family's own
+    (``Family.gan_mode``). ``identity_weight`` (λ_id) > 0 adds the identity-preserving L1 on frozen
+    recognizer features (needs a recognizer). ``teacher_weight`` (λ_out) > 0 adds output distillation,
+    the L1 between the student's and the teacher's images: the teacher's output is an easier target than
+    the ground truth and carries what the teacher learned about identity.
+    """
+
+    recon_weight: float = 100.0
+    teacher_weight: float = 0.0  # output distillation: L1 to the teacher's image
+    distill_weight: float = 1.0
+    gan_weight: float = 1.0
+    identity_weight: float = 0.0
+    gan_mode: Optional[GanMode] = None  # None: the family's own (bce; wgan-gp for crgan)
+    gp_weight: float = 10.0
+
+    def validate(self) -> None:
+        for name in ("recon_weight", "teacher_weight", "distill_weight", "gan_weight", "identity_weight", "gp_weight"):
+            v = getattr(self, name)
+            check(v >= 0, f"student.{name} must be >= 0, got {v}")
+        check(self.gan_mode in (None, "bce", "wgan-gp"), f"student.gan_mode {self.gan_mode!r}: use 'bce' or 'wgan-gp'")
+
+
+@dataclass
+class OFAConfig(DistillConfig):
+    """The supernet stage (``student:``): sub-network sampling, warm start, the objective's weights
+    (:class:`DistillConfig`), Adam and the lr schedule, and its ``train:`` section.
+
+    Sampling -- ``uniform``: one random sub-network per step (the reference); ``sandwich``: largest +
+    smallest + random; ``budget``: random sub-networks shrunk under a MAC target in
+    ``[budget_low, 1] x`` the search budget, so a short run trains the region the search will pick from.
+    ``warm_start``: start the supernet from the teacher (copied layers, rank-1 factorised separable convs,
+    channels sorted by importance) rather than from random weights (slimface.compress.warmstart).
+    Reference optimiser: Adam (``beta1``, ``beta2``), lr ``train.lr`` constant, then decaying linearly
+    to 0 over the last ``decay_steps`` of ``train.steps`` (None: the second half).
+    """
+
+    sampling: Literal["uniform", "sandwich", "budget"] = "uniform"
+    budget_low: float = 0.5
+    warm_start: bool = False
+    beta1: float = 0.5
+    beta2: float = 0.999
+    decay_steps: Optional[int] = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.sampling in ("uniform", "sandwich", "budget"),
+              f"student.sampling {self.sampling!r}: use 'uniform', 'sandwich' or 'budget'")
+        check(0 < self.budget_low <= 1, f"student.budget_low must be in (0, 1], got {self.budget_low}")
+        check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "student.beta1/beta2 must be in [0, 1)")
+        check(self.decay_steps is None or 0 <= self.decay_steps <= self.train.steps,
+              f"student.decay_steps must be in [0, train.steps={self.train.steps}], got {self.decay_steps}")
+
+    @property
+    def decay(self) -> int:
+        """Steps of the final linear lr decay (``decay_steps``, or half of ``train.steps``)."""
+        return self.train.steps // 2 if self.decay_steps is None else self.decay_steps
+
+
+@dataclass
+class FinetuneConfig:
+    """The fine-tune stage: the chosen sub-network trains with the student objective for ``train``.
+
+    It runs on the *supernet* with the chosen config fixed at every step (``OFATask(...,
+    fixed_config=)``): the loss, the teacher-initialised D, the mappers (sliced to the active student
+    channels) and checkpoints are those of supernet training, gradients only reach the kept slices, and
+    BN running statistics become that sub-network's own; export then materialises it
+    (:func:`slimface.compress.extract.extract_subnet`). The cost is memory for the unused channels.
+    """
+
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300))
+
+
+class Budget(str):
+    """The search budget: a reduction factor against the teacher (``"10x"``) or a MACs count
+    (``"72.8M"``, ``"2.5G"``, ``"300000000"``, or a plain number in the file).
+
+    A ``str`` (so it is written and keyed as it was given) parsed and checked when made, i.e. when the
+    run config loads: ``factor`` (> 1) or ``count`` (> 0) is set. :meth:`macs` is the budget in MACs.
+    """
+
+    factor: Optional[float]
+    count: Optional[float]
+
+    def __new__(cls, value: Union[str, int, float, "Budget"]) -> "Budget":
+        if isinstance(value, Budget):
+            return value
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ValueError(f"{value!r} is not a budget; use e.g. 10x, 72.8M, 2.5G or a number of MACs")
+        text = str(value).strip()
+        self = super().__new__(cls, text)
+        self.factor, self.count = None, None
+        if re.fullmatch(r"[0-9.eE+-]+\s*[xX]", text):
+            try:
+                self.factor = float(text[:-1])
+            except ValueError:
+                raise ValueError(f"{text!r} is not a reduction factor; use e.g. 10x") from None
+            if not self.factor > 1:
+                raise ValueError(f"{text}: a reduction factor must be above 1 (e.g. 10x)")
+            return self
+        try:
+            self.count = parse_count(value if isinstance(value, (int, float)) else text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a budget; use a reduction factor (10x), a MACs count "
+                             "(72.8M, 2.5G) or a number") from None
+        if not self.count > 0 or self.count != self.count or self.count == float("inf"):
+            raise ValueError(f"{text}: a MACs budget must be a positive count, e.g. 300M")
+        return self
+
+    @classmethod
+    def from_config(cls, value: object, where: str) -> "Budget":
+        """How :func:`slimface.config.from_dict` loads a budget: a bad one is a one-line ConfigError."""
+        try:
+            return cls(value)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+    def macs(self, teacher_macs: Callable[[], float]) -> float:
+        """The budget in MACs; ``teacher_macs()`` is asked only for a reduction factor."""
+        return teacher_macs() / self.factor if self.factor is not None else float(self.count)  # type: ignore[arg-type]
+
+    def describe(self, macs: float) -> str:
+        return f"{format_count(macs)} ({self} of the teacher)" if self.factor is not None else format_count(macs)
+
+
+@dataclass
+class SearchConfig:
+    """The search stage (``search:``): the budget, the evolutionary search (reference defaults:
+    population 100, parent ratio 0.25, mutation ratio 0.5), the validation/BN batches that score a
+    candidate, and an optional predicted-latency budget on ``runtime``'s latency table."""
+
+    budget: Budget = field(default_factory=lambda: Budget("10x"))
+    method: Literal["auto", "exhaustive", "evolution"] = "auto"
+    population: int = 100
+    generations: int = 5
+    parent_ratio: float = 0.25
+    mutation_ratio: float = 0.5
+    mutate_prob: float = 0.1  # evolution: each group of a mutated child is resampled with this probability
+    val_batches: int = 4
+    bn_batches: int = 4
+    latency: Optional[str] = None  # predicted-latency budget on `runtime` ("15ms"), as well as the MACs budget
+    runtime: Literal["torch", "ort", "ort-int8"] = "ort"  # whose latency table prices the candidates
+    latency_table: Optional[str] = None  # a `slimface latency-table` JSON; default: built in the search dir
+
+    def validate(self) -> None:
+        check(self.method in ("auto", "exhaustive", "evolution"),
+              f"search.method {self.method!r} is unknown; use auto, exhaustive or evolution")
+        check(self.latency is None or bool(re.fullmatch(r"\s*[0-9.]+(e-?[0-9]+)?\s*(ms|s|us)?\s*", str(self.latency))),
+              f"search.latency must be a duration like 15ms, got {self.latency!r}")
+        check(self.population >= 2, f"search.population must be at least 2, got {self.population}")
+        check(self.generations >= 0, f"search.generations must be >= 0, got {self.generations}")
+        check(0 < self.parent_ratio <= 1, f"search.parent_ratio must be in (0, 1], got {self.parent_ratio}")
+        check(0 <= self.mutation_ratio <= 1, f"search.mutation_ratio must be in [0, 1], got {self.mutation_ratio}")
+        check(0 <= self.mutate_prob <= 1, f"search.mutate_prob must be in [0, 1], got {self.mutate_prob}")
+        check(self.val_batches >= 1 and self.bn_batches >= 1, "search.val_batches and bn_batches must be >= 1")
+
+
+__all__ = ["Budget", "DistillConfig", "FinetuneConfig", "GanMode", "OFAConfig", "SearchConfig"]

@@ -1,0 +1,57 @@
+"""Static sub-networks from configs: the supernet's slices as a plain generator, and a config found at
+a small preset mapped onto the full-size design space."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Mapping
+
+from torch import nn
+
+from slimface.compress.space import ConfigSpace, active_config
+from slimface.families import Family, build_generator, get_family
+from slimface.models.generator import Generator
+from slimface.nn.modes import unwrap
+from slimface.nn.super_layers import load_subnet_weights, width_groups
+
+
+def extract_subnet(family: Family | str, supernet: nn.Module, cfg: Mapping[str, int], resolution: int,
+                   channels: int = 3, width_mult: float = 1.0) -> Generator:
+    """The static student with sub-network ``cfg``'s widths, weights copied from the supernet slices
+    (BN running statistics included: recalibrate the supernet for ``cfg`` first if needed)."""
+    name = family if isinstance(family, str) else family.name
+    static = build_generator(name, resolution, channels, width_mult, separable=True, sub=dict(cfg))
+    inner = unwrap(supernet)
+    with active_config(inner, cfg):
+        load_subnet_weights(inner, static)
+    return static.eval()
+
+
+def student_space(model: str, resolution: int, channels: int, width_mult: float) -> tuple[Generator, ConfigSpace]:
+    """The family's supernet at this size and its student design space (from its declarative spec)."""
+    supernet = build_generator(model, resolution, channels, width_mult, separable=True)
+    return supernet, ConfigSpace.from_supernet(get_family(model), supernet)
+
+
+def scale_config_to_full(model: str, code: str, resolution: int, channels: int, width_mult: float) -> str:
+    """Map a config found at a small preset onto the full-size (128, width 1.0) design space.
+
+    Each group keeps its *fraction* of the full width (rounded to the nearest allowed choice), so
+    the full-size student has the same shape as the one searched on this CPU; groups that exist only
+    at full size take the median fraction of the others.
+    """
+    small_net, small_space = student_space(model, resolution, channels, width_mult)
+    small_full = width_groups(small_net)
+    cfg = small_space.decode(code)
+    full_net, full_space = student_space(model, 128, 3, 1.0)
+    fractions = {g: c / small_full[g] for g, c in cfg.items() if g in small_full}
+    default = statistics.median(fractions.values()) if fractions else 0.0
+    full_widths = width_groups(full_net)
+    out: dict[str, int] = {}
+    for group, choices in full_space.choices.items():
+        target = fractions.get(group, default) * full_widths[group]
+        out[group] = min(choices, key=lambda c: (abs(c - target), c))
+    return full_space.encode(out)
+
+
+__all__ = ["extract_subnet", "scale_config_to_full", "student_space"]

@@ -1,0 +1,64 @@
+"""The base class of every frontalization generator (teachers, supernets and exported students).
+
+A family's generator subclasses :class:`Generator`; its contract (forward with landmarks, the
+``noise`` keyword, width groups named after modules) is written in docs/DESIGN.md, "Adding a
+teacher". ``arch()`` is what an export stores to rebuild the network
+(:func:`slimface.families.generator_from_arch`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from slimface.data.records import canonical_landmarks
+
+
+class Generator(nn.Module):
+    """Base class of all frontalization generators.
+
+    ``forward(x, landmarks)`` maps profiles (B, C, H, W) in [-1, 1] (+ (B, 5, 2) landmarks in pixel
+    coordinates) to frontal faces of the same shape; it is deterministic in eval mode so exported
+    students can be compared with their supernet. ``forward_train`` returns everything the family's
+    own losses need (multi-scale images, local patches, features...). ``family`` names the family
+    that builds it (the registry key, written into ``arch()``).
+    """
+
+    family: str = ""
+
+    def __init__(self, resolution: int, channels: int, width_mult: float, separable: bool,
+                 sub: Mapping[str, int] | None) -> None:
+        super().__init__()
+        self.resolution = resolution
+        self.channels = channels
+        self.width_mult = width_mult
+        self.separable = separable
+        self.sub = dict(sub or {})
+
+    def forward_train(self, x: Tensor, landmarks: Tensor | None = None) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, landmarks: Tensor | None = None) -> Tensor:
+        return self.forward_train(x, landmarks)["image"]
+
+    def example_inputs(self, batch: int = 1) -> tuple[Tensor, Tensor]:
+        """Inputs for profiling/export: a blank image and the canonical landmarks."""
+        x = torch.zeros(batch, self.channels, self.resolution, self.resolution)
+        lm = torch.as_tensor(canonical_landmarks(self.resolution), dtype=torch.float32)
+        return x, lm.unsqueeze(0).expand(batch, 5, 2).contiguous()
+
+    def arch(self) -> dict[str, Any]:
+        """The small architecture description that rebuilds this network (export format)."""
+        return {
+            "family": self.family,
+            "resolution": self.resolution,
+            "channels": self.channels,
+            "width_mult": self.width_mult,
+            "separable": self.separable,
+            "sub": dict(self.sub),
+        }
+
+
+__all__ = ["Generator"]

@@ -1,0 +1,568 @@
+"""Shipped weights: trained judge, loss recognizer and teachers in ``weights/``, verified before use.
+
+``slimface weights pack --run runs/pretrain --out weights/`` copies what a (pretraining) run trained,
+as safetensors (fp16 for the files named with ``--fp16``; loading casts back to fp32), and writes
+``weights/manifest.json``::
+
+    {"schema": "slimface.weights/1", "command": <what reproduces them>, "total_bytes", "max_total_bytes",
+     "data": <the data fingerprint>, "scorers": {...}, "baseline": {...},
+     "files": {"tpgan.generator.safetensors": {
+         "role": "teacher generator", "family": "tpgan", "sha256", "size", "dtype": "float16",
+         "arch": {"net": "tpgan", "resolution", "channels", "width_mult", "state": <hash of the sorted
+                  state-dict keys + shapes>, "tensors"},
+         "data": {"dataset": <slimface.data.synth.data_fingerprint>, "split": {"train_subjects",
+                  "val_subjects"}, ("identities", "max_abs_yaw": recognizers only)},
+         "figures": {"rank1_by": {scorer: {yaw: %}}, "quality": {"ssim", "psnr", "hf_ratio", "l1"}},
+         "trained": {"stage", "key", "wall_s", "settings"}}, ...}}
+
+A run uses them instead of training with ``recognizer.pretrained``, ``judge.pretrained`` or
+``teachers.<family>.pretrained`` (files from the top-level ``weights:`` folder). The stage then checks
+the file's checksum, its architecture (against the network this run's config builds) and its data
+fingerprint (against this run's data settings), refuses a mismatch with one line naming what differs
+(:class:`~slimface.errors.CheckpointError`), and writes the weights (fp32) where the stage would have
+written them, so every stage downstream, and the stage keys that hash those files, see them as usual.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+
+from slimface.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from slimface.pipeline import Pipeline
+
+SCHEMA = "slimface.weights/1"
+MANIFEST = "manifest.json"
+#: the most the shipped files may weigh together (issue 17): a clone stays small
+MAX_TOTAL_BYTES = 40_000_000
+ROLES = ("judge", "recognizer", "teacher generator", "teacher discriminator")
+
+
+# ----------------------------------------------------------------------------------------- slots
+@dataclass(frozen=True)
+class Slot:
+    """One shipped file's place: its role, its family (teachers) and where a run keeps it."""
+
+    role: str
+    family: str | None = None
+
+    @property
+    def file(self) -> str:
+        if self.role in ("judge", "recognizer"):
+            return f"{self.role}.safetensors"
+        return f"{self.family}.{self.role.split()[1]}.safetensors"
+
+    @property
+    def label(self) -> str:
+        return {"judge": "judge", "recognizer": "loss recognizer"}.get(self.role) or f"{self.family} {self.role}"
+
+    @property
+    def stage(self) -> str:
+        return self.role if self.role in ("judge", "recognizer") else f"teacher.{self.family}"
+
+    @property
+    def switch(self) -> str:
+        """The setting that turns the shipped file off (the stage then trains)."""
+        if self.role in ("judge", "recognizer"):
+            return f"{self.role}.pretrained"
+        return f"teachers.{self.family}.pretrained"
+
+    def run_path(self, out: str | Path) -> Path:
+        """Where a run's own stage writes this network."""
+        out = Path(out)
+        if self.role in ("judge", "recognizer"):
+            return out / self.role / f"{self.role}.safetensors"
+        return out / str(self.family) / "teacher" / f"{self.role.split()[1]}.safetensors"
+
+
+def slots_of(stage: str) -> list[Slot]:
+    """The shipped files a stage installs: ``"judge"``, ``"recognizer"`` or ``"teacher.<family>"``."""
+    kind, _, fam = stage.partition(".")
+    if kind in ("judge", "recognizer"):
+        return [Slot(kind)]
+    if kind == "teacher" and fam:
+        return [Slot("teacher generator", fam), Slot("teacher discriminator", fam)]
+    return []
+
+
+# ----------------------------------------------------------------------------------- fingerprints
+def state_signature(shapes: Mapping[str, Sequence[int]]) -> str:
+    """16 hex digits over the sorted state-dict keys and their shapes: the architecture as stored."""
+    items = sorted((str(k), [int(n) for n in s]) for k, s in shapes.items())
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
+
+
+def module_shapes(module: "nn.Module") -> dict[str, list[int]]:
+    return {k: list(v.shape) for k, v in module.state_dict().items()}
+
+
+def arch_fingerprint(net: str, resolution: int, channels: int, width_mult: float,
+                     shapes: Mapping[str, Sequence[int]]) -> dict[str, Any]:
+    return {"net": net, "resolution": int(resolution), "channels": int(channels), "width_mult": float(width_mult),
+            "state": state_signature(shapes), "tensors": len(shapes)}
+
+
+def dataset_fingerprint(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The data fingerprint of a run's ``data`` settings (a plain dict, as ``to_dict(cfg.data)`` or a
+    stage marker holds them): for the built-in data, :func:`slimface.data.synth.data_fingerprint` of the
+    render settings; other data are named by kind and folder only."""
+    if data.get("kind", "synth") == "synth":
+        from slimface.data.synth import SynthConfig, data_fingerprint
+
+        s = data.get("synth") or {}
+        return data_fingerprint(SynthConfig(
+            subjects=int(s.get("subjects", 337)), train_subjects=int(s.get("train_subjects", 200)),
+            resolution=int(data.get("resolution", 64)), illuminations=int(s.get("illuminations", 5)),
+            pitch=bool(s.get("pitch", False)), gray=bool(s.get("gray", False)), seed=int(s.get("seed", 0))))
+    plain = {"generator": str(data.get("kind")), "root": str(data.get("root"))}
+    return {**plain, "fingerprint": hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]}
+
+
+def data_of(data: Mapping[str, Any], recognizer: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a network was trained on: the dataset, the split, and (recognizers) which identities."""
+    out: dict[str, Any] = {"dataset": dataset_fingerprint(data),
+                           "split": {"train_subjects": data.get("train_subjects"),
+                                     "val_subjects": data.get("val_subjects")}}
+    if recognizer is not None:
+        out["identities"] = recognizer.get("identities")
+        out["max_abs_yaw"] = recognizer.get("max_abs_yaw")
+    return out
+
+
+def _role_settings(cfg: Any, slot: Slot) -> Any:
+    return getattr(cfg, slot.role) if slot.role in ("judge", "recognizer") else cfg.teacher(str(slot.family))
+
+
+def expected_data(cfg: Any, slot: Slot) -> dict[str, Any]:
+    """The data fingerprint this run would train ``slot`` on (from the config alone)."""
+    from slimface.config import to_dict
+
+    if slot.role in ("judge", "recognizer"):
+        return data_of(to_dict(cfg.data), to_dict(_role_settings(cfg, slot)))
+    return data_of(to_dict(cfg.data))
+
+
+def expected(pipe: "Pipeline", slot: Slot) -> tuple["nn.Module", dict[str, Any]]:
+    """The network this run's config builds for ``slot`` (untrained) and its architecture fingerprint
+    (a recognizer's class count comes from the run's data, so those load the data)."""
+    cfg = pipe.cfg
+    d = cfg.data
+    settings = _role_settings(cfg, slot)
+    if slot.role in ("judge", "recognizer"):
+        module = pipe._build_recognizer(settings)
+        net = settings.variant
+    else:
+        from slimface.families import get_family
+
+        fam = get_family(str(slot.family))
+        if slot.role == "teacher generator":
+            module = fam.build_generator(resolution=d.resolution, channels=d.channels,
+                                         width_mult=settings.width_mult, separable=False, sub=None)
+        else:
+            module = fam.build_discriminator(resolution=d.resolution, channels=d.channels,
+                                             width_mult=settings.width_mult)
+        net = str(slot.family)
+    return module, arch_fingerprint(net, d.resolution, d.channels, settings.width_mult, module_shapes(module))
+
+
+# ----------------------------------------------------------------------------------------- files
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_manifest(weights: str | Path) -> dict[str, Any]:
+    """``weights/manifest.json``; a missing or broken one is a one-line CheckpointError."""
+    path = Path(weights) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"no shipped weights: {path} does not exist; pack them with `slimface weights pack "
+                              "--run RUN --out DIR`, set `weights:` to that folder, or set the *.pretrained "
+                              "switches to false to train in this run") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable manifest ({exc}); restore it from git") from exc
+    if (not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA
+            or not isinstance(manifest.get("files"), dict)):
+        raise CheckpointError(f"{path} is not a {SCHEMA} manifest; restore it from git or re-pack the weights")
+    return manifest
+
+
+def manifest_entry(manifest: Mapping[str, Any], slot: Slot, weights: str | Path) -> dict[str, Any]:
+    entry = manifest["files"].get(slot.file)
+    if not isinstance(entry, dict):
+        raise CheckpointError(f"{Path(weights) / MANIFEST} has no {slot.label} ({slot.file}); set "
+                              f"{slot.switch}=false to train it in this run, or pack a run that trained it")
+    return entry
+
+
+def _tensors_from(data: bytes) -> dict[str, "torch.Tensor"]:
+    from safetensors.torch import load
+
+    return load(data)
+
+
+def _first_difference(ours: Mapping[str, Any], theirs: Mapping[str, Any], order: Sequence[str],
+                      prefix: str = "") -> tuple[str, Any, Any] | None:
+    keys = [k for k in order if k in ours or k in theirs]
+    keys += sorted((set(ours) | set(theirs)) - set(keys) - {"fingerprint"})
+    for k in keys:
+        a, b = ours.get(k), theirs.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = _first_difference(a, b, order, f"{prefix}{k}.")
+            if found:
+                return found
+        elif a != b:
+            return f"{prefix}{k}", b, a
+    return None
+
+
+_ARCH_ORDER = ("net", "resolution", "channels", "width_mult", "state", "tensors")
+_DATA_ORDER = ("dataset", "generator", "version", "render_version", "seed", "subjects", "train_subjects",
+               "resolution", "illuminations", "pitch", "gray", "split", "val_subjects", "identities", "max_abs_yaw")
+
+
+def _fix(slot: Slot, where: str) -> str:
+    return (f"set {slot.switch}=false to train it in this run, or use the settings it was trained with "
+            f"({Path(where).parent / MANIFEST})")
+
+
+def check_data(entry: Mapping[str, Any], slot: Slot, data: Mapping[str, Any], where: str) -> None:
+    """Refuse a manifest entry trained on other data than this run's (checked before the architecture:
+    other data usually mean other shapes too, and the data are the cause)."""
+    diff = _first_difference(dict(data), dict(entry.get("data") or {}), _DATA_ORDER)
+    if diff:
+        name, theirs, ours = diff
+        raise CheckpointError(f"shipped {slot.label} {where}: trained on other data: {name} is {theirs!r} there, "
+                              f"this run's data has {ours!r}; {_fix(slot, where)}")
+
+
+def check_arch(entry: Mapping[str, Any], slot: Slot, arch: Mapping[str, Any], where: str) -> None:
+    """Refuse a manifest entry built for another architecture than the network this run builds."""
+    diff = _first_difference(dict(arch), dict(entry.get("arch") or {}), _ARCH_ORDER)
+    if diff:
+        name, theirs, ours = diff
+        what = ("its layers (state-dict keys/shapes) differ from the network this slimface builds"
+                if name in ("state", "tensors") else f"{name} is {theirs!r} there, this run's config has {ours!r}")
+        raise CheckpointError(f"shipped {slot.label} {where}: another architecture: {what}; {_fix(slot, where)}")
+
+
+def check_against(pipe: "Pipeline", entry: Mapping[str, Any], slot: Slot, where: str) -> "nn.Module":
+    """Data, then architecture, of a manifest entry against ``pipe``'s config; the (untrained) network."""
+    check_data(entry, slot, expected_data(pipe.cfg, slot), where)
+    module, arch = expected(pipe, slot)
+    check_arch(entry, slot, arch, where)
+    return module
+
+
+def load_file_checked(weights: str | Path, entry: Mapping[str, Any],
+                      slot: Slot) -> tuple[dict[str, "torch.Tensor"], str]:
+    """The tensors of a shipped file (floats cast back to fp32) after checking its size, sha256 and
+    stored layers against the manifest; and its sha256."""
+    import torch
+
+    path = Path(weights) / slot.file
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"shipped {slot.label} {path} is missing (listed in {MANIFEST}); restore it from "
+                              f"git or set {slot.switch}=false") from None
+    sha = sha256_bytes(data)
+    if len(data) != entry.get("size") or sha != entry.get("sha256"):
+        raise CheckpointError(f"shipped {slot.label} {path}: checksum mismatch (sha256 {sha[:12]}…, the manifest "
+                              f"says {str(entry.get('sha256'))[:12]}…): the file is damaged or was replaced; restore "
+                              f"it from git, re-pack, or set {slot.switch}=false")
+    try:
+        tensors = _tensors_from(data)
+    except Exception as exc:  # noqa: BLE001 - any decode failure is a broken file
+        raise CheckpointError(f"shipped {slot.label} {path} is not a readable safetensors file ({exc})") from exc
+    if state_signature({k: list(v.shape) for k, v in tensors.items()}) != (entry.get("arch") or {}).get("state"):
+        raise CheckpointError(f"shipped {slot.label} {path}: its layers do not match the architecture its manifest "
+                              "entry names; re-pack the weights")
+    return {k: (v.to(torch.float32) if v.is_floating_point() else v) for k, v in tensors.items()}, sha
+
+
+# -------------------------------------------------------------------------------------- install
+def manifest_digest(weights: str | Path) -> str:
+    try:
+        return sha256_bytes((Path(weights) / MANIFEST).read_bytes())
+    except OSError:
+        return "missing"
+
+
+def stage_key_part(cfg: Any, stage: str) -> str | None:
+    """What a stage that uses shipped weights depends on (for its stage key): the manifest's sha256 of
+    each file it installs (16 hex digits each, joined by ``+``). None when the stage trains."""
+    slots = slots_of(stage)
+    if not slots or not getattr(_role_settings(cfg, slots[0]), "pretrained", False):
+        return None
+    weights = Path(getattr(cfg, "weights", "weights"))
+    try:
+        files = json.loads((weights / MANIFEST).read_text()).get("files") or {}
+    except (OSError, ValueError, AttributeError):
+        return "unreadable manifest"
+    return "+".join(str((files.get(s.file) or {}).get("sha256", "missing"))[:16] for s in slots)
+
+
+def install(pipe: "Pipeline", stage: str, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Verify the shipped files of ``stage`` against this run's config and write them (fp32) where the
+    stage would have written its own; returns the stage's outputs (``origin: shipped``)."""
+    from slimface.train.checkpoint import save_weights
+
+    weights = Path(pipe.cfg.weights)
+    manifest = read_manifest(weights)
+    files: dict[str, Any] = {}
+    for slot in slots_of(stage):
+        entry = manifest_entry(manifest, slot, weights)
+        module = check_against(pipe, entry, slot, str(weights / slot.file))
+        state, sha = load_file_checked(weights, entry, slot)
+        module.load_state_dict(state)
+        save_weights(module, slot.run_path(pipe.out))
+        files[slot.role] = {"file": str(weights / slot.file), "sha256": sha, "dtype": entry.get("dtype")}
+        say(f"[{stage}] {slot.label}: shipped {weights / slot.file} (sha256 {sha[:12]}, "
+            f"{entry.get('dtype', 'float32')}), verified; not trained in this run")
+    return {"origin": "shipped", "manifest": str(weights / MANIFEST), "manifest_sha256": manifest_digest(weights),
+            "files": files}
+
+
+def origin_text(outputs: Mapping[str, Any] | None, trained_file: str | None) -> str:
+    """Where a teacher came from, for the report: the shipped file + manifest, or this run."""
+    outputs = outputs or {}
+    if outputs.get("origin") == "shipped":
+        g = (outputs.get("files") or {}).get("teacher generator") or {}
+        return (f"shipped `{g.get('file')}` (sha256 `{str(g.get('sha256'))[:12]}`, "
+                f"manifest `{outputs.get('manifest')}` "
+                f"sha256 `{str(outputs.get('manifest_sha256'))[:12]}`)")
+    if outputs.get("source"):
+        return f"given file `{outputs['source']}`"
+    return "trained in this run" + (f": `{trained_file}`" if trained_file else "")
+
+
+# ----------------------------------------------------------------------------------------- pack
+def _fp16_wanted(name: str, fp16: Iterable[str]) -> bool:
+    wanted = {w.strip().removesuffix(".safetensors") for w in fp16 if w.strip()}
+    stem = name.removesuffix(".safetensors")
+    return "all" in wanted or stem in wanted or any(stem.endswith("." + w) or stem.startswith(w + ".") for w in wanted)
+
+
+def _stored(tensors: Mapping[str, "torch.Tensor"], half: bool, where: str) -> dict[str, "torch.Tensor"]:
+    import torch
+
+    out = {}
+    for k, v in tensors.items():
+        v = v.detach().cpu().contiguous()
+        if half and v.is_floating_point():
+            h = v.to(torch.float16)
+            if not torch.isfinite(h).all() and torch.isfinite(v).all():
+                raise CheckpointError(f"{where}: {k} overflows fp16 (|x| up to {v.abs().max().item():.3g}); "
+                                      "pack this file in fp32 (leave it out of --fp16)")
+            v = h
+        out[k] = v
+    return out
+
+
+def _figures(run: Path, slot: Slot, evaluation: Mapping[str, Any] | None, fresh: bool) -> dict[str, Any]:
+    if evaluation is None:
+        return {"note": "no evaluate/results.json in the run: not measured"}
+    if not fresh:
+        return {"note": "evaluate/results.json measured other weights than these (re-run evaluate, then pack)"}
+    scorers = evaluation.get("scorers") or {}
+    if slot.role == "judge":
+        return {"ceiling_rank1": (scorers.get("judge") or {}).get("ceiling_rank1")}
+    if slot.role == "recognizer":
+        return {"ceiling_rank1": (scorers.get("loss recognizer") or {}).get("ceiling_rank1")}
+    if slot.role == "teacher generator":
+        model = (evaluation.get("models") or {}).get(f"{slot.family} teacher") or {}
+        return {"rank1_by": model.get("rank1_by"), "rank1_ci_by": model.get("rank1_ci_by"),
+                "quality": model.get("quality")}
+    return {}
+
+
+def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: str | None = None,
+         say: Callable[[str], None] = print) -> Path:
+    """Copy a run's judge, loss recognizer and teachers (generator + discriminator) to ``out`` with a
+    manifest; nothing is written when any check fails (a stage not finished, a file changed since its
+    stage wrote it, or more than :data:`MAX_TOTAL_BYTES` in all)."""
+    from safetensors.torch import load_file, save
+
+    from slimface import stage_keys as K
+
+    run, out = Path(run), Path(out)
+    fp16 = list(fp16)
+    data_marker = K.read_marker(run, "data")
+    if data_marker is None:
+        raise CheckpointError(f"{run} is not a finished slimface run (no stages/data.json); run it first")
+    data_settings = (data_marker.get("settings") or {}).get("data") or {}
+    data_fp = dataset_fingerprint(data_settings)
+    root = Path((data_marker.get("outputs") or {}).get("root") or "")
+    on_disk = root / "dataset.json"
+    if data_settings.get("kind", "synth") == "synth" and on_disk.is_file():
+        from slimface.data.synth import data_fingerprint
+
+        disk_fp = data_fingerprint(json.loads(on_disk.read_text()))
+        if disk_fp["fingerprint"] != data_fp["fingerprint"]:
+            raise CheckpointError(f"{on_disk} does not match the run's data settings (fingerprint "
+                                  f"{disk_fp['fingerprint']} vs {data_fp['fingerprint']}); re-run the data stage")
+    evaluation = None
+    ev_path = run / "evaluate" / "results.json"
+    if ev_path.is_file():
+        evaluation = json.loads(ev_path.read_text())
+    ev_inputs = (K.read_marker(run, "evaluate") or {}).get("inputs") or {}
+
+    stages = [p.stem for p in sorted((run / "stages").glob("*.json"))]
+    wanted = [s for s in ("recognizer", "judge") if s in stages] + sorted(s for s in stages if s.startswith("teacher."))
+    if not wanted:
+        raise CheckpointError(f"{run} has no finished recognizer, judge or teacher stage to pack")
+    blobs: dict[str, bytes] = {}
+    files: dict[str, Any] = {}
+    for stage in wanted:
+        marker = K.read_marker(run, stage) or {}
+        replaced, missing = K.changed_files(marker, run)
+        if replaced or missing:
+            raise CheckpointError(f"{run}: the {stage} stage's {(replaced + missing)[0]} changed or is gone since "
+                                  "the stage wrote it; re-run the stage, then pack")
+        settings = marker.get("settings") or {}
+        fresh = ev_inputs.get(stage) is not None and ev_inputs.get(stage) == K.content_digest(marker, run)
+        for slot in slots_of(stage):
+            src = slot.run_path(run)
+            if not src.is_file():
+                if slot.role == "teacher discriminator":
+                    raise CheckpointError(f"{src} is missing: a teacher ships with the discriminator its students "
+                                          "inherit; re-run the teacher stage")
+                raise CheckpointError(f"{src} is missing (a given checkpoint is not packed); re-run the {stage} stage")
+            recognizing = slot.role in ("judge", "recognizer")
+            own = (settings.get(slot.role) if recognizing else settings.get(f"teachers.{slot.family}")) or {}
+            tensors = load_file(str(src))
+            half = _fp16_wanted(slot.file, fp16)
+            stored = _stored(tensors, half, str(src))
+            # one metadata entry: safetensors writes several in a random order (a re-pack must be byte-identical)
+            meta = {"slimface": json.dumps({"role": slot.role, "family": slot.family,
+                                            "dtype": "float16" if half else "float32"}, sort_keys=True)}
+            blob = save(stored, metadata=meta)
+            net = own.get("variant") if slot.role in ("judge", "recognizer") else slot.family
+            shapes = {k: list(v.shape) for k, v in tensors.items()}
+            recog = own if slot.role in ("judge", "recognizer") else None
+            blobs[slot.file] = blob
+            files[slot.file] = {
+                "role": slot.role, "family": slot.family, "sha256": sha256_bytes(blob), "size": len(blob),
+                "dtype": "float16" if half else "float32",
+                "arch": arch_fingerprint(str(net), int(data_settings.get("resolution", 64)),
+                                         int(data_settings.get("channels", 3)), float(own.get("width_mult", 0)),
+                                         shapes),
+                "data": data_of(data_settings, recog),
+                "figures": _figures(run, slot, evaluation, fresh),
+                "trained": {"stage": stage, "key": marker.get("fingerprint"), "wall_s": marker.get("wall_s"),
+                            "settings": settings},
+            }
+    total = sum(len(b) for b in blobs.values())
+    if total > MAX_TOTAL_BYTES:
+        sizes = ", ".join(f"{n} {len(b) / 1e6:.1f} MB" for n, b in blobs.items())
+        raise CheckpointError(f"the packed weights weigh {total / 1e6:.1f} MB, over the {MAX_TOTAL_BYTES / 1e6:.0f} MB "
+                              f"limit ({sizes}); store more of them in fp16 (--fp16 all, or name files) or "
+                              "ship fewer")
+    name = ((K.read_marker(run, "report") or {}).get("settings") or {}).get("name") or run.name
+    manifest = {
+        "schema": SCHEMA,
+        "command": command or (f"slimface run --config configs/{name}.yaml --only data recognizer judge teacher "
+                               "evaluate report"),
+        "run": str(run),
+        "versions": _versions(),
+        "data": data_of(data_settings),
+        "total_bytes": total,
+        "max_total_bytes": MAX_TOTAL_BYTES,
+        "scorers": (evaluation or {}).get("scorers"),
+        "baseline": {"no frontalization": (((evaluation or {}).get("models") or {}).get("no frontalization")
+                                           or {}).get("rank1_by")},
+        "files": files,
+    }
+    from slimface.fileio import atomic_write
+
+    out.mkdir(parents=True, exist_ok=True)
+    for fname, blob in blobs.items():
+        atomic_write(out / fname, lambda f, b=blob: f.write(b))
+        say(f"  {fname}: {len(blob) / 1e6:.2f} MB {files[fname]['dtype']} sha256 {files[fname]['sha256'][:12]}")
+    atomic_write(out / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
+    say(f"packed {len(blobs)} files, {total / 1e6:.2f} MB, into {out}; manifest {out / MANIFEST}")
+    return out / MANIFEST
+
+
+def _versions() -> dict[str, str]:
+    import torch
+
+    from slimface.data.synth import RENDER_VERSION, VERSION
+
+    try:
+        from importlib.metadata import version
+
+        own = version("slimface")
+    except Exception:  # noqa: BLE001 - not installed as a package
+        own = "unknown"
+    return {"slimface": own, "torch": torch.__version__, "synth": str(VERSION), "render": str(RENDER_VERSION)}
+
+
+# --------------------------------------------------------------------------------------- verify
+def verify(weights: str | Path, pipe: "Pipeline | None" = None, say: Callable[[str], None] = print) -> int:
+    """Check every file of ``weights`` against its manifest (size, sha256, layers, dtype, total size)
+    and, with ``pipe``, against that run's config (architecture + data); one line per file. Raises a
+    CheckpointError naming the first problem and how many there are; returns the number of files."""
+    from safetensors import safe_open
+
+    weights = Path(weights)
+    manifest = read_manifest(weights)
+    problems: list[str] = []
+    total = 0
+    for fname, entry in sorted(manifest["files"].items()):
+        slot = Slot(str(entry.get("role")), entry.get("family"))
+        if slot.role not in ROLES or slot.file != fname:
+            problems.append(f"{fname}: role {slot.role!r} / family {slot.family!r} do not name this file")
+            say(f"  FAIL {fname}: {problems[-1]}")
+            continue
+        try:
+            tensors, _ = load_file_checked(weights, entry, slot)
+            with safe_open(str(weights / fname), framework="pt") as f:
+                stored = {f.get_slice(k).get_dtype() for k in f.keys()}
+                meta = json.loads((f.metadata() or {}).get("slimface") or "{}")
+            want = "F16" if entry.get("dtype") == "float16" else "F32"
+            floats = {t for t in stored if t.startswith(("F", "BF"))}
+            if floats and floats != {want}:
+                raise CheckpointError(f"{fname}: stored as {sorted(floats)}, the manifest says {entry.get('dtype')}")
+            if meta.get("role") not in (None, slot.role):
+                raise CheckpointError(f"{fname}: the file says role {meta.get('role')!r}, "
+                                      f"the manifest {slot.role!r}")
+            if pipe is not None and slot.stage in pipe.stages():  # the networks this config builds
+                check_against(pipe, entry, slot, str(weights / fname))
+        except CheckpointError as exc:
+            problems.append(str(exc))
+            say(f"  FAIL {fname}: {exc}")
+            continue
+        total += int(entry["size"])
+        say(f"  ok   {fname}: {slot.label}, {entry['size'] / 1e6:.2f} MB {entry.get('dtype')}, sha256 "
+            f"{entry['sha256'][:12]}, {len(tensors)} tensors, arch {entry['arch'].get('state')}, data "
+            f"{((entry.get('data') or {}).get('dataset') or {}).get('fingerprint')}")
+    listed = set(manifest["files"])
+    for extra in sorted(p.name for p in weights.glob("*.safetensors") if p.name not in listed):
+        say(f"  note {extra}: not in {MANIFEST}; no run loads it")
+    if manifest.get("total_bytes") != sum(int(e.get("size", 0)) for e in manifest["files"].values()):
+        problems.append(f"{MANIFEST}: total_bytes does not add up; re-pack")
+    if sum(int(e.get("size", 0)) for e in manifest["files"].values()) > MAX_TOTAL_BYTES:
+        problems.append(f"the files weigh more than {MAX_TOTAL_BYTES / 1e6:.0f} MB together; re-pack with --fp16")
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s) above)" if len(problems) > 1 else ""
+        raise CheckpointError(problems[0] + more)
+    say(f"{weights}: {len(listed)} files verified, {total / 1e6:.2f} MB of {MAX_TOTAL_BYTES / 1e6:.0f} MB")
+    return len(listed)
+
+
+__all__ = [
+    "MANIFEST", "MAX_TOTAL_BYTES", "ROLES", "SCHEMA", "Slot", "arch_fingerprint", "check_against", "check_arch",
+    "check_data", "data_of", "dataset_fingerprint", "expected", "expected_data", "install", "load_file_checked",
+    "manifest_digest", "manifest_entry", "origin_text",
+    "pack", "read_manifest", "slots_of", "stage_key_part", "state_signature", "verify",
+]

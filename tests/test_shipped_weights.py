@@ -1,0 +1,304 @@
+"""Shipped weights (issue 17): weights/manifest.json, fingerprints, and runs that start from them.
+
+- The data fingerprint of the built-in data changes with every setting that changes the rendered images
+  (and with the renderer's version); two rendered subjects match a stored hash, so a machine that renders
+  other bytes is caught here.
+- Manifest verification: a changed byte, a file or config of another architecture, and weights trained
+  on other data are refused with one line (CheckpointError) naming what differs.
+- A tiny run packs its own tiny weights; a second tiny run loads them instead of training (no
+  checkpoints; "[teacher.tpgan] ... shipped" in its output; the report says where the teacher came
+  from), and ``--set teachers.tpgan.pretrained=false`` trains the teacher again.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import slimface.data.synth as synth
+from slimface import shipped
+from slimface import stage_keys as K
+from slimface.config import load_config
+from slimface.data.synth import SynthConfig, data_fingerprint, render_dataset
+from slimface.errors import CheckpointError
+from slimface.pipeline_config import PipelineConfig
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
+#: the source run only needs networks of the right shapes: a couple of steps each
+SHORT = ["--set", "recognizer.train.steps=2", "--set", "judge.train.steps=2",
+         "--set", "teachers.tpgan.train.steps=2", "--set", "judge.dlib=false"]
+PRETRAINED = ["--set", "recognizer.pretrained=true", "--set", "judge.pretrained=true",
+              "--set", "teachers.tpgan.pretrained=true", "--set", "judge.dlib=false", "--set", "deploy.onnx=false"]
+
+
+def slimface(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    return subprocess.run([sys.executable, "-m", "slimface.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _ok(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------------------ data fingerprint
+def test_data_fingerprint_follows_every_render_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    base = SynthConfig(subjects=16, train_subjects=10, resolution=64, illuminations=2, seed=0)
+    fp = data_fingerprint(base)
+    assert fp["generator"] == "slimface.synth" and fp["render_version"] == synth.RENDER_VERSION
+    same = SynthConfig(subjects=16, train_subjects=10, resolution=64, illuminations=2)
+    assert data_fingerprint(same)["fingerprint"] == fp["fingerprint"]  # a pure function of the settings
+    for change in ({"seed": 1}, {"subjects": 17}, {"resolution": 128}, {"illuminations": 3}, {"pitch": True},
+                   {"gray": True}, {"train_subjects": 9}):
+        other = SynthConfig(**{**base.__dict__, **change})
+        assert data_fingerprint(other)["fingerprint"] != fp["fingerprint"], change
+    monkeypatch.setattr(synth, "RENDER_VERSION", synth.RENDER_VERSION + 1)  # the renderer's pixels changed
+    assert data_fingerprint(base)["fingerprint"] != fp["fingerprint"]
+    monkeypatch.undo()
+    monkeypatch.setattr(synth, "VERSION", synth.VERSION + 1)  # the on-disk layout changed
+    assert data_fingerprint(base)["fingerprint"] != fp["fingerprint"]
+
+
+#: sha256 of the two subjects below, decoded (file name + uint8 pixels, in manifest order), and of their
+#: manifest.csv (landmarks). Decoded pixels rather than PNG bytes: zlib builds compress differently.
+#: The renderer computes in float64, and these hashes are the same with numpy's AVX-512, AVX2 and
+#: SSE paths (NPY_DISABLE_CPU_FEATURES); the float32 renderer of RENDER_VERSION 1 was not. A failure
+#: here means this machine renders other training data than the shipped weights were trained on.
+RENDER_SHA256 = "a378798b90a797a67c3c9e0a4508f58f1eb151f459411e1c94697d1c24f363fc"
+MANIFEST_SHA256 = "923e12cc1f41447c116f29d6fddc1b3222dd4b6850a776bd1a0b1071ce9eda24"
+
+
+def test_two_rendered_subjects_match_the_stored_hash(tmp_path: Path) -> None:
+    cfg = SynthConfig(subjects=2, train_subjects=1, resolution=64, illuminations=2, seed=0)
+    root = render_dataset(cfg, tmp_path / "ds", progress=False, workers=1)
+    h = hashlib.sha256()
+    with (root / "manifest.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * 13 * 2
+    for r in rows:
+        h.update(r["file"].encode())
+        h.update(np.asarray(Image.open(root / r["file"])).tobytes())
+    meta = json.loads((root / "dataset.json").read_text())
+    assert data_fingerprint(meta)["fingerprint"] == data_fingerprint(cfg)["fingerprint"]  # disk == settings
+    assert hashlib.sha256((root / "manifest.csv").read_bytes()).hexdigest() == MANIFEST_SHA256, \
+        "landmarks differ from the reference render"
+    assert h.hexdigest() == RENDER_SHA256, (
+        f"this machine renders other pixels (sha256 {h.hexdigest()}) than the reference: its built-in data "
+        "differ from the data the shipped weights were trained on (numpy SIMD path or renderer change; "
+        "bump RENDER_VERSION if the renderer changed on purpose)")
+
+
+# ------------------------------------------------------------------------------ runs and weights
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A tiny source run (2 steps a network), its weights packed, and a run that starts from them."""
+    work = tmp_path_factory.mktemp("packed")
+    data = ["--set", f"data.root={work / 'data'}"]
+    src = work / "src"
+    _ok(slimface("run", "--config", str(TINY), "--out", str(src), *data, *SHORT, "--no-progress",
+                 "--only", "data", "recognizer", "judge", "teacher", cwd=work))
+    weights = work / "weights"
+    shipped.pack(src, weights, fp16=["discriminator"], command="pytest tiny source run", say=lambda _: None)
+    out = work / "uses"
+    common = ("--config", str(TINY), "--out", str(out), *data, "--set", f"weights={weights}", "--no-progress")
+    log = _ok(slimface("run", *common, *PRETRAINED, "--only", "data", "recognizer", "judge", "teacher", "report",
+                       cwd=work))
+    return {"work": work, "src": src, "weights": weights, "out": out, "common": common, "log": log, "data": data}
+
+
+def _cfg(runs: dict, **over: object) -> PipelineConfig:
+    sets = {"out_dir": str(runs["work"] / "check"), "data.root": str(runs["work"] / "data"),
+            "weights": str(runs["weights"]), "judge.dlib": False, "teachers.tpgan.pretrained": True}
+    return load_config(PipelineConfig, TINY, {**sets, **over})
+
+
+def _pipe(cfg: PipelineConfig):  # noqa: ANN202
+    from slimface.pipeline import Pipeline
+
+    return Pipeline(cfg, progress=False)
+
+
+def test_manifest_records_files_fingerprints_and_command(runs: dict, tmp_path: Path) -> None:
+    manifest = json.loads((runs["weights"] / "manifest.json").read_text())
+    assert manifest["schema"] == shipped.SCHEMA and manifest["command"] == "pytest tiny source run"
+    assert set(manifest["files"]) == {"judge.safetensors", "recognizer.safetensors", "tpgan.generator.safetensors",
+                                      "tpgan.discriminator.safetensors"}
+    roles = {e["role"] for e in manifest["files"].values()}
+    assert roles == set(shipped.ROLES)
+    for name, e in manifest["files"].items():
+        blob = (runs["weights"] / name).read_bytes()
+        assert e["sha256"] == hashlib.sha256(blob).hexdigest() and e["size"] == len(blob)
+        assert e["data"]["dataset"]["subjects"] == 16 and e["data"]["dataset"]["generator"] == "slimface.synth"
+        assert e["arch"]["resolution"] == 64 and e["arch"]["channels"] == 3 and e["arch"]["state"]
+    assert manifest["files"]["tpgan.discriminator.safetensors"]["dtype"] == "float16"
+    assert manifest["files"]["tpgan.generator.safetensors"]["dtype"] == "float32"
+    assert manifest["files"]["tpgan.generator.safetensors"]["arch"]["width_mult"] == 0.0625
+    assert manifest["files"]["judge.safetensors"]["data"]["identities"] == "second_half"
+    assert manifest["total_bytes"] == sum(e["size"] for e in manifest["files"].values()) <= shipped.MAX_TOTAL_BYTES
+    assert "not measured" in manifest["files"]["tpgan.generator.safetensors"]["figures"]["note"]  # no evaluate ran
+    assert shipped.verify(runs["weights"], say=lambda _: None) == 4
+    # packing the same run again writes the same bytes (no timestamps, metadata in a fixed order)
+    again = shipped.pack(runs["src"], tmp_path / "w", fp16=["discriminator"], command="pytest tiny source run",
+                         say=lambda _: None).parent
+    for name in [*manifest["files"], "manifest.json"]:
+        assert (again / name).read_bytes() == (runs["weights"] / name).read_bytes(), name
+
+
+def test_run_loads_shipped_weights_without_training(runs: dict) -> None:
+    out, log = runs["out"], runs["log"]
+    assert "[teacher.tpgan] tpgan teacher generator: shipped" in log and "not trained in this run" in log
+    assert "[judge] judge: shipped" in log and "[recognizer] loss recognizer: shipped" in log
+    for folder in (out / "tpgan" / "teacher", out / "judge", out / "recognizer"):
+        assert not (folder / "checkpoints").exists() and not (folder / "scalars.jsonl").exists()
+    # the run's copies hold the shipped tensors (the fp16 discriminator cast back to fp32)
+    from safetensors.torch import load_file
+
+    for rel, name in (("tpgan/teacher/generator.safetensors", "tpgan.generator.safetensors"),
+                      ("tpgan/teacher/discriminator.safetensors", "tpgan.discriminator.safetensors"),
+                      ("judge/judge.safetensors", "judge.safetensors")):
+        mine, theirs = load_file(str(out / rel)), load_file(str(runs["weights"] / name))
+        assert set(mine) == set(theirs)
+        for k, v in mine.items():
+            assert v.dtype == (torch.float32 if theirs[k].is_floating_point() else theirs[k].dtype)
+            assert torch.equal(v, theirs[k].to(v.dtype))
+    marker = K.read_marker(out, "teacher.tpgan")
+    assert marker["outputs"]["origin"] == "shipped"
+    manifest = json.loads((runs["weights"] / "manifest.json").read_text())
+    assert marker["settings"]["pretrained"].startswith(manifest["files"]["tpgan.generator.safetensors"]["sha256"][:16])
+    report = (out / "report" / "report.md").read_text()
+    assert f"| tpgan teacher | shipped `{runs['weights'] / 'tpgan.generator.safetensors'}`" in report
+    # an unchanged rerun skips every stage; status agrees
+    again = _ok(slimface("run", *runs["common"], *PRETRAINED, "--only", "data", "recognizer", "judge", "teacher",
+                         cwd=runs["work"]))
+    assert "[teacher.tpgan] up to date" in again and ": shipped" not in again
+
+
+def test_pretrained_false_trains_the_teacher(runs: dict) -> None:
+    log = _ok(slimface("run", *runs["common"], *PRETRAINED, "--set", "teachers.tpgan.pretrained=false",
+                       "--set", "teachers.tpgan.train.steps=2", "--only", "teacher", cwd=runs["work"]))
+    assert "[teacher.tpgan] running (setting pretrained changed" in log
+    assert ": shipped" not in log and "step 2/2" in log
+    teacher = runs["out"] / "tpgan" / "teacher"
+    assert list((teacher / "checkpoints").glob("ckpt_*.pt"))
+    assert "origin" not in K.read_marker(runs["out"], "teacher.tpgan")["outputs"]
+
+
+def test_a_changed_byte_is_refused(runs: dict, tmp_path: Path) -> None:
+    import shutil
+
+    weights = tmp_path / "w"
+    shutil.copytree(runs["weights"], weights)
+    path = weights / "tpgan.generator.safetensors"
+    blob = bytearray(path.read_bytes())
+    blob[-5] ^= 0x01  # one bit of one weight
+    path.write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match="checksum mismatch") as err:
+        shipped.verify(weights, say=lambda _: None)
+    assert "\n" not in str(err.value)
+    with pytest.raises(CheckpointError, match=r"checksum mismatch.*teachers\.tpgan\.pretrained=false"):
+        shipped.install(_pipe(_cfg(runs, weights=str(weights))), "teacher.tpgan", say=lambda _: None)
+    proc = slimface("weights", "verify", str(weights), cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "checksum mismatch" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    ok = slimface("weights", "verify", str(runs["weights"]), cwd=tmp_path, timeout=120)
+    assert ok.returncode == 0 and "4 files verified" in ok.stdout
+
+
+def test_another_architecture_is_refused(runs: dict, tmp_path: Path) -> None:
+    # this run's config builds a wider teacher than the shipped one
+    with pytest.raises(CheckpointError, match=r"another architecture: width_mult is 0\.0625 there, this run's "
+                                              r"config has 0\.125; set teachers\.tpgan\.pretrained=false"):
+        shipped.install(_pipe(_cfg(runs, **{"teachers.tpgan.width_mult": 0.125})), "teacher.tpgan", say=lambda _: None)
+    # a file of another architecture put in place of the shipped one (its checksum updated too)
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from slimface.families import build_generator
+
+    weights = tmp_path / "w"
+    shutil.copytree(runs["weights"], weights)
+    other = build_generator("tpgan", 64, 3, 0.125)
+    path = weights / "tpgan.generator.safetensors"
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
+    manifest = json.loads((weights / "manifest.json").read_text())
+    entry = manifest["files"]["tpgan.generator.safetensors"]
+    entry["sha256"], entry["size"] = hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size
+    manifest["total_bytes"] = sum(e["size"] for e in manifest["files"].values())
+    (weights / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="its layers do not match the architecture"):
+        shipped.verify(weights, say=lambda _: None)
+    with pytest.raises(CheckpointError, match="its layers do not match the architecture"):
+        shipped.install(_pipe(_cfg(runs, weights=str(weights))), "teacher.tpgan", say=lambda _: None)
+
+
+def test_weights_trained_on_other_data_are_refused(runs: dict) -> None:
+    with pytest.raises(CheckpointError, match=r"trained on other data: dataset\.seed is 0 there, this run's data "
+                                              r"has 1; set teachers\.tpgan\.pretrained=false"):
+        shipped.install(_pipe(_cfg(runs, **{"data.synth.seed": 1})), "teacher.tpgan", say=lambda _: None)
+    with pytest.raises(CheckpointError, match=r"trained on other data: split\.val_subjects is 3 there"):
+        shipped.install(_pipe(_cfg(runs, **{"data.val_subjects": 2})), "teacher.tpgan", say=lambda _: None)
+    # a judge trained on the loss recognizer's identities is not this run's judge
+    pipe = _pipe(_cfg(runs, **{"judge.identities": "first_half", "judge.pretrained": True}))
+    with pytest.raises(CheckpointError, match=r"identities is 'second_half' there.*set judge\.pretrained=false"):
+        shipped.install(pipe, "judge", say=lambda _: None)
+    # and the CLI's check against a config says so too, in one line
+    proc = slimface("weights", "verify", str(runs["weights"]), "--config", str(TINY), *runs["data"],
+                    "--set", "data.synth.seed=1", cwd=runs["work"], timeout=120)
+    assert proc.returncode == 2 and "trained on other data" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_pack_refuses_over_the_size_limit_and_writes_nothing(runs: dict, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shipped, "MAX_TOTAL_BYTES", 1_000_000)
+    with pytest.raises(CheckpointError, match=r"over the 1 MB limit.*--fp16"):
+        shipped.pack(runs["src"], tmp_path / "w", say=lambda _: None)
+    assert not (tmp_path / "w").exists()
+
+
+def test_fp16_files_load_as_fp32_and_shrink(runs: dict, tmp_path: Path) -> None:
+    shipped.pack(runs["src"], tmp_path / "w", fp16=["all"], say=lambda _: None)
+    manifest = json.loads((tmp_path / "w" / "manifest.json").read_text())
+    full = json.loads((runs["weights"] / "manifest.json").read_text())
+    g = "tpgan.generator.safetensors"
+    assert manifest["files"][g]["dtype"] == "float16" and manifest["files"][g]["size"] < 0.6 * full["files"][g]["size"]
+    slot = shipped.Slot("teacher generator", "tpgan")
+    state, _ = shipped.load_file_checked(tmp_path / "w", manifest["files"][g], slot)
+    from safetensors.torch import load_file
+
+    ref = load_file(str(runs["src"] / "tpgan" / "teacher" / "generator.safetensors"))
+    for k, v in state.items():
+        assert v.dtype == ref[k].dtype
+        if v.is_floating_point():
+            torch.testing.assert_close(v, ref[k], rtol=2e-3, atol=1e-4)
+
+
+def test_stage_keys_ignore_the_off_switches(runs: dict) -> None:
+    off = load_config(PipelineConfig, TINY, {"out_dir": "x"})
+    for stage in ("recognizer", "judge", "teacher.tpgan", "evaluate"):
+        text = json.dumps(K.own_settings(off, stage))
+        assert "pretrained" not in text and '"weights"' not in text  # keys of older runs do not change
+    on = _cfg(runs)
+    teacher = K.own_settings(on, "teacher.tpgan")
+    assert "train" not in teacher["teachers.tpgan"] and teacher["pretrained"].count("+") == 1
+    assert shipped.stage_key_part(on, "recognizer") is None  # still trained in that config
+    # the report's Provenance table: where each teacher came from
+    assert shipped.origin_text({}, "tpgan/teacher/generator.safetensors") == \
+        "trained in this run: `tpgan/teacher/generator.safetensors`"
+    assert shipped.origin_text({"source": "given.safetensors"}, "given.safetensors") == "given file `given.safetensors`"
+    marker = K.read_marker(runs["src"], "teacher.tpgan")
+    assert "origin" not in marker["outputs"]
+    assert K.provenance(runs["src"], ["tpgan"])["tpgan"]["origin"] == {}

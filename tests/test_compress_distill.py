@@ -10,7 +10,8 @@ from torch import nn
 from slimface.compress.config import DistillConfig, OFAConfig
 from slimface.compress.distill import DistillLoss, FeatureTaps, Mapper, is_conditional, output_layout
 from slimface.compress.bn import preserve_bn, recalibrate_bn
-from slimface.compress.ofa import OFATask, linear_decay
+from slimface.compress.ofa import OFATask
+from slimface.train.schedule import linear_decay
 from slimface.compress.space import ConfigSpace, active_config
 from slimface.config import from_dict
 from slimface.errors import CheckpointError, ConfigError

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 import slimface.data.synth as synth
-from slimface import shipped
+from slimface import shipped, shipped_pack
 from slimface import stage_keys as K
 from slimface.config import load_config
 from slimface.data.synth import SynthConfig, data_fingerprint, render_dataset
@@ -110,7 +110,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     _ok(slimface("run", "--config", str(TINY), "--out", str(src), *data, *SHORT, "--no-progress",
                  "--only", "data", "recognizer", "judge", "teacher", cwd=work))
     weights = work / "weights"
-    shipped.pack(src, weights, fp16=["discriminator"], command="pytest tiny source run", say=lambda _: None)
+    shipped_pack.pack(src, weights, fp16=["discriminator"], command="pytest tiny source run", say=lambda _: None)
     out = work / "uses"
     common = ("--config", str(TINY), "--out", str(out), *data, "--set", f"weights={weights}", "--no-progress")
     log = _ok(slimface("run", *common, *PRETRAINED, "--only", "data", "recognizer", "judge", "teacher", "report",
@@ -150,7 +150,7 @@ def test_manifest_records_files_fingerprints_and_command(runs: dict, tmp_path: P
     assert "not measured" in manifest["files"]["tpgan.generator.safetensors"]["figures"]["note"]  # no evaluate ran
     assert shipped.verify(runs["weights"], say=lambda _: None) == 4
     # packing the same run again writes the same bytes (no timestamps, metadata in a fixed order)
-    again = shipped.pack(runs["src"], tmp_path / "w", fp16=["discriminator"], command="pytest tiny source run",
+    again = shipped_pack.pack(runs["src"], tmp_path / "w", fp16=["discriminator"], command="pytest tiny source run",
                          say=lambda _: None).parent
     for name in [*manifest["files"], "manifest.json"]:
         assert (again / name).read_bytes() == (runs["weights"] / name).read_bytes(), name
@@ -263,14 +263,14 @@ def test_weights_trained_on_other_data_are_refused(runs: dict) -> None:
 
 def test_pack_refuses_over_the_size_limit_and_writes_nothing(runs: dict, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(shipped, "MAX_TOTAL_BYTES", 1_000_000)
+    monkeypatch.setattr(shipped_pack, "MAX_TOTAL_BYTES", 1_000_000)
     with pytest.raises(CheckpointError, match=r"over the 1 MB limit.*--fp16"):
-        shipped.pack(runs["src"], tmp_path / "w", say=lambda _: None)
+        shipped_pack.pack(runs["src"], tmp_path / "w", say=lambda _: None)
     assert not (tmp_path / "w").exists()
 
 
 def test_fp16_files_load_as_fp32_and_shrink(runs: dict, tmp_path: Path) -> None:
-    shipped.pack(runs["src"], tmp_path / "w", fp16=["all"], say=lambda _: None)
+    shipped_pack.pack(runs["src"], tmp_path / "w", fp16=["all"], say=lambda _: None)
     manifest = json.loads((tmp_path / "w" / "manifest.json").read_text())
     full = json.loads((runs["weights"] / "manifest.json").read_text())
     g = "tpgan.generator.safetensors"

@@ -237,7 +237,7 @@ def cmd_frontalize(args: argparse.Namespace) -> int:
 
 def cmd_weights_pack(args: argparse.Namespace) -> int:
     """Copy a run's judge, loss recognizer and teachers into a shipped-weights folder + manifest."""
-    from slimface.shipped import pack
+    from slimface.shipped_pack import pack
 
     fp16 = [n for item in (args.fp16 or []) for n in item.split(",")]
     pack(args.run, args.out, fp16=fp16, command=args.command)

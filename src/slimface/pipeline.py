@@ -28,6 +28,7 @@ from slimface.fileio import atomic_write
 from slimface.pipeline_config import JudgeSettings, PipelineConfig, RecognizerSettings
 from slimface.train.checkpoint import load_weights, save_weights
 from slimface.train.config import TrainConfig
+from slimface.train.schedule import attach_linear_decay
 
 if TYPE_CHECKING:
     from slimface.evaluate.context import RunContext
@@ -385,6 +386,7 @@ class Pipeline:
         task = fam.make_teacher_task(gen, disc, recognizer=self.recognizer,
                                      num_subjects=len(self.data.subject_labels), loss=t.loss, lr=t.train.lr,
                                      seed=self.cfg.seed)
+        attach_linear_decay(task, t.train.steps, t.lr_decay_steps)
         metrics = Trainer(task, self.pair_dataset(self.data.train_pairs), self.train_config(t.train, out, 2)).fit()
         save_weights(gen, out / "generator.safetensors")
         save_weights(disc, out / "discriminator.safetensors")

@@ -107,6 +107,9 @@ class TeacherSettings:
     # dataclass by PipelineConfig.validate (unknown keys and wrong types fail at load time)
     loss: Any = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # the last N steps decay the lr linearly to 0 (0: constant): a GAN's images sharpen once the lr
+    # falls, and a resumed run with more train.steps decays towards its new end
+    lr_decay_steps: int = 0
     # this family's changes to the top-level ``student`` / ``finetune`` settings (its compression
     # recipe), e.g. student: {sampling: uniform, identity_weight: 300}, finetune: {train: {steps: 400}};
     # nested ``train`` keys merge key by key
@@ -178,6 +181,9 @@ class PipelineConfig:
         for name in [*self.teachers, *(f for f in self.families if f not in self.teachers)]:
             t = self.teachers.setdefault(name, TeacherSettings())
             _check_width(t.width_mult, f"teachers.{name}.width_mult")
+            check(0 <= t.lr_decay_steps <= t.train.steps,
+                  f"teachers.{name}.lr_decay_steps must lie in [0, train.steps = {t.train.steps}], "
+                  f"got {t.lr_decay_steps}")
             loss_cls = get_family(name).loss_config
             if not isinstance(t.loss, loss_cls):
                 check(isinstance(t.loss, dict), f"teachers.{name}.loss must be a mapping of loss weights")

@@ -32,21 +32,10 @@ from slimface.families.base import Family
 from slimface.compress.search import identity_metric, recon_metric
 from slimface.nn.modes import freeze, unwrap
 from slimface.train.distributed import StepRandom, shared_generator
+from slimface.train.schedule import linear_decay
 
 #: batches (of ``bn_batches``, else ``val_batches``) that recalibrate BN before :meth:`OFATask.evaluate_config`
 EVAL_BN_BATCHES = 4
-
-
-def linear_decay(steps: int, decay_steps: int) -> Callable[[int], float]:
-    """LR factor: 1 for ``steps - decay_steps`` steps, then linearly down to 0 at ``steps``."""
-    start = steps - decay_steps
-
-    def fn(step: int) -> float:
-        if decay_steps <= 0 or step < start:
-            return 1.0
-        return max(0.0, (steps - step) / decay_steps)
-
-    return fn
 
 
 # -------------------------------------------------------------------- the task
@@ -291,4 +280,4 @@ class OFATask:
             )
 
 
-__all__ = ["OFATask", "linear_decay"]
+__all__ = ["OFATask"]

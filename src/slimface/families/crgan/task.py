@@ -188,6 +188,8 @@ class CRGANTask:
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
+        for sched in self.schedulers.values():  # once per train_step: this is its last update
+            sched.step()
         stats.update({
             "g_loss": float(g_loss.detach()),
             "adv_scale": float(scale),

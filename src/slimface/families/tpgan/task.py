@@ -228,6 +228,8 @@ class TPGANTask:
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
+        for sched in self.schedulers.values():
+            sched.step()
         logs.update({f"g_{k}": v.detach() for k, v in terms.items()})
         logs["g_total"] = total.detach()
         result = {k: float(v) for k, v in logs.items()}

@@ -1,0 +1,186 @@
+"""``slimface weights pack``: copy what a (pretraining) run trained into ``weights/`` with its manifest.
+
+Apart from :mod:`slimface.shipped` (which loads and verifies) because packing reads the run's stage
+markers (:mod:`slimface.stage_keys`), and the stage keys in turn ask :mod:`slimface.shipped` what a
+stage installed: one module for both would import itself in a circle.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+
+from slimface import stage_keys as K
+from slimface.errors import CheckpointError
+from slimface.shipped import (MANIFEST, MAX_TOTAL_BYTES, SCHEMA, Slot, arch_fingerprint, data_of,
+                              dataset_fingerprint, sha256_bytes, slots_of)
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _fp16_wanted(name: str, fp16: Iterable[str]) -> bool:
+    wanted = {w.strip().removesuffix(".safetensors") for w in fp16 if w.strip()}
+    stem = name.removesuffix(".safetensors")
+    return "all" in wanted or stem in wanted or any(stem.endswith("." + w) or stem.startswith(w + ".") for w in wanted)
+
+
+def _stored(tensors: Mapping[str, "torch.Tensor"], half: bool, where: str) -> dict[str, "torch.Tensor"]:
+    import torch
+
+    out = {}
+    for k, v in tensors.items():
+        v = v.detach().cpu().contiguous()
+        if half and v.is_floating_point():
+            h = v.to(torch.float16)
+            if not torch.isfinite(h).all() and torch.isfinite(v).all():
+                raise CheckpointError(f"{where}: {k} overflows fp16 (|x| up to {v.abs().max().item():.3g}); "
+                                      "pack this file in fp32 (leave it out of --fp16)")
+            v = h
+        out[k] = v
+    return out
+
+
+def _figures(run: Path, slot: Slot, evaluation: Mapping[str, Any] | None, fresh: bool) -> dict[str, Any]:
+    if evaluation is None:
+        return {"note": "no evaluate/results.json in the run: not measured"}
+    if not fresh:
+        return {"note": "evaluate/results.json measured other weights than these (re-run evaluate, then pack)"}
+    scorers = evaluation.get("scorers") or {}
+    if slot.role == "judge":
+        return {"ceiling_rank1": (scorers.get("judge") or {}).get("ceiling_rank1")}
+    if slot.role == "recognizer":
+        return {"ceiling_rank1": (scorers.get("loss recognizer") or {}).get("ceiling_rank1")}
+    if slot.role == "teacher generator":
+        model = (evaluation.get("models") or {}).get(f"{slot.family} teacher") or {}
+        return {"rank1_by": model.get("rank1_by"), "rank1_ci_by": model.get("rank1_ci_by"),
+                "quality": model.get("quality")}
+    return {}
+
+
+def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: str | None = None,
+         say: Callable[[str], None] = print) -> Path:
+    """Copy a run's judge, loss recognizer and teachers (generator + discriminator) to ``out`` with a
+    manifest; nothing is written when any check fails (a stage not finished, a file changed since its
+    stage wrote it, or more than :data:`MAX_TOTAL_BYTES` in all)."""
+    from safetensors.torch import load_file, save
+
+
+
+    run, out = Path(run), Path(out)
+    fp16 = list(fp16)
+    data_marker = K.read_marker(run, "data")
+    if data_marker is None:
+        raise CheckpointError(f"{run} is not a finished slimface run (no stages/data.json); run it first")
+    data_settings = (data_marker.get("settings") or {}).get("data") or {}
+    data_fp = dataset_fingerprint(data_settings)
+    root = Path((data_marker.get("outputs") or {}).get("root") or "")
+    on_disk = root / "dataset.json"
+    if data_settings.get("kind", "synth") == "synth" and on_disk.is_file():
+        from slimface.data.synth import data_fingerprint
+
+        disk_fp = data_fingerprint(json.loads(on_disk.read_text()))
+        if disk_fp["fingerprint"] != data_fp["fingerprint"]:
+            raise CheckpointError(f"{on_disk} does not match the run's data settings (fingerprint "
+                                  f"{disk_fp['fingerprint']} vs {data_fp['fingerprint']}); re-run the data stage")
+    evaluation = None
+    ev_path = run / "evaluate" / "results.json"
+    if ev_path.is_file():
+        evaluation = json.loads(ev_path.read_text())
+    ev_inputs = (K.read_marker(run, "evaluate") or {}).get("inputs") or {}
+
+    stages = [p.stem for p in sorted((run / "stages").glob("*.json"))]
+    wanted = [s for s in ("recognizer", "judge") if s in stages] + sorted(s for s in stages if s.startswith("teacher."))
+    if not wanted:
+        raise CheckpointError(f"{run} has no finished recognizer, judge or teacher stage to pack")
+    blobs: dict[str, bytes] = {}
+    files: dict[str, Any] = {}
+    for stage in wanted:
+        marker = K.read_marker(run, stage) or {}
+        replaced, missing = K.changed_files(marker, run)
+        if replaced or missing:
+            raise CheckpointError(f"{run}: the {stage} stage's {(replaced + missing)[0]} changed or is gone since "
+                                  "the stage wrote it; re-run the stage, then pack")
+        settings = marker.get("settings") or {}
+        fresh = ev_inputs.get(stage) is not None and ev_inputs.get(stage) == K.content_digest(marker, run)
+        for slot in slots_of(stage):
+            src = slot.run_path(run)
+            if not src.is_file():
+                if slot.role == "teacher discriminator":
+                    raise CheckpointError(f"{src} is missing: a teacher ships with the discriminator its students "
+                                          "inherit; re-run the teacher stage")
+                raise CheckpointError(f"{src} is missing (a given checkpoint is not packed); re-run the {stage} stage")
+            recognizing = slot.role in ("judge", "recognizer")
+            own = (settings.get(slot.role) if recognizing else settings.get(f"teachers.{slot.family}")) or {}
+            tensors = load_file(str(src))
+            half = _fp16_wanted(slot.file, fp16)
+            stored = _stored(tensors, half, str(src))
+            # one metadata entry: safetensors writes several in a random order (a re-pack must be byte-identical)
+            meta = {"slimface": json.dumps({"role": slot.role, "family": slot.family,
+                                            "dtype": "float16" if half else "float32"}, sort_keys=True)}
+            blob = save(stored, metadata=meta)
+            net = own.get("variant") if slot.role in ("judge", "recognizer") else slot.family
+            shapes = {k: list(v.shape) for k, v in tensors.items()}
+            recog = own if slot.role in ("judge", "recognizer") else None
+            blobs[slot.file] = blob
+            files[slot.file] = {
+                "role": slot.role, "family": slot.family, "sha256": sha256_bytes(blob), "size": len(blob),
+                "dtype": "float16" if half else "float32",
+                "arch": arch_fingerprint(str(net), int(data_settings.get("resolution", 64)),
+                                         int(data_settings.get("channels", 3)), float(own.get("width_mult", 0)),
+                                         shapes),
+                "data": data_of(data_settings, recog),
+                "figures": _figures(run, slot, evaluation, fresh),
+                "trained": {"stage": stage, "key": marker.get("fingerprint"), "wall_s": marker.get("wall_s"),
+                            "settings": settings},
+            }
+    total = sum(len(b) for b in blobs.values())
+    if total > MAX_TOTAL_BYTES:
+        sizes = ", ".join(f"{n} {len(b) / 1e6:.1f} MB" for n, b in blobs.items())
+        raise CheckpointError(f"the packed weights weigh {total / 1e6:.1f} MB, over the {MAX_TOTAL_BYTES / 1e6:.0f} MB "
+                              f"limit ({sizes}); store more of them in fp16 (--fp16 all, or name files) or "
+                              "ship fewer")
+    name = ((K.read_marker(run, "report") or {}).get("settings") or {}).get("name") or run.name
+    manifest = {
+        "schema": SCHEMA,
+        "command": command or (f"slimface run --config configs/{name}.yaml --only data recognizer judge teacher "
+                               "evaluate report"),
+        "run": str(run),
+        "versions": _versions(),
+        "data": data_of(data_settings),
+        "total_bytes": total,
+        "max_total_bytes": MAX_TOTAL_BYTES,
+        "scorers": (evaluation or {}).get("scorers"),
+        "baseline": {"no frontalization": (((evaluation or {}).get("models") or {}).get("no frontalization")
+                                           or {}).get("rank1_by")},
+        "files": files,
+    }
+    from slimface.fileio import atomic_write
+
+    out.mkdir(parents=True, exist_ok=True)
+    for fname, blob in blobs.items():
+        atomic_write(out / fname, lambda f, b=blob: f.write(b))
+        say(f"  {fname}: {len(blob) / 1e6:.2f} MB {files[fname]['dtype']} sha256 {files[fname]['sha256'][:12]}")
+    atomic_write(out / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
+    say(f"packed {len(blobs)} files, {total / 1e6:.2f} MB, into {out}; manifest {out / MANIFEST}")
+    return out / MANIFEST
+
+
+def _versions() -> dict[str, str]:
+    import torch
+
+    from slimface.data.synth import RENDER_VERSION, VERSION
+
+    try:
+        from importlib.metadata import version
+
+        own = version("slimface")
+    except Exception:  # noqa: BLE001 - not installed as a package
+        own = "unknown"
+    return {"slimface": own, "torch": torch.__version__, "synth": str(VERSION), "render": str(RENDER_VERSION)}
+
+
+# --------------------------------------------------------------------------------------- verify
+
+__all__ = ["pack"]

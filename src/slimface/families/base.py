@@ -83,7 +83,8 @@ class Family(Protocol):
     def make_teacher_task(self, generator: "Generator", discriminator: "nn.Module", recognizer: "nn.Module | None" = None,
                           *, num_subjects: int, loss: Any = None, lr: float = 2e-4, seed: int = 0) -> Any:
         """The family's teacher objective, a :class:`slimface.train.loop.TrainTask`. ``loss``: a
-        ``loss_config`` instance, a dict of its keys, or None (its defaults)."""
+        ``loss_config`` instance, a dict of its keys, or None (its defaults). Its ``train_step`` steps
+        every scheduler in ``task.schedulers`` once (the run attaches the lr decay there)."""
         ...
 
 

@@ -32,7 +32,7 @@ resolution, so names are the same at 64 and 128 for the blocks both have.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Literal, Mapping
+from typing import Callable, Literal, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -143,14 +143,21 @@ def _down_trunk(
     """Stem conv + down blocks named ``{prefix}.stem`` / ``{prefix}.down.sN``; returns the output layout."""
     stem_c = w(f"{prefix}.stem", STEM_WIDTH)
     stem = SuperConv2d(Widths.fixed(channels), stem_c, 3)
+    down, out_c = _block_stack(w, f"{prefix}.down", _down_plan(resolution), stem_c, DownBlock, separable)
+    return stem, down, out_c
+
+
+def _block_stack(w: Widths, prefix: str, plan: Sequence[tuple[int, int]], prev: Chans,
+                 block: Callable[..., nn.Module], separable: bool) -> tuple[nn.Sequential, Chans]:
+    """One ``block`` per (resolution, full width) of ``plan``, named ``s<res>`` (width groups
+    ``{prefix}.s<res>`` and ``{prefix}.s<res>.mid``); returns the stack and its output layout."""
     blocks: OrderedDict[str, nn.Module] = OrderedDict()
-    prev = stem_c
-    for res, full in _down_plan(resolution):
-        name = f"{prefix}.down.s{res}"
+    for res, full in plan:
+        name = f"{prefix}.s{res}"
         out_c = w(name, full)
-        blocks[f"s{res}"] = DownBlock(prev, w(f"{name}.mid", full), out_c, separable)
+        blocks[f"s{res}"] = block(prev, w(f"{name}.mid", full), out_c, separable)
         prev = out_c
-    return stem, nn.Sequential(blocks), prev
+    return nn.Sequential(blocks), prev
 
 
 class CRGANEncoder(nn.Module):
@@ -176,14 +183,7 @@ class CRGANDecoder(nn.Module):
         fc_c = w("generator.fc", _UP_128[0][1])
         # Linear(128 -> 512*4*4), reshaped channel-major to the 4x4 map.
         self.fc = SuperLinear(Widths.fixed(CODE_DIM), fc_c.repeat_spatial(BOTTLENECK * BOTTLENECK))
-        blocks: OrderedDict[str, nn.Module] = OrderedDict()
-        prev = fc_c
-        for res, full in _up_plan(resolution):
-            name = f"generator.up.s{res}"
-            out_c = w(name, full)
-            blocks[f"s{res}"] = UpBlock(prev, w(f"{name}.mid", full), out_c, separable)
-            prev = out_c
-        self.up = nn.Sequential(blocks)
+        self.up, prev = _block_stack(w, "generator.up", _up_plan(resolution), fc_c, UpBlock, separable)
         self.bn = SuperBatchNorm2d(prev)
         self.out = SuperConv2d(prev, Widths.fixed(channels), 3)
 

@@ -234,13 +234,17 @@ class DistillLoss:
         assert isinstance(total, Tensor)
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
-    def discriminator_loss(self, disc: nn.Module, profile: Tensor, real: Tensor, fake: Tensor) -> Tensor:
-        """cGAN D loss on real pairs (x, y) vs generated pairs (x, G(x)); ``fake`` must be detached."""
+    def discriminator_loss(self, disc: nn.Module, profile: Tensor, real: Tensor, fake: Tensor,
+                           alpha: Callable[[], Tensor] | None = None) -> Tensor:
+        """cGAN D loss on real pairs (x, y) vs generated pairs (x, G(x)); ``fake`` must be detached.
+        ``alpha``: draws the gradient penalty's per-row interpolation weights (wgan-gp only), e.g.
+        ``StepRandom.rand``, so a DDP run interpolates what one process would."""
         real_s = self.score(disc, profile, real)
         fake_s = self.score(disc, profile, fake)
         if self.gan_mode == "bce":
             return L.gan_loss_d(real_s, fake_s)
-        gp = L.gradient_penalty(lambda z: self.score(disc, profile, z), real, fake)
+        gp = L.gradient_penalty(lambda z: self.score(disc, profile, z), real, fake,
+                                alpha() if alpha is not None else None)
         return L.wgan_loss_d(real_s, fake_s) + self.cfg.gp_weight * gp
 
 

@@ -202,7 +202,7 @@ class OFATask:
         opt_g.step()
 
         opt_d.zero_grad(set_to_none=True)  # drops the grads the G step left on D
-        loss_d = sum(self.loss.discriminator_loss(disc, profile, target, f) for f in fakes) / len(fakes)
+        loss_d = sum(self.loss.discriminator_loss(disc, profile, target, f, rnd.rand) for f in fakes) / len(fakes)
         assert isinstance(loss_d, Tensor)
         loss_d.backward()
         opt_d.step()

@@ -442,7 +442,16 @@ class Pipeline:
         if student.warm_start:
             from slimface.compress.warmstart import warm_start
 
-            report = warm_start(supernet, task.teacher, task.space.groups)
+            batches = None
+            if student.warm_start_fit == "activations":  # fit separable convs on training profiles
+                from torch.utils.data import DataLoader
+
+                n = student.warm_start_fit_images
+                loader = DataLoader(self.pair_dataset(self.data.train_pairs), batch_size=min(32, n), shuffle=True,
+                                    generator=torch.Generator().manual_seed(self.cfg.seed))
+                batches = ((b["profile"].to(self.device), b["landmarks"].to(self.device)) for b in loader)
+            report = warm_start(supernet, task.teacher, task.space.groups, batches=batches,
+                                images=student.warm_start_fit_images)
             _say(f"  warm start from the {family} teacher: {report.summary()}")
         metrics = Trainer(task, self.pair_dataset(self.data.train_pairs),
                           self.train_config(student.train, out, 3)).fit()

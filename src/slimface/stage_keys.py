@@ -115,13 +115,17 @@ def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
     elif kind == "supernet":
         student = c.student_for(fam)
         s = {"student": to_dict(student), "seed": c.seed}
+        if not (student.warm_start and student.warm_start_fit == "activations"):
+            for unused in ("warm_start_fit", "warm_start_fit_images"):  # older runs keep their keys
+                s["student"].pop(unused, None)
         if student.sampling == "budget":  # the supernet is then trained for one budget
             s["search.budget"] = c.search.budget
     elif kind == "search":
         s = {"search": to_dict(c.search), "eval_batch_size": c.eval_batch_size, "seed": c.seed}
     elif kind == "finetune":
         student = to_dict(c.student_for(fam))
-        for supernet_only in ("train", "warm_start", "sampling", "budget_low", "decay_steps"):
+        for supernet_only in ("train", "warm_start", "warm_start_fit", "warm_start_fit_images", "sampling",
+                              "budget_low", "decay_steps"):
             student.pop(supernet_only, None)
         s = {"finetune": to_dict(c.finetune_for(fam)), "student": student, "seed": c.seed}
     elif kind == "export":

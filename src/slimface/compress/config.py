@@ -60,6 +60,10 @@ class OFAConfig(DistillConfig):
     ``[budget_low, 1] x`` the search budget, so a short run trains the region the search will pick from.
     ``warm_start``: start the supernet from the teacher (copied layers, rank-1 factorised separable convs,
     channels sorted by importance) rather than from random weights (slimface.compress.warmstart).
+    ``warm_start_fit``: how a separable conv gets its teacher conv -- ``"svd"``, the closest rank-1
+    factorisation of the kernel (weights only); ``"activations"``, then a least-squares fit of the
+    conv's output on the teacher's own input activations over ``warm_start_fit_images`` training
+    profiles, kept only where it is closer than the SVD on them.
     Reference optimiser: Adam (``beta1``, ``beta2``), lr ``train.lr`` constant, then decaying linearly
     to 0 over the last ``decay_steps`` of ``train.steps`` (None: the second half).
     """
@@ -67,6 +71,8 @@ class OFAConfig(DistillConfig):
     sampling: Literal["uniform", "sandwich", "budget"] = "uniform"
     budget_low: float = 0.5
     warm_start: bool = False
+    warm_start_fit: Literal["svd", "activations"] = "svd"
+    warm_start_fit_images: int = 256
     beta1: float = 0.5
     beta2: float = 0.999
     decay_steps: Optional[int] = None
@@ -77,6 +83,10 @@ class OFAConfig(DistillConfig):
         check(self.sampling in ("uniform", "sandwich", "budget"),
               f"student.sampling {self.sampling!r}: use 'uniform', 'sandwich' or 'budget'")
         check(0 < self.budget_low <= 1, f"student.budget_low must be in (0, 1], got {self.budget_low}")
+        check(self.warm_start_fit in ("svd", "activations"),
+              f"student.warm_start_fit {self.warm_start_fit!r}: use 'svd' or 'activations'")
+        check(self.warm_start_fit_images >= 1,
+              f"student.warm_start_fit_images must be >= 1, got {self.warm_start_fit_images}")
         check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "student.beta1/beta2 must be in [0, 1)")
         check(self.decay_steps is None or 0 <= self.decay_steps <= self.train.steps,
               f"student.decay_steps must be in [0, train.steps={self.train.steps}], got {self.decay_steps}")

@@ -172,6 +172,11 @@ class Pipeline:
             key_reason=self._active_key[1] if self._active_key else "",
         )
 
+    def compression_seed(self, family: str) -> int:
+        """The seed of the supernet, search and fine-tune stages: the run's ``seed`` plus ``student.seed``,
+        which repeats the compression from the same teacher (the top-level seed also keys the teacher)."""
+        return self.cfg.seed + self.cfg.student_for(family).seed
+
     @property
     def data(self) -> DataBundle:
         if self._data is None:
@@ -427,7 +432,7 @@ class Pipeline:
         return OFATask(
             fam, supernet, teacher, self._teacher_disc(family), s,
             space=ConfigSpace.from_supernet(fam, supernet),
-            recognizer=self.recognizer if s.identity_weight > 0 else None, seed=self.cfg.seed,
+            recognizer=self.recognizer if s.identity_weight > 0 else None, seed=self.compression_seed(family),
             budget_macs=self.budget_macs(family, teacher) if s.sampling == "budget" and not fixed else 0.0,
             fixed_config=fixed,
         )
@@ -436,9 +441,11 @@ class Pipeline:
         from slimface.train.loop import Trainer
 
         out = self.family_dir(family) / "supernet"
+        student = self.cfg.student_for(family)
+        if student.seed:  # another compression seed: the layers the teacher does not fill start elsewhere too
+            torch.manual_seed(self.compression_seed(family))
         supernet = self._supernet(family)
         task = self._ofa_task(family, supernet)
-        student = self.cfg.student_for(family)
         if student.warm_start:
             from slimface.compress.warmstart import warm_start
 
@@ -448,13 +455,13 @@ class Pipeline:
 
                 n = student.warm_start_fit_images
                 loader = DataLoader(self.pair_dataset(self.data.train_pairs), batch_size=min(32, n), shuffle=True,
-                                    generator=torch.Generator().manual_seed(self.cfg.seed))
+                                    generator=torch.Generator().manual_seed(self.compression_seed(family)))
                 batches = ((b["profile"].to(self.device), b["landmarks"].to(self.device)) for b in loader)
             report = warm_start(supernet, task.teacher, task.space.groups, batches=batches,
                                 images=student.warm_start_fit_images)
             _say(f"  warm start from the {family} teacher: {report.summary()}")
         metrics = Trainer(task, self.pair_dataset(self.data.train_pairs),
-                          self.train_config(student.train, out, 3)).fit()
+                          self.train_config(student.train, out, 3 + student.seed)).fit()
         save_weights(supernet, out / "supernet.safetensors")
         save_weights(task.nets["mappers"], out / "mappers.safetensors")
         save_weights(task.nets["disc"], out / "discriminator.safetensors")
@@ -500,7 +507,7 @@ class Pipeline:
                                               sc.latency_table, out, _say)
         result = search(
             supernet, space, budget, lambda cfg: identity_metric(supernet, cfg, val, self.recognizer, bn),
-            sc, seed=self.cfg.seed, cache_path=out / "cache.jsonl", out_jsonl=out / "evaluated.jsonl",
+            sc, seed=self.compression_seed(family), cache_path=out / "cache.jsonl", out_jsonl=out / "evaluated.jsonl",
             resolution=self.cfg.data.resolution, latency_fn=latency_fn, latency_budget_ms=latency_ms,
             cache_key=self._active_key[0] if self._active_key is not None else None,
         )
@@ -539,7 +546,8 @@ class Pipeline:
         load_weights(task.nets["mappers"], sup_dir / "mappers.safetensors", "distillation mappers")
         load_weights(task.nets["disc"], sup_dir / "discriminator.safetensors", "student discriminator")
         metrics = Trainer(task, self.pair_dataset(self.data.train_pairs),
-                          self.train_config(self.cfg.finetune_for(family).train, out, 4)).fit()
+                          self.train_config(self.cfg.finetune_for(family).train, out,
+                                            4 + self.cfg.student_for(family).seed)).fit()
         save_weights(supernet, out / "supernet.safetensors")
         return {"final": metrics, "config": space.encode(cfg)}
 

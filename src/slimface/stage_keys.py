@@ -114,7 +114,7 @@ def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
         s = {f"teachers.{fam}": teacher, "seed": c.seed}
     elif kind == "supernet":
         student = c.student_for(fam)
-        s = {"student": to_dict(student), "seed": c.seed}
+        s = {"student": _without_zero_seed(to_dict(student)), "seed": c.seed}
         if not (student.warm_start and student.warm_start_fit == "activations"):
             for unused in ("warm_start_fit", "warm_start_fit_images"):  # older runs keep their keys
                 s["student"].pop(unused, None)
@@ -122,8 +122,10 @@ def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
             s["search.budget"] = c.search.budget
     elif kind == "search":
         s = {"search": to_dict(c.search), "eval_batch_size": c.eval_batch_size, "seed": c.seed}
+        if c.student_for(fam).seed:  # the compression seed (student.seed) also seeds the search
+            s["student.seed"] = c.student_for(fam).seed
     elif kind == "finetune":
-        student = to_dict(c.student_for(fam))
+        student = _without_zero_seed(to_dict(c.student_for(fam)))
         for supernet_only in ("train", "warm_start", "warm_start_fit", "warm_start_fit_images", "sampling",
                               "budget_low", "decay_steps"):
             student.pop(supernet_only, None)
@@ -133,6 +135,12 @@ def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
     else:
         s = _final_settings(c, kind)
     return _plain(_with_shipped(c, stage, _without_run_fields(s)))
+
+
+def _without_zero_seed(student: dict[str, Any]) -> dict[str, Any]:
+    """A ``student`` section minus ``seed: 0`` (the compression seed's default): runs made before it
+    existed keep their keys; any other value is a setting of the supernet, search and fine-tune."""
+    return {k: v for k, v in student.items() if not (k == "seed" and v == 0)}
 
 
 def _without_run_fields(obj: Any, parent: str = "") -> Any:

@@ -66,6 +66,9 @@ class OFAConfig(DistillConfig):
     profiles, kept only where it is closer than the SVD on them.
     Reference optimiser: Adam (``beta1``, ``beta2``), lr ``train.lr`` constant, then decaying linearly
     to 0 over the last ``decay_steps`` of ``train.steps`` (None: the second half).
+    ``seed``: the compression seed, added to the run's top-level ``seed`` by the supernet, search and
+    fine-tune stages only, so the compression can be repeated from one trained teacher (the top-level
+    seed also keys data, recognizers and teacher); 0 keeps every earlier run's keys and results.
     """
 
     sampling: Literal["uniform", "sandwich", "budget"] = "uniform"
@@ -76,10 +79,12 @@ class OFAConfig(DistillConfig):
     beta1: float = 0.5
     beta2: float = 0.999
     decay_steps: Optional[int] = None
+    seed: int = 0
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
         super().validate()
+        check(self.seed >= 0, f"student.seed must be >= 0, got {self.seed}")
         check(self.sampling in ("uniform", "sandwich", "budget"),
               f"student.sampling {self.sampling!r}: use 'uniform', 'sandwich' or 'budget'")
         check(0 < self.budget_low <= 1, f"student.budget_low must be in (0, 1], got {self.budget_low}")

@@ -77,3 +77,19 @@ def test_lr_decay_longer_than_training_fails_at_load(tmp_path) -> None:
     cfg.write_text("families: [tpgan]\nteachers:\n  tpgan: {train: {steps: 10}, lr_decay_steps: 11}\n")
     with pytest.raises(ConfigError, match=r"teachers.tpgan.lr_decay_steps must lie in \[0, train.steps = 10\]"):
         load_config(PipelineConfig, cfg)
+
+
+def test_lr_decay_keys_the_teacher_only_when_on() -> None:
+    from slimface import stage_keys as K
+
+    def keys(decay: int) -> tuple[dict, dict]:
+        c = PipelineConfig(families=["tpgan"])
+        c.validate()
+        c.teacher("tpgan").lr_decay_steps = decay
+        return K.own_settings(c, "teacher.tpgan"), K.resume_settings(c, "teacher.tpgan")
+
+    own0, res0 = keys(0)
+    own5, res5 = keys(5)
+    assert "lr_decay_steps" not in own0["teachers.tpgan"]  # the default leaves older runs' keys alone
+    assert own5["teachers.tpgan"]["lr_decay_steps"] == 5
+    assert res5 != res0  # another schedule trains from step 0

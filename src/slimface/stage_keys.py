@@ -111,6 +111,8 @@ def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
         teacher = to_dict(c.teacher(fam))
         for recipe in ("student", "finetune"):  # the teacher does not depend on its family's recipe
             teacher.pop(recipe, None)
+        if not teacher.get("lr_decay_steps"):  # constant lr, the default: older runs keep their keys
+            teacher.pop("lr_decay_steps", None)
         s = {f"teachers.{fam}": teacher, "seed": c.seed}
     elif kind == "supernet":
         student = c.student_for(fam)

@@ -318,6 +318,27 @@ def _max_diffs(a: dict[str, dict[str, Tensor]], b: dict[str, dict[str, Tensor]],
     return out
 
 
+def _ddp_against_single(tmp_path: Path, stage: str, single: dict[str, dict[str, Tensor]]
+                        ) -> tuple[dict[str, dict[str, Tensor]], dict[str, float]]:
+    """Rank 0's checkpoint of the DDP run of ``stage``: 2 ranks, STEPS steps, rank 1 in lockstep with
+    it; returns its nets and max |DDP - single| per net."""
+    from slimface.train.checkpoint import load_latest
+
+    ddp, _ = load_latest(tmp_path / f"{stage}_ddp" / "checkpoints")
+    assert ddp["world_size"] == 2 and ddp["step"] == STEPS, stage
+    rank1 = torch.load(tmp_path / f"{stage}_rank1.pt", weights_only=True)
+    assert max(_max_diffs(ddp["nets"], rank1).values()) <= 1e-6, stage  # ranks in lockstep
+    return ddp["nets"], _max_diffs(ddp["nets"], single)
+
+
+def _moved_from_init(stage: str, nets: dict[str, dict[str, Tensor]]) -> dict[str, float]:
+    """Largest parameter change per net between a fresh task of ``stage`` and trained ``nets``."""
+    fresh = STAGES[stage]().nets
+    init = {n: {k: v.detach() for k, v in net.named_parameters()} for n, net in fresh.items()}
+    trained = {n: {k: v for k, v in nets[n].items() if k in init[n]} for n in init}
+    return _max_diffs(trained, init, exact_counters=False)
+
+
 def test_two_processes_match_one_process_for_gan_stages(tmp_path: Path) -> None:
     """TP-GAN teacher, OFA supernet and CR-GAN teacher: DDP 2 x 2 samples == 1 x 4 samples.
 
@@ -330,20 +351,11 @@ def test_two_processes_match_one_process_for_gan_stages(tmp_path: Path) -> None:
     ctx = _spawn(_stage_worker, str(tmp_path), stages)
     single = {s: _single_thread(lambda s=s: _train(s, tmp_path / f"{s}_single")) for s in stages}
     _wait(ctx, 300)
-    from slimface.train.checkpoint import load_latest
-
     report = {}
     for stage in stages:
-        ddp, _ = load_latest(tmp_path / f"{stage}_ddp" / "checkpoints")
-        assert ddp["world_size"] == 2
-        rank1 = torch.load(tmp_path / f"{stage}_rank1.pt", weights_only=True)
-        assert max(_max_diffs(ddp["nets"], rank1).values()) <= 1e-6, stage  # ranks in lockstep
-        report[stage] = _max_diffs(ddp["nets"], single[stage])
+        _, report[stage] = _ddp_against_single(tmp_path, stage, single[stage])
         # the run trained: parameters (not just BN buffers) moved well beyond the tolerance
-        fresh = STAGES[stage]().nets
-        init = {n: {k: v.detach() for k, v in net.named_parameters()} for n, net in fresh.items()}
-        trained = {n: {k: v for k, v in single[stage][n].items() if k in init[n]} for n in init}
-        moved = _max_diffs(trained, init, exact_counters=False)
+        moved = _moved_from_init(stage, single[stage])
         print(stage, "parameters moved from init:", json.dumps(moved))
         main = "student" if stage == "ofa" else "generator"
         assert moved[main] > 10 * TOL and all(v > 1e-6 for v in moved.values()), (stage, moved)
@@ -361,20 +373,11 @@ def test_every_family_trains_its_supernet_and_finetune_stages_under_two_processe
     ctx = _spawn(_stage_worker, str(tmp_path), FAMILY_STAGES)
     single = {s: _single_thread(lambda s=s: _train(s, tmp_path / f"{s}_single")) for s in FAMILY_STAGES}
     _wait(ctx, 600)
-    from slimface.train.checkpoint import load_latest
-
     report = {}
     for stage in FAMILY_STAGES:
-        ddp, _ = load_latest(tmp_path / f"{stage}_ddp" / "checkpoints")
-        assert ddp["world_size"] == 2 and ddp["step"] == STEPS, stage
-        rank1 = torch.load(tmp_path / f"{stage}_rank1.pt", weights_only=True)
-        assert max(_max_diffs(ddp["nets"], rank1).values()) <= 1e-6, stage  # ranks in lockstep
-        fresh = STAGES[stage]().nets
-        init = {n: {k: v.detach() for k, v in net.named_parameters()} for n, net in fresh.items()}
-        trained = {n: {k: v for k, v in ddp["nets"][n].items() if k in init[n]} for n in init}
-        moved = _max_diffs(trained, init, exact_counters=False)
+        ddp_nets, report[stage] = _ddp_against_single(tmp_path, stage, single[stage])
+        moved = _moved_from_init(stage, ddp_nets)
         assert moved["student"] > 10 * TOL and all(v > 0 for v in moved.values()), (stage, moved)
-        report[stage] = _max_diffs(ddp["nets"], single[stage])
     print("max |DDP - single| per net:", json.dumps(report))
     bad = {s: d for s, d in report.items() if max(d.values()) > TOL}
     assert not bad, report

@@ -138,3 +138,36 @@ def test_paired_interval_is_of_the_difference_on_the_same_probes() -> None:
     better[:60] = 1  # strictly more hits
     lo, hi = bootstrap_rank1(better, [30] * 300, baseline=base, reps=500)["avg"]
     assert 0 < lo <= hi
+
+
+def test_judge_learns_extra_identities_that_are_never_test_identities(tmp_path) -> None:
+    """judge.extra_identities: the judge's classifier covers its half of the training identities plus
+    the extra ones; those are rendered beside the dataset with ids after its last subject (so never a
+    test identity); at 0 the setting stays out of the judge's key (older runs keep theirs)."""
+    from pathlib import Path
+
+    from slimface import stage_keys as K
+    from slimface.config import load_config
+    from slimface.data.loaders import load_dataset
+    from slimface.pipeline import Pipeline, PipelineConfig
+    from safetensors.torch import load_file
+
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    over = {"out_dir": str(tmp_path / "run"), "data.root": str(tmp_path / "data"), "judge.train.steps": 2,
+            "judge.extra_identities": 3}
+    cfg = load_config(PipelineConfig, tiny, over)
+    p = Pipeline(cfg, progress=False)
+    p.stage_data()
+    info = p.stage_judge()
+    own = p.data.recognition_records(cfg.judge.max_abs_yaw, cfg.judge.identities)
+    assert info["identities"] == len({r.subject for r in own}) + 3
+    extra_root = next((tmp_path / "data").glob("*_extra3_y30"))
+    extra = {r.subject for r in load_dataset("synth", extra_root)}
+    assert extra == {"017", "018", "019"}  # the tiny dataset has subjects 001..016
+    assert not extra & {r.subject for r, _ in p.data.test_pairs}
+    fc2 = load_file(tmp_path / "run" / "judge" / "judge.safetensors")
+    assert [v.shape[0] for k, v in fc2.items() if k.endswith("fc2.weight")] == [info["identities"]]
+    assert p.judges["judge"] is not None  # its shape is known without rendering again
+    plain = load_config(PipelineConfig, tiny, {**over, "judge.extra_identities": 0})
+    assert "extra_identities" not in K.own_settings(plain, "judge")["judge"]
+    assert K.own_settings(plain, "judge") != K.own_settings(cfg, "judge")

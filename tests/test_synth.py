@@ -198,3 +198,31 @@ def test_preview_grid(tiny: Path, tmp_path: Path) -> None:
     assert (cells.std(axis=(1, 3, 4)) > 10).all()  # every cell holds an image
     with pytest.raises(DataError):
         make_preview(tmp_path, tmp_path / "none.png")
+
+
+def test_extra_identities_are_new_near_frontal_faces_of_the_same_generator(tiny: Path, tmp_path: Path) -> None:
+    """A judge's extra identities: ids after the dataset's last subject, only |yaw| <= max_abs_yaw at
+    pitch 0, the very pixels the dataset would render for those ids, loadable as a synth dataset."""
+    from slimface.data.loaders import load_dataset
+    from slimface.data.synth import render_identities
+
+    root = render_identities(TINY, 2, 15, tmp_path / "extra", progress=False, workers=1)
+    rows = _rows(root)
+    assert {r["subject"] for r in rows} == {"004", "005"}
+    assert sorted({int(r["yaw"]) for r in rows}) == [-15, 0, 15]
+    assert len(rows) == 2 * 3 * 2
+    bigger = SynthConfig(subjects=5, train_subjects=2, resolution=64, illuminations=2, seed=0)
+    full = render_dataset(bigger, tmp_path / "full", progress=False, workers=1)
+    for name, data in _files(root).items():
+        assert (full / "images" / name).read_bytes() == data
+    meta = json.loads((root / "dataset.json").read_text())
+    assert meta["subject_ids"] == [4, 5] and meta["complete"] is True
+    index = load_dataset("synth", root)
+    assert len(list(index)) == len(rows)
+    # cached: a second call renders nothing; another count is another dataset
+    stamp = (root / "dataset.json").stat().st_mtime_ns
+    render_identities(TINY, 2, 15, root, progress=False, workers=1)
+    assert (root / "dataset.json").stat().st_mtime_ns == stamp
+    assert len(_rows(render_identities(TINY, 1, 15, root, progress=False, workers=1))) == 1 * 3 * 2
+    with pytest.raises(ConfigError, match="beyond the 3-digit"):
+        render_identities(TINY, 997, 15, tmp_path / "x", progress=False)

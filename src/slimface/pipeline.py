@@ -260,13 +260,34 @@ class Pipeline:
         return self._recognizer
 
     def _recognition_records(self, settings: "RecognizerSettings | JudgeSettings") -> list:
-        return self.data.recognition_records(settings.max_abs_yaw, settings.identities)
+        records = self.data.recognition_records(settings.max_abs_yaw, settings.identities)
+        extra = getattr(settings, "extra_identities", 0)
+        if extra:
+            records += self._extra_identity_records(extra, settings.max_abs_yaw)
+        return records
+
+    def _extra_identity_records(self, count: int, max_abs_yaw: int) -> list:
+        """Near-frontal images of ``count`` synth identities beyond the dataset's subjects (rendered
+        once next to the dataset): more faces for the judge, none of them a test identity."""
+        from slimface.data.loaders import load_dataset
+        from slimface.data.synth import render_identities
+
+        d = self.cfg.data
+        if d.kind != "synth":
+            raise ConfigError(f"judge.extra_identities {count}: extra identities are rendered by the built-in "
+                              "data only; set it to 0 for a dataset on disk")
+        root = self._dataset_root()
+        root = root.with_name(f"{root.name}_extra{count}_y{max_abs_yaw}")
+        render_identities(d.synth, count, max_abs_yaw, root, progress=self.progress)
+        return list(load_dataset("synth", root, policy=d.policy))
 
     def _build_recognizer(self, settings: "RecognizerSettings | JudgeSettings") -> nn.Module:
         """A LightCNN with one class per identity it learns (the subset named by ``settings``)."""
         from slimface.models.recognizer import build_recognizer
 
-        num_classes = len({r.subject for r in self._recognition_records(settings)})
+        # counted without rendering the extra identities: a shipped judge needs only its shape
+        dataset_ids = {r.subject for r in self.data.recognition_records(settings.max_abs_yaw, settings.identities)}
+        num_classes = len(dataset_ids) + getattr(settings, "extra_identities", 0)
         return build_recognizer(settings.variant, input_size=self.cfg.data.resolution,
                                 width_mult=settings.width_mult, num_classes=num_classes,
                                 channels=self.cfg.data.channels)
@@ -335,8 +356,9 @@ class Pipeline:
             "root": str(root), "train_pairs": len(b.train_pairs), "val_pairs": len(b.val_pairs),
             "test_probes": len(b.test_pairs), "gallery": len(b.gallery),
             "train_identities": len(b.subject_labels),
-            "recognizer_images": len(self._recognition_records(self.cfg.recognizer)),
-            "judge_images": len(self._recognition_records(self.cfg.judge)),
+            "recognizer_images": len(b.recognition_records(self.cfg.recognizer.max_abs_yaw,
+                                                           self.cfg.recognizer.identities)),
+            "judge_images": len(b.recognition_records(self.cfg.judge.max_abs_yaw, self.cfg.judge.identities)),
             "skipped_files": b.skipped,
         }
         _say("  " + ", ".join(f"{k} {v}" for k, v in info.items() if k != "root"))

@@ -70,9 +70,9 @@ SESSION = "01"
 RECORDING = "01"
 
 __all__ = [
-    "SynthConfig", "render_dataset", "is_complete", "render_face", "sample_identity",
-    "identity_params", "image_name", "MANIFEST_COLUMNS", "YAW_TO_CAMERA", "FaceParams", "data_fingerprint",
-    "RENDER_VERSION",
+    "SynthConfig", "render_dataset", "render_identities", "identities_metadata", "is_complete",
+    "render_face", "sample_identity", "identity_params", "image_name", "MANIFEST_COLUMNS", "YAW_TO_CAMERA",
+    "FaceParams", "data_fingerprint", "RENDER_VERSION",
 ]
 
 
@@ -209,12 +209,14 @@ def _fmt(v: float) -> str:
     return f"{v:.2f}"
 
 
-def render_subject(cfg: SynthConfig, root: Path, subject: int) -> list[list[str]]:
-    """Render and write every image of one subject; returns its manifest rows."""
+def render_subject(cfg: SynthConfig, root: Path, subject: int,
+                   poses: list[tuple[int, int]] | None = None) -> list[list[str]]:
+    """Render and write every image of one subject (at ``poses``, default ``cfg.poses()``); returns
+    its manifest rows."""
     ident = Identity(identity_params(cfg.seed, subject))
     rows: list[list[str]] = []
     codes = cfg.illumination_codes()
-    for yaw, pitch in cfg.poses():
+    for yaw, pitch in (cfg.poses() if poses is None else poses):
         geo = ident.geometry(float(yaw), float(pitch), cfg.resolution)
         lm = geo.landmarks
         for code in codes:
@@ -239,10 +241,10 @@ def _rows_to_csv(rows: list[list[str]], header: bool) -> str:
     return buf.getvalue()
 
 
-def _subject_task(args: tuple[SynthConfig, str, int]) -> int:
+def _subject_task(args: tuple[SynthConfig, str, int, list[tuple[int, int]]]) -> int:
     """Worker entry: render one subject, then record its rows (atomically) for resuming."""
-    cfg, root, subject = args
-    rows = render_subject(cfg, Path(root), subject)
+    cfg, root, subject, poses = args
+    rows = render_subject(cfg, Path(root), subject, poses)
     atomic_write(Path(root) / ".parts" / f"{subject_id(subject)}.csv", _rows_to_csv(rows, False))
     return subject
 
@@ -262,18 +264,20 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def is_complete(out: str | Path, cfg: SynthConfig) -> bool:
     """True if ``out`` holds a finished render with exactly these parameters."""
-    out = Path(out)
+    return _complete(Path(out), cfg.metadata())
+
+
+def _complete(out: Path, want: dict[str, Any]) -> bool:
     meta = _read_json(out / "dataset.json")
     if meta is None or meta.get("complete") is not True or not (out / "manifest.csv").is_file():
         return False
-    return all(meta.get(k) == v for k, v in cfg.metadata().items())
+    return all(meta.get(k) == v for k, v in want.items())
 
 
-def _prepare(out: Path, cfg: SynthConfig) -> None:
+def _prepare(out: Path, want: dict[str, Any]) -> None:
     """Make ``out`` ready to (re)render: keep matching partial work, drop stale synth output."""
     meta_path = out / "dataset.json"
     parts = out / ".parts"
-    want = cfg.metadata()
     stale = False
     if meta_path.exists():
         meta = _read_json(meta_path)
@@ -305,16 +309,50 @@ def render_dataset(cfg: SynthConfig, out: str | Path, progress: bool = True,
     """
     cfg.validate()
     check(cfg.resolution is not None, "synth resolution is not set; use 64 or 128 (a run: data.resolution)")
-    out = Path(out)
-    if is_complete(out, cfg):
+    return _render(cfg, Path(out), list(range(1, cfg.subjects + 1)), cfg.poses(), cfg.metadata(),
+                   progress, workers)
+
+
+def identities_metadata(cfg: SynthConfig, count: int, max_abs_yaw: int) -> dict[str, Any]:
+    """The dataset.json content of :func:`render_identities` (without ``complete``)."""
+    poses = [(y, p) for y, p in cfg.poses() if abs(y) <= max_abs_yaw and p == 0]
+    first = cfg.subjects + 1
+    return {**cfg.metadata(), "purpose": "identities beyond the dataset's subjects (a judge's training set)",
+            "subject_ids": [first, first + count - 1], "train_subjects": count,
+            "yaws": sorted({y for y, _ in poses}), "pitches": [0],
+            "images": count * len(poses) * cfg.illuminations}
+
+
+def render_identities(cfg: SynthConfig, count: int, max_abs_yaw: int, out: str | Path,
+                      progress: bool = True, workers: int | None = None) -> Path:
+    """Render ``count`` identities the dataset of ``cfg`` never contains (subject ids after its last,
+    from the same generator and seed) at its yaws with ``|yaw| <= max_abs_yaw``, pitch 0, every
+    illumination: more faces for a judge to learn, none of them a test identity. A synth dataset of
+    its own (same layout; every subject counts as a training subject), cached like the dataset."""
+    cfg.validate()
+    check(cfg.resolution is not None, "synth resolution is not set; use 64 or 128 (a run: data.resolution)")
+    check(count >= 1, f"extra identities {count} must be >= 1")
+    last = cfg.subjects + count
+    check(last <= 999, f"{count} extra identities after the dataset's {cfg.subjects} subjects need ids up to "
+                       f"{last}, beyond the 3-digit Multi-PIE ids; use at most {999 - cfg.subjects}")
+    meta = identities_metadata(cfg, count, max_abs_yaw)
+    check(bool(meta["yaws"]), f"no rendered yaw is within max_abs_yaw {max_abs_yaw}")
+    poses = [(y, 0) for y in meta["yaws"]]
+    return _render(cfg, Path(out), list(range(cfg.subjects + 1, last + 1)), poses, meta, progress, workers)
+
+
+def _render(cfg: SynthConfig, out: Path, subjects: list[int], poses: list[tuple[int, int]],
+            want: dict[str, Any], progress: bool, workers: int | None) -> Path:
+    """Render ``subjects`` at ``poses`` into ``out`` unless it already holds a finished render whose
+    dataset.json says ``want``; resumable per subject."""
+    if _complete(out, want):
         return out
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"cannot create synth output directory {out}: {exc.strerror}") from exc
-    _prepare(out, cfg)
+    _prepare(out, want)
     parts = out / ".parts"
-    subjects = list(range(1, cfg.subjects + 1))
     todo = [s for s in subjects if not (parts / f"{subject_id(s)}.csv").is_file()]
     nworkers = max(1, min(workers or min(2, os.cpu_count() or 1), len(todo) or 1))
 
@@ -322,7 +360,7 @@ def render_dataset(cfg: SynthConfig, out: str | Path, progress: bool = True,
 
     bar = tqdm(total=len(subjects), initial=len(subjects) - len(todo), unit="subject",
                desc="synth faces", disable=not progress)
-    tasks = [(cfg, str(out), s) for s in todo]
+    tasks = [(cfg, str(out), s, poses) for s in todo]
     if nworkers == 1:
         for t in tasks:
             _subject_task(t)
@@ -336,8 +374,7 @@ def render_dataset(cfg: SynthConfig, out: str | Path, progress: bool = True,
 
     chunks = [(parts / f"{subject_id(s)}.csv").read_text() for s in subjects]
     atomic_write(out / "manifest.csv", _rows_to_csv([], True) + "".join(chunks))
-    meta = dict(cfg.metadata(), complete=True)
-    atomic_write(out / "dataset.json", json.dumps(meta, indent=2) + "\n")
+    atomic_write(out / "dataset.json", json.dumps(dict(want, complete=True), indent=2) + "\n")
     shutil.rmtree(parts, ignore_errors=True)
     return out
 

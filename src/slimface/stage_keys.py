@@ -42,7 +42,9 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "recognizer": ("data",),
     "judge": ("data",),
     "teacher": ("data", "recognizer"),
-    "supernet": ("data", "recognizer", "teacher.{fam}"),
+    "sensitivity": ("data", "recognizer", "teacher.{fam}"),
+    # the sensitivity table only while student.separable is auto (see dependencies)
+    "supernet": ("data", "recognizer", "teacher.{fam}", "sensitivity.{fam}"),
     "search": ("data", "recognizer", "teacher.{fam}", "supernet.{fam}"),  # teacher: a "10x" budget
     "finetune": ("data", "recognizer", "teacher.{fam}", "supernet.{fam}", "search.{fam}"),
     "export": ("data", "search.{fam}", "finetune.{fam}"),
@@ -72,8 +74,10 @@ def label(stage: str) -> str:
     return f"{fam} {kind}" if fam else stage
 
 
-def dependencies(stage: str, stages: Sequence[str]) -> list[str]:
-    """The stages of this run whose outputs ``stage`` reads, in run order."""
+def dependencies(stage: str, stages: Sequence[str], cfg: Any = None) -> list[str]:
+    """The stages of this run whose outputs ``stage`` reads, in run order. With ``cfg``, a supernet
+    reads its family's sensitivity table only under ``student.separable: auto`` (a table made for
+    the report alone does not make the supernet stale)."""
     kind, fam = split(stage)
     wanted: list[str] = []
     for pattern in DEPENDS.get(kind, ()):
@@ -81,6 +85,8 @@ def dependencies(stage: str, stages: Sequence[str]) -> list[str]:
             wanted += [s for s in stages if split(s)[0] == pattern[:-2] and split(s)[1]]
         else:
             wanted.append(pattern.format(fam=fam))
+    if kind == "supernet" and cfg is not None and cfg.student_for(fam).separable != "auto":
+        wanted.remove(f"sensitivity.{fam}")
     return [s for s in stages if s in wanted]
 
 
@@ -116,9 +122,18 @@ def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
         if not teacher.get("lr_decay_steps"):  # constant lr, the default: older runs keep their keys
             teacher.pop("lr_decay_steps", None)
         s = {f"teachers.{fam}": teacher, "seed": c.seed}
+    elif kind == "sensitivity":
+        student = _without_conv_types(_without_zero_seed(to_dict(c.student_for(fam))), "auto")
+        for unread in ("sampling", "budget_low", "warm_start", "decay_steps"):  # a fixed, constant-lr fine-tune
+            student.pop(unread, None)
+        if student.get("warm_start_fit") != "activations":
+            student.pop("warm_start_fit_images", None)
+        student["train"] = {k: student["train"][k] for k in ("lr", "batch_size")}
+        s = {"student": student, "search": {k: to_dict(c.search)[k] for k in ("val_batches", "bn_batches")},
+             "eval_batch_size": c.eval_batch_size, "seed": c.seed}
     elif kind == "supernet":
         student = c.student_for(fam)
-        s = {"student": _without_zero_seed(to_dict(student)), "seed": c.seed}
+        s = {"student": _without_conv_types(_without_zero_seed(to_dict(student))), "seed": c.seed}
         if not (student.warm_start and student.warm_start_fit == "activations"):
             for unused in ("warm_start_fit", "warm_start_fit_images"):  # older runs keep their keys
                 s["student"].pop(unused, None)
@@ -128,8 +143,11 @@ def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
         s = {"search": to_dict(c.search), "eval_batch_size": c.eval_batch_size, "seed": c.seed}
         if c.student_for(fam).seed:  # the compression seed (student.seed) also seeds the search
             s["student.seed"] = c.student_for(fam).seed
+        for key, value in _without_conv_types(to_dict(c.student_for(fam))).items():
+            if key.startswith("separable"):  # the design searched (the default, all, stays out)
+                s[f"student.{key}"] = value
     elif kind == "finetune":
-        student = _without_zero_seed(to_dict(c.student_for(fam)))
+        student = _without_conv_types(_without_zero_seed(to_dict(c.student_for(fam))))
         for supernet_only in ("train", "warm_start", "warm_start_fit", "warm_start_fit_images", "sampling",
                               "budget_low", "decay_steps"):
             student.pop(supernet_only, None)
@@ -145,6 +163,26 @@ def _without_zero_seed(student: dict[str, Any]) -> dict[str, Any]:
     """A ``student`` section minus ``seed: 0`` (the compression seed's default): runs made before it
     existed keep their keys; any other value is a setting of the supernet, search and fine-tune."""
     return {k: v for k, v in student.items() if not (k == "seed" and v == 0)}
+
+
+def _without_conv_types(student: dict[str, Any], keep: str = "") -> dict[str, Any]:
+    """A ``student`` section minus the conv-type and sensitivity settings that change nothing for a
+    stage: ``separable`` while it is ``all`` (the default: older runs keep their keys),
+    ``separable_keep`` unless it is ``auto``, and the sensitivity switches (their effect reaches the
+    supernet through the sensitivity table). ``keep="auto"``: the sensitivity stage's own view (it
+    keeps ``sensitivity_steps``, and no conv-type setting)."""
+    out = dict(student)
+    separable = out.get("separable", "all")
+    drop = {"sensitivity"}
+    if keep == "auto":
+        drop |= {"separable", "separable_keep"}
+    else:
+        drop.add("sensitivity_steps")
+        if separable == "all":
+            drop.add("separable")
+        if separable != "auto":
+            drop.add("separable_keep")
+    return {k: v for k, v in out.items() if k not in drop}
 
 
 def _without_run_fields(obj: Any, parent: str = "") -> Any:
@@ -256,6 +294,8 @@ def output_paths(cfg: Any, out: str | Path, stage: str, outputs: dict[str, Any] 
         paths = [out / fam / "search" / "result.json", out / fam / "search" / "evaluated.jsonl"]
     elif kind == "finetune":
         paths = [out / fam / "finetune" / "supernet.safetensors"]
+    elif kind == "sensitivity":  # what the supernet reads (the .md and .png are views of it)
+        paths = [out / fam / "sensitivity" / "sensitivity.json"]
     elif kind == "export":
         paths = _folder_files(out / fam / "export")
     else:
@@ -408,7 +448,7 @@ def stage_key(cfg: Any, out: str | Path, stage: str, stages: Sequence[str]) -> S
     resume = resume_settings(cfg, stage)
     inputs: dict[str, str | None] = {}
     lineage: dict[str, str] = {}
-    markers = {dep: read_marker(out, dep) for dep in dependencies(stage, stages)}
+    markers = {dep: read_marker(out, dep) for dep in dependencies(stage, stages, cfg)}
     for dep, marker in markers.items():
         inputs[dep] = content_digest(marker, out) if marker is not None else None
         if inputs[dep] is not None:
@@ -505,7 +545,7 @@ def status(cfg: Any, out: str | Path, stages: Sequence[str]) -> list[StageStatus
     for stage in stages:
         marker = read_marker(out, stage)
         reasons = stale_reasons(marker, stage_key(cfg, out, stage, stages), out)
-        waiting = [d for d in dependencies(stage, stages) if states.get(d, "done") != "done"]
+        waiting = [d for d in dependencies(stage, stages, cfg) if states.get(d, "done") != "done"]
         if reasons and reasons[0].missing:
             row = StageStatus(stage, "missing", "" if marker is None else reasons[0].text)
             roots[stage] = [stage]

@@ -20,6 +20,8 @@ from slimface.nn.counts import format_count, parse_count
 from slimface.train.config import TrainConfig
 
 GanMode = Literal["bce", "wgan-gp"]
+#: the named ``student.separable`` settings (or a list of fnmatch patterns)
+SEPARABLE_CHOICES = ("all", "none", "auto")
 
 
 @dataclass
@@ -69,6 +71,16 @@ class OFAConfig(DistillConfig):
     ``seed``: the compression seed, added to the run's top-level ``seed`` by the supernet, search and
     fine-tune stages only, so the compression can be repeated from one trained teacher (the top-level
     seed also keys data, recognizers and teacher); 0 keeps every earlier run's keys and results.
+
+    Conv types (``separable``): which of the family's convertible convs the student splits into
+    depthwise + pointwise. ``all`` (the family's student spec, what every earlier run built), ``none``
+    (normal convs only: the width-only "mobile teacher" space), a list of fnmatch patterns (separable
+    where one matches the conv's module name or a width group it writes) or ``auto`` (from this run's
+    sensitivity table: the ``ceil(separable_keep x n)`` convs whose conversion costs most metric per
+    MAC saved stay normal; slimface.compress.conv_types).
+    Sensitivity (``sensitivity``; also run when ``separable: auto`` needs it): every convertible conv
+    made separable alone and every prunable group shrunk alone, each scored after BN recalibration and
+    a fixed ``sensitivity_steps``-step fine-tune (slimface.compress.sensitivity).
     """
 
     sampling: Literal["uniform", "sandwich", "budget"] = "uniform"
@@ -80,11 +92,25 @@ class OFAConfig(DistillConfig):
     beta2: float = 0.999
     decay_steps: Optional[int] = None
     seed: int = 0
+    separable: Union[str, list[str]] = "all"  # all | none | auto | [fnmatch patterns]
+    separable_keep: float = 0.25  # auto: the share of convertible convs kept normal
+    sensitivity: bool = False  # run the sensitivity stage (also run when separable is auto)
+    sensitivity_steps: int = 10  # the fixed fine-tune of every sensitivity variant (0: BN recalibration only)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
         super().validate()
         check(self.seed >= 0, f"student.seed must be >= 0, got {self.seed}")
+        if isinstance(self.separable, str):
+            check(self.separable in SEPARABLE_CHOICES,
+                  f"student.separable {self.separable!r}: use all, none, auto or a list of fnmatch patterns "
+                  "over conv module / width-group names")
+        else:
+            check(len(self.separable) > 0 and all(p.strip() for p in self.separable),
+                  f"student.separable {self.separable!r}: a pattern list needs at least one non-empty pattern "
+                  "(use none for no separable conv)")
+        check(0 <= self.separable_keep <= 1, f"student.separable_keep must be in [0, 1], got {self.separable_keep}")
+        check(self.sensitivity_steps >= 0, f"student.sensitivity_steps must be >= 0, got {self.sensitivity_steps}")
         check(self.sampling in ("uniform", "sandwich", "budget"),
               f"student.sampling {self.sampling!r}: use 'uniform', 'sandwich' or 'budget'")
         check(0 < self.budget_low <= 1, f"student.budget_low must be in (0, 1], got {self.budget_low}")
@@ -95,6 +121,11 @@ class OFAConfig(DistillConfig):
         check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "student.beta1/beta2 must be in [0, 1)")
         check(self.decay_steps is None or 0 <= self.decay_steps <= self.train.steps,
               f"student.decay_steps must be in [0, train.steps={self.train.steps}], got {self.decay_steps}")
+
+    @property
+    def runs_sensitivity(self) -> bool:
+        """Whether the run has a sensitivity stage for this student (asked for, or needed by ``auto``)."""
+        return self.sensitivity or self.separable == "auto"
 
     @property
     def decay(self) -> int:
@@ -200,4 +231,4 @@ class SearchConfig:
         check(self.val_batches >= 1 and self.bn_batches >= 1, "search.val_batches and bn_batches must be >= 1")
 
 
-__all__ = ["Budget", "DistillConfig", "FinetuneConfig", "GanMode", "OFAConfig", "SearchConfig"]
+__all__ = ["Budget", "DistillConfig", "FinetuneConfig", "GanMode", "OFAConfig", "SEPARABLE_CHOICES", "SearchConfig"]

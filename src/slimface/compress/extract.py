@@ -4,7 +4,7 @@ a small preset mapped onto the full-size design space."""
 from __future__ import annotations
 
 import statistics
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from torch import nn
 
@@ -17,19 +17,23 @@ from slimface.nn.super_layers import load_subnet_weights, width_groups
 
 def extract_subnet(family: Family | str, supernet: nn.Module, cfg: Mapping[str, int], resolution: int,
                    channels: int = 3, width_mult: float = 1.0) -> Generator:
-    """The static student with sub-network ``cfg``'s widths, weights copied from the supernet slices
-    (BN running statistics included: recalibrate the supernet for ``cfg`` first if needed)."""
+    """The static student with sub-network ``cfg``'s widths and the supernet's conv types (its
+    ``separable``: all, none or the names of its separable convs), weights copied from the supernet
+    slices (BN running statistics included: recalibrate the supernet for ``cfg`` first if needed)."""
     name = family if isinstance(family, str) else family.name
-    static = build_generator(name, resolution, channels, width_mult, separable=True, sub=dict(cfg))
     inner = unwrap(supernet)
+    separable = getattr(inner, "separable", True)
+    static = build_generator(name, resolution, channels, width_mult, separable=separable, sub=dict(cfg))
     with active_config(inner, cfg):
         load_subnet_weights(inner, static)
     return static.eval()
 
 
-def student_space(model: str, resolution: int, channels: int, width_mult: float) -> tuple[Generator, ConfigSpace]:
-    """The family's supernet at this size and its student design space (from its declarative spec)."""
-    supernet = build_generator(model, resolution, channels, width_mult, separable=True)
+def student_space(model: str, resolution: int, channels: int, width_mult: float,
+                  separable: bool | Sequence[str] = True) -> tuple[Generator, ConfigSpace]:
+    """The family's supernet at this size (conv types ``separable``: all by default) and its student
+    design space (from its declarative spec)."""
+    supernet = build_generator(model, resolution, channels, width_mult, separable=separable)
     return supernet, ConfigSpace.from_supernet(get_family(model), supernet)
 
 

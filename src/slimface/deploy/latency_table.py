@@ -531,9 +531,24 @@ def _family(family: Any) -> Any:
 
 
 def _build(family: Any, model: Mapping[str, Any], cfg: Mapping[str, int] | None) -> nn.Module:
+    """Sub-network ``cfg`` of the student design ``model`` describes (``separable``: its conv types,
+    all separable when absent)."""
+    from slimface.models.blocks import set_conv_types
+
     fam = _family(family)
-    return fam.build_generator(resolution=model["resolution"], channels=model["channels"],
-                               width_mult=model["width_mult"], separable=True, sub=dict(cfg or {})).eval()
+    separable = model.get("separable", True)
+    net = fam.build_generator(resolution=model["resolution"], channels=model["channels"],
+                              width_mult=model["width_mult"], separable=separable is not False, sub=dict(cfg or {}))
+    if not isinstance(separable, bool):
+        net.separable = set_conv_types(net, separable)
+    return net.eval()
+
+
+def _design(net: Any) -> dict[str, Any]:
+    """The conv types of a student generator for a table's ``model`` (left out while all are
+    separable, so tables made before conv-type mixes stay valid)."""
+    separable = getattr(net, "separable", True)
+    return {} if separable is True else {"separable": separable}
 
 
 def onnx_node_module(node_name: str) -> str:
@@ -742,7 +757,8 @@ def fit_configs(space: Any, n: int, seed: int = 0) -> list[dict[str, int]]:
 
 def build_table(family: Any, resolution: int, channels: int = 3, width_mult: float = 1.0,
                 runtime: str = "torch", threads: int = 1, max_grid: int = 4, fit_subnets: int = 6,
-                seed: int = 0, progress: Callable[[str], None] | None = None) -> LatencyTable:
+                seed: int = 0, progress: Callable[[str], None] | None = None,
+                separable: bool | Sequence[str] = True) -> LatencyTable:
     """Time every site of ``family``'s student design space at this size in ``runtime`` (see the
     module docstring) and fit the per-network overhead on ``fit_subnets`` whole sub-networks."""
     from slimface.compress.space import ConfigSpace
@@ -756,6 +772,8 @@ def build_table(family: Any, resolution: int, channels: int = 3, width_mult: flo
     fam = _family(family)
     model = {"family": fam.name, "resolution": int(resolution), "channels": int(channels),
              "width_mult": float(width_mult)}
+    if separable is not True:  # a conv-type mix (student.separable); all separable is the default design
+        model["separable"] = separable if isinstance(separable, bool) else sorted(separable)
     supernet = _build(fam, model, None)
     space = ConfigSpace.from_supernet(fam, supernet)
     layers = design_layers(supernet)
@@ -826,7 +844,7 @@ def search_latency_model(family: Any, supernet: nn.Module, runtime: str, threads
     fam = _family(family)
     net: Any = supernet
     model = {"family": fam.name, "resolution": int(net.resolution), "channels": int(net.channels),
-             "width_mult": float(net.width_mult)}
+             "width_mult": float(net.width_mult), **_design(net)}
     if table_path is not None:
         table = LatencyTable.load(table_path)
         if table.runtime != runtime:
@@ -849,7 +867,7 @@ def search_latency_model(family: Any, supernet: nn.Module, runtime: str, threads
             if progress:
                 progress(f"  timing the {runtime} latency of every layer shape ({threads} thread(s)) for the search")
             build_table(fam, model["resolution"], model["channels"], model["width_mult"], runtime, threads,
-                        progress=progress).save(path)
+                        progress=progress, separable=model.get("separable", True)).save(path)
     D.barrier()
     return LatencyModel(LatencyTable.load(path), supernet)
 

@@ -9,7 +9,7 @@ config (which validates against it) stays fast, and models are imported when one
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from slimface.errors import ConfigError
 from slimface.families import crgan, pim, tpgan
@@ -41,13 +41,24 @@ def family_names() -> list[str]:
 
 
 def build_generator(name: str, resolution: int = 128, channels: int = 3, width_mult: float = 1.0,
-                    separable: bool = False, sub: Mapping[str, int] | None = None) -> "Generator":
-    """Build a generator; ``separable``/``sub`` give the student supernet / a static sub-network."""
+                    separable: bool | Sequence[str] = False, sub: Mapping[str, int] | None = None) -> "Generator":
+    """Build a generator; ``separable``/``sub`` give the student supernet / a static sub-network.
+
+    ``separable``: True splits every convertible conv (the family's student), False none (the
+    teacher), a list of module names splits exactly those: the family builds its student and
+    :func:`slimface.models.blocks.set_conv_types` turns the others back into normal convs, so no
+    family needs to know about conv-type mixes."""
     if resolution not in (64, 128):
         raise ConfigError(f"resolution must be 64 or 128, got {resolution}")
-    return get_family(name).build_generator(
-        resolution=resolution, channels=channels, width_mult=width_mult, separable=separable, sub=sub
+    mixed = not isinstance(separable, bool)
+    gen = get_family(name).build_generator(
+        resolution=resolution, channels=channels, width_mult=width_mult, separable=bool(separable) or mixed, sub=sub
     )
+    if mixed:
+        from slimface.models.blocks import set_conv_types
+
+        gen.separable = set_conv_types(gen, list(separable))  # type: ignore[arg-type]
+    return gen
 
 
 def generator_from_arch(arch: Mapping[str, Any]) -> "Generator":

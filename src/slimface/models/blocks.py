@@ -3,12 +3,13 @@
 All convolutions are super layers, so the same block serves a teacher (full widths), a once-for-all
 student (``set_widths``) and an exported sub-network (built with the chosen widths). ``separable=True``
 swaps the block's k x k convs for depthwise-separable ones: the paper's cheap design for layers that
-are insensitive to it (residual blocks); up-sampling stays normal convs.
+are insensitive to it (residual blocks); up-sampling stays normal convs. Which of those *convertible*
+convs a student really splits is a per-conv choice (:func:`set_conv_types`, ``student.separable``).
 """
 
 from __future__ import annotations
 
-from typing import Literal, Mapping
+from typing import Iterable, Literal, Mapping
 
 from torch import Tensor, nn
 
@@ -111,6 +112,43 @@ class ResBlock(nn.Module):
         return self.act2(x + y)
 
 
+def convertible_convs(model: nn.Module) -> list[str]:
+    """Module names of ``model``'s depthwise-separable convs, in module order. On a generator built
+    with ``separable=True`` these are the family's *convertible* convs: the design space of
+    :func:`set_conv_types`."""
+    return [name for name, m in model.named_modules() if isinstance(m, SeparableConv2d)]
+
+
+def normal_conv(sep: SeparableConv2d) -> SuperConv2d:
+    """The normal k x k conv that ``sep`` stands for: same layouts, kernel, stride, padding and bias,
+    i.e. exactly the module (and state-dict keys) a teacher has at that name."""
+    dw, pw = sep.depthwise, sep.pointwise
+    out = SuperConv2d(dw.in_chans, pw.out_chans, dw.kernel_size[0], dw.stride[0], bias=pw.bias is not None)
+    out.padding = dw.padding  # TP-GAN's even-kernel blocks pad by hand and zero it
+    return out.to(device=dw.weight.device, dtype=dw.weight.dtype)
+
+
+def set_conv_types(model: nn.Module, separable: Iterable[str]) -> bool | list[str]:
+    """Keep depthwise-separable only the convertible convs named in ``separable``; every other one
+    becomes the normal conv it stands for. ``model`` is built with ``separable=True`` (all of them
+    split). Returns the canonical conv-type value a generator records in ``arch()``: True (all
+    split, nothing changed), False (none) or the sorted names."""
+    names = set(separable)
+    convertible = convertible_convs(model)
+    unknown = sorted(names - set(convertible))
+    if unknown:
+        raise ValueError(f"{unknown[0]!r} is not a convertible conv of this model "
+                         f"(e.g. {', '.join(convertible[:3])})")
+    for name in convertible:
+        if name not in names:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, normal_conv(parent.get_submodule(child)))  # type: ignore[arg-type]
+    if names == set(convertible):
+        return True
+    return sorted(names) if names else False
+
+
 def res_stack(
     w: Widths, trunk: Chans, prefix: str, n: int, mid_full: int, k: int = 3, act: Act = "lrelu",
     separable: bool = False,
@@ -124,4 +162,5 @@ def res_stack(
 
 __all__ = [
     "Act", "activation", "Widths", "conv", "ConvBlock", "UpBlock", "ResBlock", "res_stack", "ch",
+    "convertible_convs", "normal_conv", "set_conv_types",
 ]

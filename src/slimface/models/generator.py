@@ -23,12 +23,14 @@ class Generator(nn.Module):
     coordinates) to frontal faces of the same shape; it is deterministic in eval mode so exported
     students can be compared with their supernet. ``forward_train`` returns everything the family's
     own losses need (multi-scale images, local patches, features...). ``family`` names the family
-    that builds it (the registry key, written into ``arch()``).
+    that builds it (the registry key, written into ``arch()``). ``separable`` says which convertible
+    convs are depthwise-separable: True (all: the family's student), False (none: the teacher) or
+    the sorted module names of those that are (a mix, :func:`slimface.models.blocks.set_conv_types`).
     """
 
     family: str = ""
 
-    def __init__(self, resolution: int, channels: int, width_mult: float, separable: bool,
+    def __init__(self, resolution: int, channels: int, width_mult: float, separable: bool | list[str],
                  sub: Mapping[str, int] | None) -> None:
         super().__init__()
         self.resolution = resolution

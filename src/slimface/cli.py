@@ -79,6 +79,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     return _run_pipeline(args, ["search"], force=True)
 
 
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    """The sensitivity table of every family's teacher (training data, recognizer and teacher first
+    when they are not done): ``OUT/<family>/sensitivity/sensitivity.{json,md,png}``."""
+    args.set = list(args.set or []) + ["student.sensitivity=true"]
+    return _run_pipeline(args, ["data", "recognizer", "teacher", "sensitivity"], force=False)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Each stage of a run as done / stale (what changed) / missing; runs and writes nothing."""
     cfg = _load_pipeline_config(args)
@@ -290,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      "is timed on this machine unless search.latency_table names one)")
     s.add_argument("--runtime", choices=["torch", "ort", "ort-int8"], help="runtime of --latency (default ort)")
     s.set_defaults(func=cmd_search)
+
+    sn = sub.add_parser("sensitivity", help="score each single change of the teacher (one conv made separable, "
+                                            "one width group at its smallest) after a short fine-tune: "
+                                            "OUT/<family>/sensitivity/ table and plot")
+    with_config(sn)
+    sn.set_defaults(func=cmd_sensitivity)
 
     e = sub.add_parser("evaluate", help="rank-1 per yaw, image quality and figures for a finished run; "
                                         "or a real-photo benchmark (--benchmark cfp-fp)")

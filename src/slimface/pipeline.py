@@ -39,7 +39,7 @@ log = logging.getLogger("slimface")
 TRAIN_STAGES = ("teacher", "supernet", "search", "finetune", "export")
 #: stages every torchrun process takes part in (DDP training, sharded search)
 DISTRIBUTED_STAGES = ("recognizer", "judge", "teacher", "supernet", "search", "finetune")
-ALL_STAGES = ("data", "recognizer", "judge", *TRAIN_STAGES, "evaluate", "bench", "report")
+ALL_STAGES = ("data", "recognizer", "judge", *TRAIN_STAGES, "sensitivity", "evaluate", "bench", "report")
 
 
 def _say(text: str) -> None:
@@ -141,7 +141,10 @@ class Pipeline:
     def stages(self) -> list[str]:
         names = ["data", "recognizer", "judge"]
         for fam in self.cfg.families:
-            names += [f"{kind}.{fam}" for kind in TRAIN_STAGES]
+            kinds = list(TRAIN_STAGES)
+            if self.cfg.student_for(fam).runs_sensitivity:  # optional: after the teacher, before the supernet
+                kinds.insert(kinds.index("supernet"), "sensitivity")
+            names += [f"{kind}.{fam}" for kind in kinds]
         return names + ["evaluate", "bench", "report"]
 
     def run(self, only: Iterable[str] | None = None, force: bool = False) -> dict[str, Any]:
@@ -432,12 +435,51 @@ class Pipeline:
         return disc.to(self.device)
 
     def _supernet(self, family: str) -> nn.Module:
-        from slimface.families import build_generator
+        """The student supernet with the conv types ``student.separable`` picks (slimface.compress.conv_types)."""
+        from slimface.compress.conv_types import build_supernet, read_table
 
         d = self.cfg.data
-        supernet = build_generator(family, d.resolution, d.channels, self.cfg.teacher(family).width_mult,
-                                   separable=True)
+        s = self.cfg.student_for(family)
+        table = None
+        if s.separable == "auto":
+            table = read_table(self.family_dir(family) / "sensitivity" / "sensitivity.json", family)
+        supernet = build_supernet(family, d.resolution, d.channels, self.cfg.teacher(family).width_mult,
+                                  s.separable, table, s.separable_keep)
         return supernet.to(self.device)
+
+    def stage_sensitivity(self, family: str) -> dict[str, Any]:
+        """Every convertible conv made separable alone, every prunable group shrunk alone, each scored
+        after the same short fine-tune (slimface.compress.sensitivity); table, Markdown and plot."""
+        from torch.utils.data import DataLoader
+
+        from slimface.compress.sensitivity import analyse
+        from slimface.evaluate.figures import plot_sensitivity
+        from slimface.families import get_family
+
+        s, sc, bs = self.cfg.student_for(family), self.cfg.search, self.cfg.eval_batch_size
+        out = self.family_dir(family) / "sensitivity"
+
+        def on_device(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [{k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in batches]
+
+        seed = self.compression_seed(family)
+        loader = DataLoader(self.pair_dataset(self.data.train_pairs), batch_size=s.train.batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(seed))
+        train = on_device([b for b, _ in zip(loader, range(max(1, s.sensitivity_steps)))])
+        val = on_device(self.batches(self.data.val_pairs, bs, sc.val_batches))
+        bn = on_device(self.batches(self.data.train_pairs[:: max(1, len(self.data.train_pairs) // (bs * sc.bn_batches))],
+                                    bs, sc.bn_batches))
+        table = analyse(get_family(family), self.teacher_generator(family), self._teacher_disc(family), s,
+                        steps=s.sensitivity_steps, train_batches=train, val_batches=val, bn_batches=bn,
+                        recognizer=self.recognizer, seed=seed,
+                        fit_batches=[(b["profile"], b["landmarks"]) for b in train], progress=_say)
+        paths = table.write(out)
+        png = plot_sensitivity([r.as_dict() for r in table.rows], out / "sensitivity.png",
+                               metric_label=f"{table.metric} metric change", title=f"{family}: one change at a time")
+        _say(f"  {len(table.rows)} single changes scored against the teacher's {table.metric} metric "
+             f"{table.baseline_metric:.4f}; table {paths['md']}")
+        return {"json": str(paths["json"]), "md": str(paths["md"]), "png": str(png), "rows": len(table.rows),
+                "baseline_metric": table.baseline_metric}
 
     def _ofa_task(self, family: str, supernet: nn.Module, fixed: dict[str, int] | None = None):  # noqa: ANN202
         """The supernet stage's task, or with ``fixed`` the fine-tune stage's: the same objective

@@ -1,4 +1,5 @@
-"""Figures for the report: image grids (paper Figs. 3–4), rank-1 vs yaw, and the MACs/identity Pareto plot.
+"""Figures for the report: image grids (paper Figs. 3–4), rank-1 vs yaw, the MACs/identity Pareto plot and
+the sensitivity plot (metric change vs MACs saved).
 
 Grids are composed with PIL so their pixel size is exact and predictable (cells are shown at native
 resolution, times ``scale``); plots use matplotlib's Agg backend, saved without tight cropping so
@@ -181,6 +182,41 @@ def plot_pareto(
         ax.set_ylabel(metric_label)
         ax.grid(True, alpha=0.3)
         ax.legend(loc="lower right", fontsize="small")
+        return _save(fig, out, dpi)
+    finally:
+        plt.close(fig)
+
+
+def plot_sensitivity(
+    rows: Sequence[Mapping[str, Any]],
+    out: str | Path,
+    figsize: tuple[float, float] = (6.4, 4.8),
+    dpi: int = 100,
+    metric_label: str = "metric change",
+    title: str = "Sensitivity: one change at a time",
+) -> Path:
+    """Scatter of each single change's metric change (``delta``) against the MACs it saves
+    (``macs_saved``), one marker per ``change`` kind (a sensitivity table's rows); the zero line is
+    the unchanged teacher after the same fine-tune."""
+    if not rows:
+        raise ValueError("plot_sensitivity needs at least one row")
+    saved = np.array([float(r["macs_saved"]) for r in rows])
+    top = float(np.abs(saved).max())
+    unit, div = ("GMACs", 1e9) if top >= 1e8 else ("MMACs", 1e6) if top >= 1e5 else ("MACs", 1.0)
+    styles = {"separable": ("o", "tab:blue", "conv -> separable"), "shrink": ("^", "tab:orange", "group -> smallest width")}
+    fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
+    try:
+        for kind in dict.fromkeys(str(r["change"]) for r in rows):
+            marker, colour, label = styles.get(kind, ("s", "tab:gray", kind))
+            pick = [i for i, r in enumerate(rows) if r["change"] == kind]
+            ax.scatter(saved[pick] / div, [float(rows[i]["delta"]) for i in pick], s=18, marker=marker,
+                       c=colour, alpha=0.75, label=label)
+        ax.axhline(0.0, c="black", lw=0.8)
+        ax.set_xlabel(f"{unit} saved")
+        ax.set_ylabel(metric_label)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="lower left", fontsize="small")
         return _save(fig, out, dpi)
     finally:
         plt.close(fig)

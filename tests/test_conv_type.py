@@ -194,3 +194,12 @@ def test_stage_keys_leave_the_default_out() -> None:
     # the sensitivity stage's key: its fine-tune and metric settings, not the conv-type choice
     sens = K.own_settings(auto, "sensitivity.tpgan")["student"]
     assert "separable" not in sens and sens["sensitivity_steps"] == 10 and set(sens["train"]) == {"lr", "batch_size"}
+
+
+def test_the_full_size_bench_builds_the_runs_mix() -> None:
+    from slimface.evaluate.arch_bench import build_pair
+
+    net = build_supernet("crgan", setting=["encoder.*"], **SIZE)
+    _, static, _ = build_pair("crgan", 128, 3, 0.0625, "smallest", net.separable)
+    # the 64 px student's separable convs, at 128 px (which adds a block on each side: kept normal)
+    assert static is not None and _separable(static) == net.separable

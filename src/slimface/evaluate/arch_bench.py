@@ -7,7 +7,7 @@ students can be measured here with random weights -- the paper's Table 3/4 setti
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -16,6 +16,7 @@ from slimface.deploy.calibration import random_calibration
 from slimface.errors import ConfigError, Int8RefusedError
 from slimface.evaluate.bench import RUNTIME_LABELS
 from slimface.families import build_generator, get_family
+from slimface.models.blocks import convertible_convs
 from slimface.models.generator import Generator
 from slimface.nn.profile import count_macs, count_params
 
@@ -50,21 +51,27 @@ def resolve_student(space: Any, student: str) -> dict[str, int]:
 
 
 def build_pair(model: str, resolution: int, channels: int, width_mult: float,
-               student: str | None) -> tuple[Generator, Generator | None, str | None]:
+               student: str | None, separable: bool | Sequence[str] = True,
+               ) -> tuple[Generator, Generator | None, str | None]:
+    """Teacher and static student (config ``student``, conv types ``separable``: a run's
+    ``Generator.separable``, all separable by default)."""
     check_arch_args(model, resolution, width_mult)
     teacher = build_generator(model, resolution, channels, width_mult, separable=False)
     if not student:
         return teacher, None, None
-    _, space = student_space(model, resolution, channels, width_mult)
+    supernet, space = student_space(model, resolution, channels, width_mult)
     cfg = resolve_student(space, student)
-    static = build_generator(model, resolution, channels, width_mult, separable=True, sub=cfg)
+    if not isinstance(separable, bool):  # names from another size of the model: the ones this size has
+        have = set(convertible_convs(supernet))
+        separable = [n for n in separable if n in have]
+    static = build_generator(model, resolution, channels, width_mult, separable=separable, sub=cfg)
     return teacher, static, space.encode(cfg)
 
 
 def bench_report(model: str, resolution: int = 128, width_mult: float = 1.0, student: str | None = "smallest",
                  warmup: int = 100, runs: int = 100, threads: int | None = None,
                  device: str = "cpu", runtimes: bool = False, n_calibration: int = 8,
-                 fold_bn: bool = True) -> dict[str, Any]:
+                 fold_bn: bool = True, separable: bool | Sequence[str] = True) -> dict[str, Any]:
     """Latency/peak memory of teacher vs student at batch 1 (random weights; eval mode; batch norms
     folded into their convs unless ``fold_bn`` is False).
 
@@ -78,7 +85,7 @@ def bench_report(model: str, resolution: int = 128, width_mult: float = 1.0, stu
 
     if runtimes and device != "cpu":
         raise ConfigError(f"--runtimes times ONNX Runtime on the CPU; drop --device {device} (or --runtimes)")
-    teacher, stud, code = build_pair(model, resolution, 3, width_mult, student or "smallest")
+    teacher, stud, code = build_pair(model, resolution, 3, width_mult, student or "smallest", separable)
     assert stud is not None
     if device != "cpu" and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: no GPU is available here; use --device cpu")

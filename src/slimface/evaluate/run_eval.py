@@ -284,7 +284,8 @@ def bench_run(ctx: RunContext) -> dict[str, Any]:
             # ... plus the deployment runtimes of that full-size student (PyTorch fp32 / ORT fp32 /
             # ORT int8, random weights, calibrated on random inputs): under entry["full_size"]["runtimes"]
             full = bench_report(fam, 128, 1.0, student=full_cfg, warmup=b.full_size_warmup,
-                                runs=b.full_size_runs, threads=b.threads, runtimes=True)
+                                runs=b.full_size_runs, threads=b.threads, runtimes=True,
+                                separable=getattr(student, "separable", True))  # the run's conv types
             entry["full_size"] = full
         results[fam] = entry
         rs = entry["run_size"]

@@ -309,7 +309,8 @@ class Pipeline:
         d = self.cfg.data
         ds = ImageDataset(records, d.resolution, d.channels, subject_labels(records), cache=d.cache_images,
                           policy=d.policy)
-        task = RecognizerTask(model, lr=settings.train.lr, total_steps=settings.train.steps)
+        clip = getattr(settings, "grad_clip", 0.0)  # a judge's setting; the loss recognizer trains unclipped
+        task = RecognizerTask(model, lr=settings.train.lr, total_steps=settings.train.steps, grad_clip=clip or None)
         metrics = Trainer(task, ds, self.train_config(settings.train, out, seed_offset)).fit()
         save_weights(model, out / weights_name)
         return {"final": metrics, "identities": len(ds.subject_to_label), "images": len(records)}

@@ -86,6 +86,8 @@ class JudgeSettings:
     # after its last subject, near-frontal): a recognizer generalises to unseen faces with the number
     # of identities it learnt, and none of these is a test identity (public LightCNNs learn ~80k people)
     extra_identities: int = 0
+    # clip the gradient norm at this value (0: off): many classes from scratch at lr 1e-3 can spike
+    grad_clip: float = 0.0
     seed: int = 1  # its own initialisation and batch order, apart from the loss recognizer's
     checkpoint: Optional[Path] = None  # a judge trained elsewhere (safetensors of this architecture)
     pretrained: bool = False  # instead of training: the shipped judge in ``weights`` (slimface.shipped)
@@ -96,6 +98,7 @@ class JudgeSettings:
     def validate(self) -> None:
         _check_width(self.width_mult, "judge.width_mult")
         check(self.extra_identities >= 0, f"judge.extra_identities {self.extra_identities} must be >= 0")
+        check(self.grad_clip >= 0, f"judge.grad_clip {self.grad_clip} must be >= 0 (0: off)")
         check(self.dlib_probes_per_group >= 0, "judge.dlib_probes_per_group must be >= 0 (0: every probe)")
 
 

@@ -112,8 +112,9 @@ def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
         judge = to_dict(c.judge)
         for evaluate_only in ("dlib", "dlib_probes_per_group"):  # read by the evaluate stage, not here
             judge.pop(evaluate_only, None)
-        if not judge.get("extra_identities"):  # the default: older runs keep their keys
-            judge.pop("extra_identities", None)
+        for off in ("extra_identities", "grad_clip"):  # 0 is the default: older runs keep their keys
+            if not judge.get(off):
+                judge.pop(off, None)
         s = {"judge": judge, "seed": c.seed}
     elif kind == "teacher":
         teacher = to_dict(c.teacher(fam))

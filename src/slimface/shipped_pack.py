@@ -66,8 +66,6 @@ def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: st
     stage wrote it, or more than :data:`MAX_TOTAL_BYTES` in all)."""
     from safetensors.torch import load_file, save
 
-
-
     run, out = Path(run), Path(out)
     fp16 = list(fp16)
     data_marker = K.read_marker(run, "data")

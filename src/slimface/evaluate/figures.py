@@ -166,7 +166,7 @@ def plot_pareto(
         raise ValueError("plot_pareto needs at least one point")
     macs = np.array([float(p["macs"]) for p in points])
     metric = np.array([float(p["metric"]) for p in points])
-    unit, div = ("GMACs", 1e9) if macs.max() >= 1e8 else ("MMACs", 1e6) if macs.max() >= 1e5 else ("MACs", 1.0)
+    unit, div = _mac_unit(float(macs.max()))
     fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
     try:
         ax.scatter(macs / div, metric, s=14, c="tab:gray", alpha=0.6, label="candidates")
@@ -201,8 +201,7 @@ def plot_sensitivity(
     if not rows:
         raise ValueError("plot_sensitivity needs at least one row")
     saved = np.array([float(r["macs_saved"]) for r in rows])
-    top = float(np.abs(saved).max())
-    unit, div = ("GMACs", 1e9) if top >= 1e8 else ("MMACs", 1e6) if top >= 1e5 else ("MACs", 1.0)
+    unit, div = _mac_unit(float(np.abs(saved).max()))
     styles = {"separable": ("o", "tab:blue", "conv -> separable"), "shrink": ("^", "tab:orange", "group -> smallest width")}
     fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
     try:
@@ -220,6 +219,11 @@ def plot_sensitivity(
         return _save(fig, out, dpi)
     finally:
         plt.close(fig)
+
+
+def _mac_unit(top: float) -> tuple[str, float]:
+    """The axis unit for MAC counts up to ``top`` and its divisor."""
+    return ("GMACs", 1e9) if top >= 1e8 else ("MMACs", 1e6) if top >= 1e5 else ("MACs", 1.0)
 
 
 def _save(fig: Any, out: str | Path, dpi: int) -> Path:

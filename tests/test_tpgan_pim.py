@@ -297,3 +297,24 @@ def test_pim_task_trains_all_nets() -> None:
     for k, net in task.nets.items():
         moved = any(not torch.equal(a, p) for a, p in zip(snap[k], net.parameters()))
         assert moved, k
+
+
+def test_up_kernel_sets_every_stride2_transposed_conv_and_keeps_sizes() -> None:
+    """TPGANArch.up_kernel: 3 is the official graph (what every shipped weight has); 4 overlaps
+    evenly (no even/odd-row checkerboard) and still exactly doubles each size."""
+    import dataclasses
+
+    import torch
+
+    from slimface.families.tpgan.model import TPGAN_ARCH, TPGANGenerator
+    from slimface.models.blocks import up2_padding
+    from slimface.nn.super_layers import SuperConvTranspose2d
+
+    assert TPGAN_ARCH.up_kernel == 3
+    assert [up2_padding(k) for k in (3, 4)] == [(1, 1), (1, 0)]
+    for k in (3, 4):
+        g = TPGANGenerator(64, 3, 0.0625, arch=dataclasses.replace(TPGAN_ARCH, up_kernel=k)).eval()
+        kernels = {m.kernel_size[0] for m in g.modules() if isinstance(m, SuperConvTranspose2d) and m.stride[0] == 2}
+        assert kernels == {k}
+        with torch.no_grad():
+            assert g(torch.randn(1, 3, 64, 64)).shape == (1, 3, 64, 64)

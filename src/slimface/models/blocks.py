@@ -74,12 +74,17 @@ class ConvBlock(nn.Sequential):
         super().__init__(*layers)
 
 
+def up2_padding(k: int) -> tuple[int, int]:
+    """(padding, output_padding) of a stride-2 transposed conv with kernel ``k`` that exactly doubles
+    the size."""
+    return ((k - 2) // 2, 0) if k % 2 == 0 else (k // 2, 1)
+
+
 class UpBlock(nn.Sequential):
     """Transposed conv (x2) -> batch norm -> activation; kept as normal convs (sensitive layers)."""
 
     def __init__(self, in_c: Chans, out_c: Chans, k: int = 4, act: Act = "lrelu") -> None:
-        pad = (k - 2) // 2 if k % 2 == 0 else k // 2
-        out_pad = 0 if k % 2 == 0 else 1
+        pad, out_pad = up2_padding(k)
         super().__init__(
             SuperConvTranspose2d(in_c, out_c, k, stride=2, padding=pad, output_padding=out_pad, bias=False),
             SuperBatchNorm2d(out_c),
@@ -161,6 +166,6 @@ def res_stack(
 
 
 __all__ = [
-    "Act", "activation", "Widths", "conv", "ConvBlock", "UpBlock", "ResBlock", "res_stack", "ch",
+    "Act", "activation", "Widths", "conv", "ConvBlock", "up2_padding", "UpBlock", "ResBlock", "res_stack", "ch",
     "convertible_convs", "normal_conv", "set_conv_types",
 ]

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slimface.data.records import canonical_landmarks
-from slimface.models.blocks import ConvBlock, ResBlock, UpBlock, Widths
+from slimface.models.blocks import ConvBlock, ResBlock, UpBlock, Widths, up2_padding
 from slimface.models.generator import Generator
 from slimface.models.patches import PATCH_NAMES, crop_all, patch_boxes, paste_max
 from slimface.nn.channels import Chans
@@ -95,7 +95,9 @@ class TPGANArch:
     ``dec_res``: resblocks at the decoder's s8, s16, s32, s64 stages (s8 counts the official
     ``select8`` block); ``z_dim``/``noise_maps``: the random code fed to the decoder fc and the
     deconvolved maps concatenated at s32/s64/s128; ``noise_std``: training-time z scale (official
-    0.02; eval uses z = 0).
+    0.02; eval uses z = 0); ``up_kernel``: the kernel of every stride-2 transposed conv (official 3;
+    a 3x3 stride-2 kernel gives even and odd output rows different taps, the checkerboard that the
+    symmetry loss removes along x only and that shows as horizontal stripes; 4 overlaps evenly).
     """
 
     z_dim: int = 100
@@ -104,6 +106,7 @@ class TPGANArch:
     enc_res_s8: int = 4
     dec_res: tuple[int, int, int, int] = (3, 2, 2, 2)
     local_bottleneck_res: int = 2
+    up_kernel: int = 3
 
 
 TPGAN_ARCH = TPGANArch()
@@ -150,10 +153,11 @@ class DecoderStage(nn.Module):
     """One decoder stage: deconv ``up``, skip resblock over [encoder ‖ extras], concat, resblocks."""
 
     def __init__(self, w: Widths, name: str, prev: Chans, full: int, skip: Chans, skip_k: int,
-                 tail: Chans | None, n_res: int, channels: int, image_out: bool, separable: bool) -> None:
+                 tail: Chans | None, n_res: int, channels: int, image_out: bool, separable: bool,
+                 up_kernel: int = 3) -> None:
         super().__init__()
         self.up_layout = w(f"decoder.{name}", full)
-        self.up = UpBlock(prev, self.up_layout, k=3, act="relu")
+        self.up = UpBlock(prev, self.up_layout, k=up_kernel, act="relu")
         self.skip = TPResBlock(skip, w(f"decoder.{name}.skip.mid", skip.total), skip_k, separable)
         trunk = self.up_layout + skip + (tail if tail is not None else Chans(()))
         self.trunk = trunk
@@ -172,8 +176,8 @@ class FinalStage(DecoderStage):
     (``conv1``), resblock (``res1``), conv -> 32 (``conv2``), 3x3 conv -> image (``out``)."""
 
     def __init__(self, w: Widths, prev: Chans, skip: Chans, tail: Chans, channels: int,
-                 separable: bool) -> None:
-        super().__init__(w, "s128", prev, 64, skip, 7, tail, 0, channels, False, separable)
+                 separable: bool, up_kernel: int = 3) -> None:
+        super().__init__(w, "s128", prev, 64, skip, 7, tail, 0, channels, False, separable, up_kernel)
         t = self.trunk
         self.res0 = res_chain(w, t, "decoder.s128.res0", 1, 5, separable)
         c1 = w("decoder.s128.conv1", 64)
@@ -210,17 +214,19 @@ class TPDecoder(nn.Module):
             n32l, n64l, n128l = (w("decoder.noise.s32", 32), w("decoder.noise.s64", 16),
                                  w("decoder.noise.s128", 8))
             self.noise32 = SuperConvTranspose2d(self.noise8, n32l, 4, stride=4, padding=0)
-            self.noise64 = SuperConvTranspose2d(n32l, n64l, 3, stride=2, padding=1, output_padding=1)
-            self.noise128 = SuperConvTranspose2d(n64l, n128l, 3, stride=2, padding=1, output_padding=1)
+            k, (pad, out_pad) = arch.up_kernel, up2_padding(arch.up_kernel)
+            self.noise64 = SuperConvTranspose2d(n32l, n64l, k, stride=2, padding=pad, output_padding=out_pad)
+            self.noise128 = SuperConvTranspose2d(n64l, n128l, k, stride=2, padding=pad, output_padding=out_pad)
         trunk8 = self.noise8 + enc["s8"]
         self.s8 = res_chain(w, trunk8, "decoder.s8.res", n8, 2, separable)
-        self.s16 = DecoderStage(w, "s16", trunk8, 512, enc["s16"], 3, None, n16, channels, False, separable)
+        uk = arch.up_kernel
+        self.s16 = DecoderStage(w, "s16", trunk8, 512, enc["s16"], 3, None, n16, channels, False, separable, uk)
         self.s32 = DecoderStage(w, "s32", self.s16.trunk, 256, enc["s32"] + c2 + n32l, 3, None, n32,
-                                channels, True, separable)
+                                channels, True, separable, uk)
         self.s64 = DecoderStage(w, "s64", self.s32.trunk, 128, enc["s64"] + c2 + n64l, 5, img, n64,
-                                channels, True, separable)
+                                channels, True, separable, uk)
         self.s128 = FinalStage(w, self.s64.trunk, enc["s128"] + n128l + c2, local_feature + img + img,
-                               channels, separable)
+                               channels, separable, uk)
 
     def forward(self, feats: dict[str, Tensor], feature: Tensor, z: Tensor | None, x2: Tensor,
                 local_feat: Tensor, local_img: Tensor) -> dict[str, Tensor]:
@@ -274,7 +280,7 @@ class LocalPathway(nn.Module):
             up = w(f"{p}.u{i}.up", fulls[i])
             lay = feature if i == 0 else w(f"{p}.u{i}", fulls[i])
             self.add_module(f"u{i}", nn.ModuleDict(OrderedDict(
-                up=UpBlock(prev, up, k=3, act="lrelu"),
+                up=UpBlock(prev, up, k=arch.up_kernel, act="lrelu"),
                 fuse=ConvBlock(up + downs[i], lay, 3, act="lrelu", separable=separable),
                 res=res_chain(w, lay, f"{p}.u{i}.res", 1, 3, separable),
             )))

@@ -9,7 +9,9 @@ code, same module/group names, so compression treats it like TP-GAN), with these
 * no random noise pathway: z is dropped and so are the deconvolved noise maps at s32/s64/s128 (the
   identity feature still seeds the bottleneck through the decoder fc);
 * a lighter decoder: 2 resblocks at s8 and 1 at each of s16, s32, s64 (TP-GAN: 3, 2, 2, 2);
-* encoder and local pathways as TP-GAN.
+* encoder and local pathways as TP-GAN;
+* 4x4 stride-2 transposed convs (TP-GAN's official 3x3 give even and odd rows different taps: the
+  horizontal stripes; ``TPGANArch.up_kernel``).
 
 At 128x128, width 1.0 this gives fewer params and MACs than TP-GAN, in the direction of the source
 paper's Table 3 (PIM 12.7M/57.9G vs TP-GAN 14.3M/78.3G); we do not chase those figures (our TP-GAN
@@ -24,7 +26,7 @@ from typing import Mapping
 from slimface.families.tpgan.model import TPGANArch, TPGANGenerator
 
 PIM_ARCH = TPGANArch(z_dim=0, noise_maps=False, noise_std=0.0, enc_res_s8=4, dec_res=(2, 1, 1, 1),
-                     local_bottleneck_res=2)
+                     local_bottleneck_res=2, up_kernel=4)
 
 
 class PIMGenerator(TPGANGenerator):

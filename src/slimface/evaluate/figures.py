@@ -178,10 +178,7 @@ def plot_pareto(
             ax.scatter(macs[chosen] / div, metric[chosen], s=160, marker="*", c="tab:red", zorder=5, label="chosen")
         if budget is not None:
             ax.axvline(budget / div, ls="--", c="tab:red", lw=1, label="budget")
-        ax.set_xlabel(unit)
-        ax.set_ylabel(metric_label)
-        ax.grid(True, alpha=0.3)
-        ax.legend(loc="lower right", fontsize="small")
+        _label_axes(ax, unit, metric_label, "lower right")
         return _save(fig, out, dpi)
     finally:
         plt.close(fig)
@@ -211,14 +208,19 @@ def plot_sensitivity(
             ax.scatter(saved[pick] / div, [float(rows[i]["delta"]) for i in pick], s=18, marker=marker,
                        c=colour, alpha=0.75, label=label)
         ax.axhline(0.0, c="black", lw=0.8)
-        ax.set_xlabel(f"{unit} saved")
-        ax.set_ylabel(metric_label)
         ax.set_title(title)
-        ax.grid(True, alpha=0.3)
-        ax.legend(loc="lower left", fontsize="small")
+        _label_axes(ax, f"{unit} saved", metric_label, "lower left")
         return _save(fig, out, dpi)
     finally:
         plt.close(fig)
+
+
+def _label_axes(ax: Any, xlabel: str, ylabel: str, legend_loc: str) -> None:
+    """Axis labels, a light grid and a small legend: the house style of the scatter plots."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc=legend_loc, fontsize="small")
 
 
 def _mac_unit(top: float) -> tuple[str, float]:

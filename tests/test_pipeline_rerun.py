@@ -260,6 +260,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     shutil.copytree(out, work / "first", symlinks=True)
     same = slimface("run", *base, cwd=work, timeout=300)
     assert same.returncode == 0, same.stdout[-3000:] + same.stderr[-3000:]
+    (out / "tpgan" / "export" / "model.int8.onnx").write_bytes(b"an int8 model of an earlier export")
     longer = slimface("run", *base, "--set", "teachers.tpgan.train.steps=12", cwd=work)
     assert longer.returncode == 0, longer.stdout[-3000:] + longer.stderr[-3000:]
     return {"work": work, "out": out, "first": work / "first", "base": base, "sets": sets, "same": same,
@@ -293,6 +294,7 @@ def test_teacher_trained_longer_reruns_everything_downstream(runs: dict) -> None
     assert "finetune restarts from step 0" in text and "search cache moved to" in text
     assert "nothing to train" not in text
     assert (out / "tpgan/export/model.safetensors").read_bytes() != (first / "tpgan/export/model.safetensors").read_bytes()
+    assert not (out / "tpgan/export/model.int8.onnx").exists()  # not this export's: never evaluated as its own
     # the report names the (new) teacher each student was distilled from
     prov = json.loads((out / "report" / "results.json").read_text())["provenance"]["tpgan"]
     teacher_now = K.content_digest(K.read_marker(out, "teacher.tpgan"), out)

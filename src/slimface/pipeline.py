@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
@@ -634,6 +635,9 @@ class Pipeline:
         recalibrate_bn(supernet, bn, cfg)
         student = extract_subnet(get_family(family), supernet, cfg, d.resolution, d.channels,
                                  self.cfg.teacher(family).width_mult)
+        # an earlier export's files (an ONNX or int8 model this run's deploy settings no longer make)
+        # must not be evaluated or benchmarked as this student's
+        shutil.rmtree(out, ignore_errors=True)
         path = save_export(student, out)
         info: dict[str, Any] = {"export": str(path), "config": space.encode(cfg)}
         if self.cfg.deploy.onnx:

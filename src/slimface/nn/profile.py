@@ -23,8 +23,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from slimface.nn.modes import module_mode
-from slimface.nn.super_layers import SuperMixin, super_layers
+from slimface.nn.modes import module_mode, unwrap
+from slimface.nn.super_layers import SEPARABLE, SuperMixin, choice_branches, flipped_conv_choices, super_layers
 
 
 def _node_macs(node: Any, macs: int) -> int:
@@ -472,14 +472,22 @@ class ConvMacsModel:
     ``active_out * active_in * k^2 * positions`` (about a millisecond in Python instead of a
     forward pass), which lets the search shrink candidates and the supernet sample near-budget
     sub-networks cheaply. Layers outside the super layers count at their full size.
+
+    Choice convs (:class:`~slimface.nn.super_layers.ConvChoice`) are priced by type: a second probe
+    with every choice flipped records the branches the first one did not run, and each branch's
+    terms count only when the config's ``conv:<name>`` key (separable when missing) picks it.
     """
 
     def __init__(self, model: nn.Module, inputs: tuple[Any, ...]) -> None:
         self.fixed = 0
-        self.probed = 0  # the count of the probe forward itself (the widths active during it)
-        # (out layout, in layout or None, multiplier per active (out x in) channel pair)
-        self.terms: list[tuple[Any, Any, int]] = []
+        self.probed = 0  # the count of the probe forward itself (the widths and types active during it)
+        # (out layout, in layout or None, multiplier per active (out x in) channel pair,
+        #  (conv key, type) of the choice branch it belongs to or None)
+        self.terms: list[tuple[Any, Any, int, tuple[str, int] | None]] = []
         records: list[tuple[nn.Module, int]] = []
+        inner = unwrap(model)
+        branch = choice_branches(inner)
+        probing = [True]  # the first probe counts towards ``probed``
 
         def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
             x = args[0]
@@ -494,21 +502,30 @@ class ConvMacsModel:
                 c_out, c_in = out.shape[-1], x.shape[-1]
             else:
                 return
-            records.append((module, per_pair))
-            self.probed += per_pair * c_out * c_in
+            if probing[0]:
+                records.append((module, per_pair))
+                self.probed += per_pair * c_out * c_in
+            elif id(module) in branch and id(module) not in seen:  # a branch the first probe did not run
+                records.append((module, per_pair))
 
         handles = [m.register_forward_hook(hook) for m in model.modules()
                    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
         try:
             with module_mode(model), torch.no_grad():
                 model(*inputs)
+                seen = {id(m) for m, _ in records}
+                if branch:
+                    probing[0] = False
+                    with flipped_conv_choices(inner):
+                        model(*inputs)
         finally:
             for h in handles:
                 h.remove()
         for module, per_pair in records:
             depthwise = _depthwise(module)
             if isinstance(module, SuperMixin):
-                self.terms.append((module.out_chans, None if depthwise else module.in_chans, per_pair))
+                self.terms.append((module.out_chans, None if depthwise else module.in_chans, per_pair,
+                                   branch.get(id(module))))
             else:
                 out_c = module.out_features if isinstance(module, nn.Linear) else module.out_channels
                 in_c = 1 if depthwise else (module.in_features if isinstance(module, nn.Linear) else module.in_channels)
@@ -516,7 +533,10 @@ class ConvMacsModel:
 
     def __call__(self, widths: dict[str, int] | None) -> int:
         total = self.fixed
-        for out_c, in_c, per_pair in self.terms:
+        cfg = widths or {}
+        for out_c, in_c, per_pair, tag in self.terms:
+            if tag is not None and int(cfg.get(tag[0], SEPARABLE)) != tag[1]:
+                continue  # the other type of a choice conv
             n = out_c.active_total(widths)
             if in_c is not None:
                 n *= in_c.active_total(widths)

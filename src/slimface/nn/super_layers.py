@@ -11,7 +11,8 @@ the shared weights in place.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
@@ -320,6 +321,92 @@ class SeparableConv2d(nn.Module):
         return self.pointwise(self.depthwise(x.contiguous(memory_format=torch.channels_last)))
 
 
+#: the config key prefix of a searchable conv type (``"conv:<module name>"``, see :class:`ConvChoice`)
+CONV_KEY = "conv:"
+#: a conv-type key's choices: 0 the separable (cheaper) conv, 1 the normal conv it stands for
+SEPARABLE, NORMAL = 0, 1
+
+
+def conv_key(name: str) -> str:
+    """The config key of the choice conv at module ``name``."""
+    return CONV_KEY + name
+
+
+def is_conv_key(key: str) -> bool:
+    return key.startswith(CONV_KEY)
+
+
+def width_part(cfg: Mapping[str, int] | None) -> dict[str, int]:
+    """``cfg`` without its conv-type keys: the group widths alone."""
+    return {k: v for k, v in (cfg or {}).items() if not is_conv_key(k)}
+
+
+class ConvChoice(nn.Module):
+    """A searchable conv type: the normal conv and the depthwise-separable conv of one convertible
+    conv (same layouts, kernel, stride, padding and bias), forwarding through the active one.
+
+    Both branches are super layers, so both follow the active widths; which one runs is the
+    config's ``conv:<module name>`` key (:func:`set_conv_choices`; :data:`SEPARABLE` by default, the
+    family's student). Export keeps the chosen branch only, under this module's name."""
+
+    def __init__(self, normal: SuperConv2d, separable: SeparableConv2d) -> None:
+        super().__init__()
+        self.normal = normal
+        self.separable = separable
+        self.choice = SEPARABLE
+
+    def active(self) -> nn.Module:
+        return self.normal if self.choice == NORMAL else self.separable
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.active()(x)
+
+
+def conv_choices(model: nn.Module) -> dict[str, ConvChoice]:
+    """The choice convs of ``model`` by module name, in module order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, ConvChoice)}
+
+
+def set_conv_choices(model: nn.Module, cfg: Mapping[str, int] | None) -> None:
+    """Activate the conv types of ``cfg`` (``conv:<name>`` keys; a missing key means separable) on
+    every choice conv of ``model``; width keys are ignored."""
+    for name, choice in conv_choices(model).items():
+        value = int((cfg or {}).get(conv_key(name), SEPARABLE))
+        if value not in (SEPARABLE, NORMAL):
+            raise ValueError(f"{conv_key(name)}: conv type {value} is neither {SEPARABLE} nor {NORMAL}")
+        choice.choice = value
+
+
+def current_conv_choices(model: nn.Module) -> dict[str, int]:
+    """The conv types active on ``model``, as config keys (empty without choice convs)."""
+    return {conv_key(name): choice.choice for name, choice in conv_choices(model).items()}
+
+
+def choice_branches(model: nn.Module) -> dict[int, tuple[str, int]]:
+    """Every module inside a branch of a choice conv of ``model``, by ``id``: (its conv key, the type
+    that branch is). A probe forward records each layer's input sizes; these say which type a
+    layer's cost belongs to."""
+    return {id(m): (conv_key(name), value) for name, choice in conv_choices(model).items()
+            for value, branch in ((NORMAL, choice.normal), (SEPARABLE, choice.separable)) for m in branch.modules()}
+
+
+@contextmanager
+def flipped_conv_choices(model: nn.Module) -> Iterator[None]:
+    """Every choice conv of ``model`` at its other type inside the block: a second probe forward then
+    runs the branches the first one did not."""
+    previous = current_conv_choices(model)
+    set_conv_choices(model, {k: NORMAL + SEPARABLE - v for k, v in previous.items()})
+    try:
+        yield
+    finally:
+        set_conv_choices(model, previous)
+
+
+def separable_names(cfg: Mapping[str, int] | None, names: Iterable[str]) -> list[str]:
+    """The convs among ``names`` that ``cfg`` makes separable (a missing key means separable)."""
+    return [n for n in names if int((cfg or {}).get(conv_key(n), SEPARABLE)) == SEPARABLE]
+
+
 def super_layers(model: nn.Module) -> Iterator[tuple[str, SuperMixin]]:
     for name, module in model.named_modules():
         if isinstance(module, SuperMixin):
@@ -346,7 +433,9 @@ def width_groups(model: nn.Module) -> dict[str, int]:
 
 
 def set_widths(model: nn.Module, widths: Mapping[str, int] | None) -> None:
-    """Activate a sub-network on every super layer of ``model`` (None: the full network)."""
+    """Activate a sub-network on every super layer of ``model`` (None: the full network); conv-type
+    keys are ignored (:func:`set_conv_choices` applies them)."""
+    widths = width_part(widths)
     if widths:
         known = width_groups(model)
         unknown = sorted(set(widths) - set(known))
@@ -371,6 +460,9 @@ def load_subnet_weights(supernet: nn.Module, subnet: nn.Module) -> None:
     match one to one; every parameter and buffer of ``subnet`` must be filled exactly once.
     """
     sup_modules = dict(supernet.named_modules())
+    for name, choice in conv_choices(supernet).items():  # a choice conv stands for its active branch
+        for sub, module in choice.active().named_modules():
+            sup_modules[f"{name}.{sub}" if sub else name] = module
     target = subnet.state_dict()
     filled: set[str] = set()
     with torch.no_grad():

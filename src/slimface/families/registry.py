@@ -41,20 +41,27 @@ def family_names() -> list[str]:
 
 
 def build_generator(name: str, resolution: int = 128, channels: int = 3, width_mult: float = 1.0,
-                    separable: bool | Sequence[str] = False, sub: Mapping[str, int] | None = None) -> "Generator":
+                    separable: bool | str | Sequence[str] = False, sub: Mapping[str, int] | None = None) -> "Generator":
     """Build a generator; ``separable``/``sub`` give the student supernet / a static sub-network.
 
     ``separable``: True splits every convertible conv (the family's student), False none (the
     teacher), a list of module names splits exactly those: the family builds its student and
     :func:`slimface.models.blocks.set_conv_types` turns the others back into normal convs, so no
-    family needs to know about conv-type mixes."""
+    family needs to know about conv-type mixes. ``"search"`` makes every convertible conv a choice
+    of both types (:func:`slimface.models.blocks.make_conv_choices`: the supernet of
+    ``student.separable: search``)."""
     if resolution not in (64, 128):
         raise ConfigError(f"resolution must be 64 or 128, got {resolution}")
-    mixed = not isinstance(separable, bool)
+    search = separable == "search"
+    mixed = not isinstance(separable, bool) and not search
     gen = get_family(name).build_generator(
         resolution=resolution, channels=channels, width_mult=width_mult, separable=bool(separable) or mixed, sub=sub
     )
-    if mixed:
+    if search:
+        from slimface.models.blocks import make_conv_choices
+
+        gen.separable = make_conv_choices(gen)  # type: ignore[assignment]
+    elif mixed:
         from slimface.models.blocks import set_conv_types
 
         gen.separable = set_conv_types(gen, list(separable))  # type: ignore[arg-type]

@@ -4,19 +4,25 @@ All convolutions are super layers, so the same block serves a teacher (full widt
 student (``set_widths``) and an exported sub-network (built with the chosen widths). ``separable=True``
 swaps the block's k x k convs for depthwise-separable ones: the paper's cheap design for layers that
 are insensitive to it (residual blocks); up-sampling stays normal convs. Which of those *convertible*
-convs a student really splits is a per-conv choice (:func:`set_conv_types`, ``student.separable``).
+convs a student really splits is a per-conv choice (:func:`set_conv_types`, ``student.separable``),
+fixed before training or searched (:func:`make_conv_choices`, ``student.separable: search``).
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Literal, Mapping
+from typing import Callable, Iterable, Literal, Mapping
 
 from torch import Tensor, nn
 
 from slimface.nn.channels import Chans, ch, scale
-from slimface.nn.super_layers import SeparableConv2d, SuperBatchNorm2d, SuperConv2d, SuperConvTranspose2d
+from slimface.nn.super_layers import (
+    ConvChoice, SeparableConv2d, SuperBatchNorm2d, SuperConv2d, SuperConvTranspose2d, conv_choices,
+)
 
 Act = Literal["lrelu", "relu", "none"]
+#: the conv-type value (``Generator.separable``, ``student.separable``) of a supernet whose convertible
+#: convs are searched (:func:`make_conv_choices`)
+SEARCH = "search"
 
 
 def activation(kind: Act) -> nn.Module:
@@ -118,10 +124,13 @@ class ResBlock(nn.Module):
 
 
 def convertible_convs(model: nn.Module) -> list[str]:
-    """Module names of ``model``'s depthwise-separable convs, in module order. On a generator built
-    with ``separable=True`` these are the family's *convertible* convs: the design space of
-    :func:`set_conv_types`."""
-    return [name for name, m in model.named_modules() if isinstance(m, SeparableConv2d)]
+    """Module names of ``model``'s depthwise-separable convs and choice convs (:class:`ConvChoice`,
+    whose own branches are not listed), in module order. On a generator built with
+    ``separable=True`` these are the family's *convertible* convs: the design space of
+    :func:`set_conv_types` and :func:`make_conv_choices`."""
+    choices = tuple(f"{n}." for n in conv_choices(model))
+    return [name for name, m in model.named_modules()
+            if isinstance(m, ConvChoice) or (isinstance(m, SeparableConv2d) and not name.startswith(choices))]
 
 
 def normal_conv(sep: SeparableConv2d) -> SuperConv2d:
@@ -146,12 +155,26 @@ def set_conv_types(model: nn.Module, separable: Iterable[str]) -> bool | list[st
                          f"(e.g. {', '.join(convertible[:3])})")
     for name in convertible:
         if name not in names:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, normal_conv(parent.get_submodule(child)))  # type: ignore[arg-type]
+            _swap(model, name, normal_conv)
     if names == set(convertible):
         return True
     return sorted(names) if names else False
+
+
+def _swap(model: nn.Module, name: str, make: Callable[[SeparableConv2d], nn.Module]) -> None:
+    """Replace the separable conv at module ``name`` by ``make(it)``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, make(parent.get_submodule(child)))  # type: ignore[arg-type]
+
+
+def make_conv_choices(model: nn.Module) -> str:
+    """Make every convertible conv of ``model`` (built with ``separable=True``) a searchable
+    :class:`ConvChoice` of the normal conv it stands for (:func:`normal_conv`) and itself; returns
+    ``"search"``, the conv-type value such a supernet records."""
+    for name in convertible_convs(model):
+        _swap(model, name, lambda sep: ConvChoice(normal_conv(sep), sep))
+    return SEARCH
 
 
 def res_stack(
@@ -167,5 +190,5 @@ def res_stack(
 
 __all__ = [
     "Act", "activation", "Widths", "conv", "ConvBlock", "up2_padding", "UpBlock", "ResBlock", "res_stack", "ch",
-    "convertible_convs", "normal_conv", "set_conv_types",
+    "convertible_convs", "normal_conv", "set_conv_types", "make_conv_choices", "SEARCH",
 ]

@@ -25,12 +25,14 @@ class Generator(nn.Module):
     own losses need (multi-scale images, local patches, features...). ``family`` names the family
     that builds it (the registry key, written into ``arch()``). ``separable`` says which convertible
     convs are depthwise-separable: True (all: the family's student), False (none: the teacher) or
-    the sorted module names of those that are (a mix, :func:`slimface.models.blocks.set_conv_types`).
+    the sorted module names of those that are (a mix, :func:`slimface.models.blocks.set_conv_types`);
+    ``"search"`` on a supernet whose convertible convs are choices of both types (the active
+    config's ``conv:`` keys pick one; :func:`slimface.models.blocks.make_conv_choices`).
     """
 
     family: str = ""
 
-    def __init__(self, resolution: int, channels: int, width_mult: float, separable: bool | list[str],
+    def __init__(self, resolution: int, channels: int, width_mult: float, separable: bool | str | list[str],
                  sub: Mapping[str, int] | None) -> None:
         super().__init__()
         self.resolution = resolution

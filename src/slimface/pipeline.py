@@ -523,7 +523,7 @@ class Pipeline:
                 loader = DataLoader(self.pair_dataset(self.data.train_pairs), batch_size=min(32, n), shuffle=True,
                                     generator=torch.Generator().manual_seed(self.compression_seed(family)))
                 batches = ((b["profile"].to(self.device), b["landmarks"].to(self.device)) for b in loader)
-            report = warm_start(supernet, task.teacher, task.space.groups, batches=batches,
+            report = warm_start(supernet, task.teacher, task.space.widths, batches=batches,
                                 images=student.warm_start_fit_images)
             _say(f"  warm start from the {family} teacher: {report.summary()}")
         metrics = Trainer(task, self.pair_dataset(self.data.train_pairs),

@@ -21,7 +21,7 @@ from slimface.train.config import TrainConfig
 
 GanMode = Literal["bce", "wgan-gp"]
 #: the named ``student.separable`` settings (or a list of fnmatch patterns)
-SEPARABLE_CHOICES = ("all", "none", "auto")
+SEPARABLE_CHOICES = ("all", "none", "auto", "search")
 
 
 @dataclass
@@ -77,7 +77,9 @@ class OFAConfig(DistillConfig):
     (normal convs only: the width-only "mobile teacher" space), a list of fnmatch patterns (separable
     where one matches the conv's module name or a width group it writes) or ``auto`` (from this run's
     sensitivity table: the ``ceil(separable_keep x n)`` convs whose conversion costs most metric per
-    MAC saved stay normal; slimface.compress.conv_types).
+    MAC saved stay normal; slimface.compress.conv_types) or ``search`` (no type fixed: each convertible
+    conv is a per-conv choice of the design space, trained by the supernet, picked by the search under
+    the budget and materialised by export).
     Sensitivity (``sensitivity``; also run when ``separable: auto`` needs it): every convertible conv
     made separable alone and every prunable group shrunk alone, each scored after BN recalibration and
     a fixed ``sensitivity_steps``-step fine-tune (slimface.compress.sensitivity).
@@ -92,7 +94,7 @@ class OFAConfig(DistillConfig):
     beta2: float = 0.999
     decay_steps: Optional[int] = None
     seed: int = 0
-    separable: Union[str, list[str]] = "all"  # all | none | auto | [fnmatch patterns]
+    separable: Union[str, list[str]] = "all"  # all | none | auto | search | [fnmatch patterns]
     separable_keep: float = 0.25  # auto: the share of convertible convs kept normal
     sensitivity: bool = False  # run the sensitivity stage (also run when separable is auto)
     sensitivity_steps: int = 10  # the fixed fine-tune of every sensitivity variant (0: BN recalibration only)
@@ -103,7 +105,7 @@ class OFAConfig(DistillConfig):
         check(self.seed >= 0, f"student.seed must be >= 0, got {self.seed}")
         if isinstance(self.separable, str):
             check(self.separable in SEPARABLE_CHOICES,
-                  f"student.separable {self.separable!r}: use all, none, auto or a list of fnmatch patterns "
+                  f"student.separable {self.separable!r}: use all, none, auto, search or a list of fnmatch patterns "
                   "over conv module / width-group names")
         else:
             check(len(self.separable) > 0 and all(p.strip() for p in self.separable),

@@ -11,6 +11,9 @@ The family's student spec marks the convs it may split (built with ``separable=T
   module name only; a block that keeps its input's layout produces that group (TP-GAN's
   ``decoder.s16.skip.conv2`` produces ``encoder.s16``, so ``encoder.*`` picks it too). A pattern that matches no convertible conv is a ConfigError (a typo would otherwise silently mean
   "normal");
+* ``search`` -- none is fixed: every convertible conv is a :class:`~slimface.nn.super_layers.ConvChoice`
+  of both types, a ``conv:<name>`` key of every config, trained by the supernet, priced and picked by
+  the search and materialised by export (:func:`slimface.compress.extract.static_conv_types`);
 * ``auto`` -- from the sensitivity table of this run (:mod:`slimface.compress.sensitivity`): the
   conversions are ranked by their metric drop per GMAC saved (``-delta / GMACs saved``, ties by
   name) and the top ``ceil(separable_keep x n)`` of the ``n`` convertible convs stay normal. Ranking
@@ -34,7 +37,7 @@ from torch import nn
 
 from slimface.errors import ConfigError
 from slimface.families.registry import build_generator
-from slimface.models.blocks import convertible_convs, set_conv_types
+from slimface.models.blocks import SEARCH, convertible_convs, set_conv_types
 from slimface.models.generator import Generator
 from slimface.nn.super_layers import SeparableConv2d
 
@@ -99,6 +102,8 @@ def select_separable(model: nn.Module, setting: SeparableSetting, family: str = 
         return True
     if setting == "none":
         return False
+    if setting == SEARCH:
+        raise ValueError("student.separable search fixes no conv type; build the supernet with build_supernet")
     convertible = convertible_convs(model)
     if setting == "auto":
         if table is None:
@@ -106,7 +111,7 @@ def select_separable(model: nn.Module, setting: SeparableSetting, family: str = 
         normal = set(auto_normal(table["rows"], convertible, keep))
         names = [n for n in convertible if n not in normal]
     elif isinstance(setting, str):
-        raise ConfigError(f"student.separable {setting!r}: use all, none, auto or a list of fnmatch patterns")
+        raise ConfigError(f"student.separable {setting!r}: use all, none, auto, search or a list of fnmatch patterns")
     else:
         names = matching_convs(model, list(setting), family)
     if len(names) == len(convertible):
@@ -118,9 +123,12 @@ def build_supernet(family: str, resolution: int, channels: int, width_mult: floa
                    setting: SeparableSetting = "all", table: Mapping[str, Any] | None = None,
                    keep: float = 0.25) -> Generator:
     """The student supernet of ``family`` with the conv types ``setting`` picks (built all-separable
-    once, then the convs left normal are swapped; ``all`` is exactly the family's student)."""
+    once, then the convs left normal are swapped; ``all`` is exactly the family's student;
+    ``search`` makes every convertible conv a choice of both types)."""
     if setting == "none":
         return build_generator(family, resolution, channels, width_mult, separable=False)
+    if setting == SEARCH:
+        return build_generator(family, resolution, channels, width_mult, separable=SEARCH)
     net = build_generator(family, resolution, channels, width_mult, separable=True)
     chosen = select_separable(net, setting, family, table, keep)
     if chosen is not True:

@@ -12,27 +12,44 @@ from slimface.compress.space import ConfigSpace, active_config
 from slimface.families import Family, build_generator, get_family
 from slimface.models.generator import Generator
 from slimface.nn.modes import unwrap
-from slimface.nn.super_layers import load_subnet_weights, width_groups
+from slimface.models.blocks import SEARCH, convertible_convs
+from slimface.nn.super_layers import load_subnet_weights, separable_names, width_groups, width_part
+
+
+def static_conv_types(supernet: nn.Module, cfg: Mapping[str, int]) -> bool | list[str]:
+    """The conv types of sub-network ``cfg`` as a static generator records them: the supernet's own
+    (all, none or the names of its separable convs), or on a supernet of searched conv types
+    (``separable == "search"``) the convs whose ``conv:`` key in ``cfg`` is separable (canonical:
+    True for all, False for none, else the sorted names)."""
+    inner = unwrap(supernet)
+    separable = getattr(inner, "separable", True)
+    if separable != SEARCH:
+        return separable
+    convertible = convertible_convs(inner)
+    names = separable_names(cfg, convertible)
+    if len(names) == len(convertible):
+        return True
+    return sorted(names) if names else False
 
 
 def extract_subnet(family: Family | str, supernet: nn.Module, cfg: Mapping[str, int], resolution: int,
                    channels: int = 3, width_mult: float = 1.0) -> Generator:
-    """The static student with sub-network ``cfg``'s widths and the supernet's conv types (its
-    ``separable``: all, none or the names of its separable convs), weights copied from the supernet
-    slices (BN running statistics included: recalibrate the supernet for ``cfg`` first if needed)."""
+    """The static student with sub-network ``cfg``'s widths and conv types
+    (:func:`static_conv_types`), weights copied from the supernet slices of the chosen convs (BN
+    running statistics included: recalibrate the supernet for ``cfg`` first if needed)."""
     name = family if isinstance(family, str) else family.name
     inner = unwrap(supernet)
-    separable = getattr(inner, "separable", True)
-    static = build_generator(name, resolution, channels, width_mult, separable=separable, sub=dict(cfg))
+    static = build_generator(name, resolution, channels, width_mult, separable=static_conv_types(inner, cfg),
+                             sub=width_part(cfg))
     with active_config(inner, cfg):
         load_subnet_weights(inner, static)
     return static.eval()
 
 
 def student_space(model: str, resolution: int, channels: int, width_mult: float,
-                  separable: bool | Sequence[str] = True) -> tuple[Generator, ConfigSpace]:
-    """The family's supernet at this size (conv types ``separable``: all by default) and its student
-    design space (from its declarative spec)."""
+                  separable: bool | str | Sequence[str] = True) -> tuple[Generator, ConfigSpace]:
+    """The family's supernet at this size (conv types ``separable``: all by default, ``"search"``
+    for searched types) and its student design space (from its declarative spec)."""
     supernet = build_generator(model, resolution, channels, width_mult, separable=separable)
     return supernet, ConfigSpace.from_supernet(get_family(model), supernet)
 
@@ -40,13 +57,16 @@ def student_space(model: str, resolution: int, channels: int, width_mult: float,
 def scale_config_to_full(model: str, code: str, resolution: int, channels: int, width_mult: float) -> str:
     """Map a config found at a small preset onto the full-size (128, width 1.0) design space.
 
-    Each group keeps its *fraction* of the full width (rounded to the nearest allowed choice), so
+    Conv types (a config of ``student.separable: search``) are left out: the full-size student
+    takes the run's export's ``separable``. Each group keeps its *fraction* of the full width (rounded to the nearest allowed choice), so
     the full-size student has the same shape as the one searched on this CPU; groups that exist only
     at full size take the median fraction of the others.
     """
     small_net, small_space = student_space(model, resolution, channels, width_mult)
+    if len(str(code).split("_")) != len(small_space.groups):  # widths then conv types: the widths count
+        small_net, small_space = student_space(model, resolution, channels, width_mult, SEARCH)
     small_full = width_groups(small_net)
-    cfg = small_space.decode(code)
+    cfg = width_part(small_space.decode(code))
     full_net, full_space = student_space(model, 128, 3, 1.0)
     fractions = {g: c / small_full[g] for g, c in cfg.items() if g in small_full}
     default = statistics.median(fractions.values()) if fractions else 0.0
@@ -58,4 +78,4 @@ def scale_config_to_full(model: str, code: str, resolution: int, channels: int, 
     return full_space.encode(out)
 
 
-__all__ = ["extract_subnet", "scale_config_to_full", "student_space"]
+__all__ = ["extract_subnet", "scale_config_to_full", "static_conv_types", "student_space"]

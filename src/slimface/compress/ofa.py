@@ -1,7 +1,9 @@
 """Once-for-all supernet training: every step trains a randomly sampled sub-network by distillation.
 
 The supernet is the family's student (separable convs) at full width; each step samples a channel
-config from a generator seeded by ``(seed, step)`` only (identical on every DDP rank), activates it,
+config (with ``student.separable: search`` also a conv type per convertible conv: the ``conv:`` keys,
+which budget sampling shrinks towards separable as it narrows widths) from a generator seeded by
+``(seed, step)`` only (identical on every DDP rank), activates it,
 and updates the shared weight slices with the objective of :mod:`slimface.compress.distill`. The
 student's D starts as a copy of the teacher's D (the reference found random init unstable).
 
@@ -26,7 +28,7 @@ from torch import Tensor, nn
 from slimface.compress.bn import Batch
 from slimface.compress.config import OFAConfig
 from slimface.compress.distill import DistillLoss, FeatureTaps, Mapper, is_conditional
-from slimface.compress.space import Config, ConfigSpace, active_config
+from slimface.compress.space import Config, ConfigSpace, activate, active_config
 from slimface.errors import CheckpointError, ConfigError
 from slimface.families.base import Family
 from slimface.compress.search import identity_metric, recon_metric
@@ -160,10 +162,10 @@ class OFATask:
         return [self.space.sample(gen)]
 
     def _activate(self, cfg: Config | None) -> None:
-        from slimface.nn.super_layers import set_widths
+        from slimface.nn.super_layers import width_part
 
-        set_widths(unwrap(self.nets["student"]), cfg)
-        unwrap(self.nets["mappers"]).set_widths(cfg)  # type: ignore[operator]
+        activate(self.nets["student"], cfg)  # widths and (student.separable: search) conv types
+        unwrap(self.nets["mappers"]).set_widths(width_part(cfg) or None)  # type: ignore[operator]
 
     # ---------------------------------------------------------------- one step
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
@@ -212,7 +214,7 @@ class OFATask:
         self.last_config = self.space.encode(configs[-1])
         self._activate(None)
         largest = self.space.largest()
-        frac = sum(configs[-1][g] / largest[g] for g in self.space.groups) / len(self.space.groups)
+        frac = sum(configs[-1][g] / largest[g] for g in self.space.widths) / len(self.space.widths)
         return {**sums, "loss_d": float(loss_d.detach()), "width_frac": frac}
 
     # ---------------------------------------------------------------- evaluation

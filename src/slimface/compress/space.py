@@ -1,10 +1,17 @@
-"""The search space of a once-for-all student: one list of allowed widths per prunable width group.
+"""The search space of a once-for-all student: one list of allowed widths per prunable width group,
+and, on a supernet of ``student.separable: search``, one conv type per convertible conv.
 
 A *config* is a plain ``dict[group, width]`` over the prunable groups (groups outside the space keep
 their full width, which is what :func:`slimface.nn.super_layers.set_widths` does for missing keys).
 Groups are kept **sorted by name**, so the compact string encoding (``"48_32_40"``) of a config does
 not depend on module registration order and stays stable when a model definition is refactored
 without renaming groups. The string is what logs, search caches and ``arch.json`` store.
+
+Conv types are extra keys of the same dict, ``"conv:<module name>"`` with choices ``[0, 1]`` (0 the
+separable conv, 1 the normal one: the cheaper choice first, as widths go up), after the width groups
+in the key order (each part sorted by name), so the string of such a space is its widths, then its
+types (``"48_32_40_0_1"``), and a space without type keys encodes exactly as before. Every operation
+(sample, mutate, crossover, shrink, enumerate) treats a type key like a group of two choices.
 
 MACs/params of a config are measured (on the supernet with the widths active), not modelled, and
 cached per supernet, so search can test feasibility of thousands of candidates cheaply. MACs are
@@ -26,7 +33,10 @@ from slimface.errors import ConfigError
 from slimface.families.base import Family
 from slimface.nn.modes import unwrap
 from slimface.nn.profile import count_macs, count_macs_fast, count_params
-from slimface.nn.super_layers import set_widths, super_layers, width_groups
+from slimface.nn.super_layers import (
+    NORMAL, SEPARABLE, conv_choices, conv_key, current_conv_choices, is_conv_key, set_conv_choices, set_widths,
+    super_layers, width_groups,
+)
 
 Config = dict[str, int]
 
@@ -35,13 +45,17 @@ class ConfigSpace:
     """Allowed widths per group; groups in sorted-name order (see the module docstring)."""
 
     def __init__(self, choices: Mapping[str, Sequence[int]]) -> None:
-        if not choices:
+        if not [g for g in choices if not is_conv_key(g)]:
             raise ConfigError("the student has no prunable width groups; check the family's StudentSpec.prunable")
-        self.groups: list[str] = sorted(choices)
+        self.widths: list[str] = sorted(g for g in choices if not is_conv_key(g))
+        self.convs: list[str] = sorted(g for g in choices if is_conv_key(g))
+        self.groups: list[str] = self.widths + self.convs  # every key, in encoding order
         self.choices: dict[str, list[int]] = {}
         for g in self.groups:
             vals = sorted({int(v) for v in choices[g]})
-            if not vals or vals[0] <= 0:
+            if is_conv_key(g) and (not vals or not set(vals) <= {SEPARABLE, NORMAL}):
+                raise ValueError(f"conv type {g!r} needs choices among [{SEPARABLE}, {NORMAL}], got {list(choices[g])}")
+            if not is_conv_key(g) and (not vals or vals[0] <= 0):
                 raise ValueError(f"group {g!r} needs positive width choices, got {list(choices[g])}")
             self.choices[g] = vals
 
@@ -57,7 +71,8 @@ class ConfigSpace:
                 f"the {family.name} StudentSpec pattern {unmatched[0]!r} matches no width group of its supernet "
                 f"(groups are named after modules, e.g. {', '.join(sorted(groups)[:4])}); fix StudentSpec.prunable"
             )
-        return cls(spec.choices(groups))
+        types = {conv_key(name): [SEPARABLE, NORMAL] for name in conv_choices(unwrap(supernet))}
+        return cls({**spec.choices(groups), **types})
 
     # ---------------------------------------------------------------- encoding
     def encode(self, cfg: Mapping[str, int]) -> str:
@@ -69,19 +84,21 @@ class ConfigSpace:
         """Inverse of :meth:`encode`; a malformed string is a one-line ConfigError."""
         parts = str(text).strip().split("_")
         if len(parts) != len(self.groups):
+            types = f" and {len(self.convs)} conv types" if self.convs else ""
             raise ConfigError(
-                f"config {text!r} has {len(parts)} widths but this supernet has {len(self.groups)} "
-                f"prunable groups ({', '.join(self.groups)}); pass a config string from this model's search"
+                f"config {text!r} has {len(parts)} values but this supernet has {len(self.widths)} "
+                f"prunable groups ({', '.join(self.widths)}){types}; pass a config string from this model's search"
             )
         cfg: Config = {}
         for g, p in zip(self.groups, parts):
+            what = "conv type" if is_conv_key(g) else "width"
             try:
                 v = int(p)
             except ValueError:
-                raise ConfigError(f"config {text!r}: width {p!r} for group {g!r} is not an integer") from None
+                raise ConfigError(f"config {text!r}: {what} {p!r} for {g!r} is not an integer") from None
             if v not in self.choices[g]:
                 raise ConfigError(
-                    f"config {text!r}: width {v} is not allowed for group {g!r} "
+                    f"config {text!r}: {what} {v} is not allowed for {g!r} "
                     f"(choices {self.choices[g]})"
                 )
             cfg[g] = v
@@ -157,7 +174,8 @@ class ConfigSpace:
         return {g: list(self.choices[g]) for g in self.groups}
 
     def __repr__(self) -> str:
-        return f"ConfigSpace({len(self.groups)} groups, {self.size()} configs)"
+        types = f", {len(self.convs)} conv types" if self.convs else ""
+        return f"ConfigSpace({len(self.widths)} groups{types}, {self.size()} configs)"
 
 
 # -------------------------------------------------------------------- widths and cost
@@ -168,16 +186,24 @@ def current_widths(model: nn.Module) -> dict[str, int] | None:
     return None
 
 
+def activate(model: nn.Module, cfg: Mapping[str, int] | None) -> None:
+    """Make ``model`` the sub-network ``cfg``: its widths and (choice convs) its conv types."""
+    inner = unwrap(model)
+    set_widths(inner, dict(cfg) if cfg else None)
+    set_conv_choices(inner, cfg)
+
+
 @contextmanager
 def active_config(model: nn.Module, cfg: Mapping[str, int] | None) -> Iterator[nn.Module]:
-    """Run ``model`` as the sub-network ``cfg`` inside the block; the previous widths come back after."""
+    """Run ``model`` as the sub-network ``cfg`` inside the block; the previous widths and conv types
+    come back after."""
     inner = unwrap(model)
-    previous = current_widths(inner)
-    set_widths(inner, dict(cfg) if cfg else None)
+    previous = {**(current_widths(inner) or {}), **current_conv_choices(inner)}
+    activate(inner, cfg)
     try:
         yield inner
     finally:
-        set_widths(inner, previous)
+        activate(inner, previous or None)
 
 
 def _key(cfg: Mapping[str, int] | None) -> str:
@@ -219,4 +245,4 @@ def params_of(supernet: nn.Module, cfg: Mapping[str, int] | None) -> int:
     return _cost(unwrap(supernet), cfg, "params")
 
 
-__all__ = ["Config", "ConfigSpace", "active_config", "current_widths", "macs_of", "params_of"]
+__all__ = ["Config", "ConfigSpace", "activate", "active_config", "current_widths", "macs_of", "params_of"]

@@ -1,7 +1,9 @@
 """Start a student supernet from its trained teacher instead of from random weights.
 
 Teacher and supernet are one model definition (the supernet is built with ``separable=True``), so
-their modules pair up by name. A module the two share with the same tensor shapes is copied; a
+their modules pair up by name (a choice conv of ``student.separable: search`` pairs both its branches
+with the teacher's conv: the normal one is copied, the separable one factorised). A module the two
+share with the same tensor shapes is copied; a
 k x k conv that the student splits into depthwise + pointwise gets the best such factorisation of
 the teacher's kernel: per input channel i, the (out x k*k) slice ``W[:, i]`` is replaced by its
 rank-1 SVD ``u s v^T``, i.e. pointwise column ``u sqrt(s)`` times depthwise kernel ``v sqrt(s)``
@@ -40,8 +42,8 @@ from torch import Tensor, nn
 from slimface.nn.channels import Chans
 from slimface.nn.modes import module_mode
 from slimface.nn.super_layers import (
-    SeparableConv2d, SuperBatchNorm2d, SuperConv2d, SuperConvTranspose2d, SuperLinear, SuperMixin, own_tensors,
-    super_layers,
+    SeparableConv2d, SuperBatchNorm2d, SuperConv2d, SuperConvTranspose2d, SuperLinear, SuperMixin, conv_choices,
+    own_tensors, super_layers,
 )
 
 
@@ -394,6 +396,17 @@ def _fit_layers(pairs: Mapping[str, tuple[SeparableConv2d, nn.Conv2d]], source: 
 
 
 # -------------------------------------------------------------------- warm start
+def with_choice_branches(teacher_modules: Mapping[str, nn.Module], supernet: nn.Module) -> dict[str, nn.Module]:
+    """``teacher_modules`` (teacher modules by name) plus, for every choice conv of ``supernet``
+    (``student.separable: search``), the teacher's conv at that name under both branch names: the
+    normal branch then pairs with it like any copied conv, the separable one like any factorised conv."""
+    out = dict(teacher_modules)
+    for name in conv_choices(supernet):
+        if name in out:
+            out[f"{name}.normal"] = out[f"{name}.separable"] = out[name]
+    return out
+
+
 @torch.no_grad()
 def warm_start(supernet: nn.Module, teacher: nn.Module, groups: Iterable[str] = (),
                sort: bool = True, batches: Iterable[Sequence[Tensor]] | None = None, images: int = 256,
@@ -409,7 +422,7 @@ def warm_start(supernet: nn.Module, teacher: nn.Module, groups: Iterable[str] = 
     if sort:  # reorder a copy: the caller's teacher keeps its channel order
         source = copy.deepcopy(teacher)
         sort_channels(source, groups)
-    src = dict(source.named_modules())
+    src = with_choice_branches(dict(source.named_modules()), supernet)
     report = WarmStartReport()
     done: set[str] = set()
     kept_energy: list[tuple[float, float]] = []
@@ -472,4 +485,5 @@ def warm_start(supernet: nn.Module, teacher: nn.Module, groups: Iterable[str] = 
 __all__ = [
     "SeparableFit", "WarmStartReport", "channel_importance", "factorize_separable", "fit_separable",
     "patch_moments", "permute_channels", "record_moments", "sort_channels", "take_images", "warm_start",
+    "with_choice_branches",
 ]

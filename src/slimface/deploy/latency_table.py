@@ -11,7 +11,9 @@ allows (all of them when there are few, else a grid of up to ``max_grid`` values
 back by bilinear interpolation), then fits ``predicted = overhead_ms + scale * sum(layers)`` on a
 few whole sub-networks measured in the same runtime (element-wise ops, copies and per-call costs
 are what the overhead and scale absorb). :class:`LatencyModel` prices any config of the supernet
-from the table. Runtimes: ``torch`` (eager fp32, batch norms folded), ``ort`` (ONNX Runtime fp32),
+from the table; on a supernet of searched conv types (``student.separable: search``) both branches
+of every choice conv are tabled and a config is priced with the branch its ``conv:`` key picks.
+Runtimes: ``torch`` (eager fp32, batch norms folded), ``ort`` (ONNX Runtime fp32),
 ``ort-int8`` (ONNX Runtime, static QDQ int8 as :func:`~slimface.deploy.quantize.quantize_int8`
 makes it; its table also keeps the fp32 time of each layer, so callers can leave the layers where
 int8 does not pay in fp32).
@@ -121,6 +123,14 @@ class LayerRef:
     in_layout: Any    # Chans (follows the widths) or int (fixed)
     out_layout: Any
     out_pixels: int = 1  # output positions per channel (H x W; 1 for linear)
+    choice: tuple[str, int] | None = None  # in a choice conv: (its conv key, the type that runs this layer)
+
+    def active(self, cfg: Mapping[str, int] | None) -> bool:
+        """Whether the layer runs in ``cfg`` (a choice conv's branch only when ``cfg`` picks its type;
+        a missing key means separable)."""
+        from slimface.nn.super_layers import SEPARABLE
+
+        return self.choice is None or int((cfg or {}).get(self.choice[0], SEPARABLE)) == self.choice[1]
 
     def channels(self, cfg: Mapping[str, int] | None) -> tuple[int, int]:
         def n(layout: Any) -> int:
@@ -139,23 +149,31 @@ class LayerRef:
 
 def _no_layout(layer: LayerRef) -> LayerRef:
     return LayerRef(layer.name, Site(**{**asdict(layer.site), "channels_last": False}), layer.in_layout,
-                    layer.out_layout, layer.out_pixels)
+                    layer.out_layout, layer.out_pixels, layer.choice)
 
 
 def _pair(v: Any) -> int:
     return int(v[0]) if isinstance(v, (tuple, list)) else int(v)
 
 
-def design_layers(supernet: nn.Module, example_inputs: tuple | None = None) -> list[LayerRef]:
-    """The supernet's convs / transposed convs / linears in forward order, from one probe forward."""
+def design_layers(supernet: nn.Module, example_inputs: tuple | None = None, both_types: bool = True) -> list[LayerRef]:
+    """The supernet's convs / transposed convs / linears in forward order, from one probe forward;
+    with choice convs (``student.separable: search``) and ``both_types`` a second probe, every choice
+    flipped, adds the branches the first did not run, each tagged with its conv key and type
+    (:attr:`LayerRef.choice`)."""
     from slimface.nn.modes import module_mode
-    from slimface.nn.super_layers import SuperMixin
+    from slimface.nn.super_layers import SuperMixin, choice_branches, flipped_conv_choices
 
     inputs = example_inputs if example_inputs is not None else supernet.example_inputs(1)  # type: ignore[operator]
     names = {id(m): n for n, m in supernet.named_modules()}
+    branch = choice_branches(supernet)
     layers: list[LayerRef] = []
+    first = [True]
+    seen: set[int] = set()
 
     def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        if not first[0] and (id(module) not in branch or id(module) in seen):
+            return  # the second probe records only the other branches
         x = args[0]
         super_ = isinstance(module, SuperMixin)
         if isinstance(module, nn.Linear):
@@ -172,13 +190,19 @@ def design_layers(supernet: nn.Module, example_inputs: tuple | None = None) -> l
         in_layout = module.in_chans if super_ else int(cin)  # type: ignore[attr-defined]
         out_layout = module.out_chans if super_ else int(cout)  # type: ignore[attr-defined]
         pixels = int(out.shape[-1] * out.shape[-2]) if out.dim() == 4 else 1
-        layers.append(LayerRef(names.get(id(module), ""), site, in_layout, out_layout, pixels))
+        layers.append(LayerRef(names.get(id(module), ""), site, in_layout, out_layout, pixels, branch.get(id(module))))
+        if first[0]:
+            seen.add(id(module))
 
     handles = [m.register_forward_hook(hook) for m in supernet.modules()
                if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
     try:
         with module_mode(supernet), torch.no_grad():
             supernet(*inputs)
+            if branch and both_types:
+                first[0] = False
+                with flipped_conv_choices(supernet):
+                    supernet(*inputs)
     finally:
         for h in handles:
             h.remove()
@@ -194,6 +218,18 @@ def _needed(layers: Sequence[LayerRef], choices: Mapping[str, Sequence[int]],
         pairs = out.setdefault(layer.site.key(), (layer.site, set()))[1]
         for combo in itertools.product(*(choices[g] for g in gs)):
             pairs.add(layer.channels(dict(zip(gs, combo))))
+    return out
+
+
+def _both_layouts(needed: dict[str, tuple[Site, set[tuple[int, int]]]]) -> dict[str, tuple[Site, set[tuple[int, int]]]]:
+    """``needed`` plus each conv / transposed conv / linear site in the other PyTorch memory layout:
+    with searched conv types a layer's input layout follows the types chosen before it (depthwise
+    convs always get channels-last input)."""
+    out = {k: (site, set(pairs)) for k, (site, pairs) in needed.items()}
+    for site, pairs in needed.values():
+        if site.op in ("conv", "deconv"):
+            other = Site(**{**asdict(site), "channels_last": not site.channels_last})
+            out.setdefault(other.key(), (other, set()))[1].update(pairs)
     return out
 
 
@@ -476,8 +512,14 @@ class LatencyModel:
 
     def __init__(self, table: LatencyTable, supernet: nn.Module, int8_where_faster: bool = False,
                  layers: Sequence[LayerRef] | None = None) -> None:
+        from slimface.nn.super_layers import conv_choices
+
         self.table = table
         self.layers = list(layers) if layers is not None else design_layers(supernet)
+        # PyTorch's memory layout of a layer's input depends on the types of the choice convs before
+        # it (a separable conv hands on channels-last): priced per type combination, from a probe
+        self._probe = supernet if table.runtime == "torch" and conv_choices(supernet) else None
+        self._by_types: dict[tuple[tuple[str, int], ...], list[LayerRef]] = {}
         if table.runtime != "torch":  # ONNX Runtime does not see PyTorch's memory layout
             self.layers = [_no_layout(ly) for ly in self.layers]
         self.int8_where_faster = int8_where_faster and table.runtime == "ort-int8"
@@ -486,10 +528,24 @@ class LatencyModel:
             raise ConfigError(f"latency table ({table.model}) lacks layer site {missing[0]} of this supernet; "
                               "rebuild it for this model, resolution and width (slimface latency-table)")
 
+    def active_layers(self, cfg: Mapping[str, int] | None) -> list[LayerRef]:
+        """The layers that run in ``cfg``: a choice conv's branch only when ``cfg`` picks its type
+        (with their PyTorch memory layouts under that mix, for a torch table)."""
+        if self._probe is None:
+            return [ly for ly in self.layers if ly.active(cfg)]
+        from slimface.compress.space import active_config
+        from slimface.nn.super_layers import current_conv_choices, is_conv_key
+
+        with active_config(self._probe, {k: v for k, v in (cfg or {}).items() if is_conv_key(k)}):
+            types = tuple(sorted(current_conv_choices(self._probe).items()))
+            if types not in self._by_types:
+                self._by_types[types] = design_layers(self._probe, both_types=False)
+        return self._by_types[types]
+
     def per_layer(self, cfg: Mapping[str, int] | None) -> list[dict[str, Any]]:
         """Each layer's name, channels and table time(s) under ``cfg``."""
         out = []
-        for ly in self.layers:
+        for ly in self.active_layers(cfg):
             cin, cout = ly.channels(cfg)
             rec: dict[str, Any] = {"name": ly.name, "site": ly.site.key(), "cin": cin, "cout": cout,
                                    "ms": self.table.layer_ms(ly.site, cin, cout)}
@@ -509,7 +565,7 @@ class LatencyModel:
 
     def melems(self, cfg: Mapping[str, int] | None) -> float:
         """Million activation elements the layers write (what element-wise work scales with)."""
-        return sum(ly.channels(cfg)[1] * ly.out_pixels for ly in self.layers) / 1e6
+        return sum(ly.channels(cfg)[1] * ly.out_pixels for ly in self.active_layers(cfg)) / 1e6
 
     def __call__(self, cfg: Mapping[str, int] | None) -> float:
         t = self.table
@@ -532,15 +588,22 @@ def _family(family: Any) -> Any:
 
 def _build(family: Any, model: Mapping[str, Any], cfg: Mapping[str, int] | None) -> nn.Module:
     """Sub-network ``cfg`` of the student design ``model`` describes (``separable``: its conv types,
-    all separable when absent)."""
-    from slimface.models.blocks import set_conv_types
+    all separable when absent; ``"search"``: the types of ``cfg``'s ``conv:`` keys, and with no
+    ``cfg`` the supernet of choice convs itself)."""
+    from slimface.models.blocks import SEARCH, convertible_convs, make_conv_choices, set_conv_types
+    from slimface.nn.super_layers import separable_names, width_part
 
     fam = _family(family)
     separable = model.get("separable", True)
     net = fam.build_generator(resolution=model["resolution"], channels=model["channels"],
-                              width_mult=model["width_mult"], separable=separable is not False, sub=dict(cfg or {}))
-    if not isinstance(separable, bool):
-        net.separable = set_conv_types(net, separable)
+                              width_mult=model["width_mult"], separable=separable is not False, sub=width_part(cfg))
+    if separable == SEARCH and cfg is None:
+        net.separable = make_conv_choices(net)
+    else:
+        if separable == SEARCH:
+            separable = separable_names(cfg, convertible_convs(net))
+        if not isinstance(separable, bool):
+            net.separable = set_conv_types(net, separable)
     return net.eval()
 
 
@@ -758,10 +821,11 @@ def fit_configs(space: Any, n: int, seed: int = 0) -> list[dict[str, int]]:
 def build_table(family: Any, resolution: int, channels: int = 3, width_mult: float = 1.0,
                 runtime: str = "torch", threads: int = 1, max_grid: int = 4, fit_subnets: int = 6,
                 seed: int = 0, progress: Callable[[str], None] | None = None,
-                separable: bool | Sequence[str] = True) -> LatencyTable:
+                separable: bool | str | Sequence[str] = True) -> LatencyTable:
     """Time every site of ``family``'s student design space at this size in ``runtime`` (see the
     module docstring) and fit the per-network overhead on ``fit_subnets`` whole sub-networks."""
     from slimface.compress.space import ConfigSpace
+    from slimface.nn.super_layers import conv_choices
 
     check_runtime(runtime)
     if threads < 1:
@@ -773,11 +837,13 @@ def build_table(family: Any, resolution: int, channels: int = 3, width_mult: flo
     model = {"family": fam.name, "resolution": int(resolution), "channels": int(channels),
              "width_mult": float(width_mult)}
     if separable is not True:  # a conv-type mix (student.separable); all separable is the default design
-        model["separable"] = separable if isinstance(separable, bool) else sorted(separable)
+        model["separable"] = separable if isinstance(separable, (bool, str)) else sorted(separable)
     supernet = _build(fam, model, None)
     space = ConfigSpace.from_supernet(fam, supernet)
     layers = design_layers(supernet)
     needed = _needed(layers, space.choices)
+    if runtime == "torch" and conv_choices(supernet):
+        needed = _both_layouts(needed)
     if runtime != "torch":  # ONNX Runtime does not see PyTorch's memory layout: merge those sites
         merged: dict[str, tuple[Site, set[tuple[int, int]]]] = {}
         for site, pairs in needed.values():

@@ -171,15 +171,19 @@ def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
 
 #: ``student`` settings of the mobile teacher, all left out of every key while it is off
 MOBILE_SETTINGS = ("mobile_teacher", "mobile_steps", "mobile_gap", "mobile_eval_every")
+#: ``student`` settings left out of every key at these values (their defaults, what every run
+#: before them did): earlier runs keep their keys
+STUDENT_DEFAULTS_OUT_OF_KEYS = {"seed": 0, "identity_lowpass": False}
 
 
 def _student_without_defaults(student: dict[str, Any]) -> dict[str, Any]:
-    """A ``student`` section minus ``seed: 0`` (the compression seed's default) and, while
-    ``mobile_teacher`` is off, the mobile teacher's settings: runs made before them keep their keys;
-    any other value is a setting of the supernet, search and fine-tune."""
+    """A ``student`` section minus :data:`STUDENT_DEFAULTS_OUT_OF_KEYS` at their defaults and, while
+    ``mobile_teacher`` is off, the mobile teacher's settings; any other value is a setting of the
+    supernet, search and fine-tune."""
     mobile_off = not student.get("mobile_teacher")
     return {k: v for k, v in student.items()
-            if not ((k == "seed" and v == 0) or (mobile_off and k in MOBILE_SETTINGS))}
+            if not ((k in STUDENT_DEFAULTS_OUT_OF_KEYS and v == STUDENT_DEFAULTS_OUT_OF_KEYS[k])
+                    or (mobile_off and k in MOBILE_SETTINGS))}
 
 
 def _without_conv_types(student: dict[str, Any], keep: str = "") -> dict[str, Any]:

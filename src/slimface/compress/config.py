@@ -42,6 +42,7 @@ class DistillConfig:
     distill_weight: float = 1.0
     gan_weight: float = 1.0
     identity_weight: float = 0.0
+    identity_lowpass: bool = False  # the identity term reads both images through a binomial low-pass
     gan_mode: Optional[GanMode] = None  # None: the family's own (bce; wgan-gp for crgan)
     gp_weight: float = 10.0
 

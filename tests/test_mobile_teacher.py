@@ -152,7 +152,8 @@ def test_tiny_pipeline_with_a_mobile_teacher(tmp_path: Path) -> None:
     args = [sys.executable, "-m", "slimface.cli", "run", "--config", str(TINY), "--out", str(tmp_path / "run"),
             "--no-progress", "--set", f"data.root={tmp_path / 'data'}", "--set", "student.mobile_teacher=true",
             "--set", "student.mobile_steps=4", "--set", "student.mobile_eval_every=2",
-            "--only", "data", "recognizer", "teacher", "mobile", "supernet"]
+            "--only", "data", "recognizer", "judge", "teacher", "mobile", "supernet", "search", "finetune", "export",
+            "evaluate", "report"]
     proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
@@ -164,3 +165,13 @@ def test_tiny_pipeline_with_a_mobile_teacher(tmp_path: Path) -> None:
     assert 2 <= outputs["steps"] <= 4
     assert outputs["converged"] == (outputs["rank1"] >= outputs["teacher_rank1"] - 1.0)
     assert (tmp_path / "run" / "tpgan" / "mobile" / "generator.safetensors").is_file()
+    # the evaluation separates the conversion loss (mobile vs teacher) from the pruning loss
+    models = json.loads((tmp_path / "run" / "evaluate" / "results.json").read_text())["models"]
+    assert "vs_teacher" in models["tpgan mobile teacher"]
+    student = models["tpgan compressed"]
+    for key, base in (("vs_teacher", "tpgan teacher"), ("vs_mobile", "tpgan mobile teacher")):
+        for scorer, by_group in student[key].items():
+            expected = student["rank1_by"][scorer]["avg"] - models[base]["rank1_by"][scorer]["avg"]
+            assert abs(by_group["avg"]["diff"] - expected) < 1e-6, (key, scorer)
+    report = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert "Student minus mobile teacher" in report and "| tpgan mobile teacher |" in report

@@ -777,8 +777,14 @@ class Pipeline:
                              "identities": f"{r.identities} of the training identities"},
             data=lambda: self.data, pair_dataset=self.pair_dataset, batches=self.batches,
             teacher=self.teacher_generator, recognizer=lambda: self.recognizer, judges=lambda: self.judges,
-            provenance=provenance,
+            provenance=provenance, mobile_teacher=self._mobile_generator,
         )
+
+    def _mobile_generator(self, family: str) -> nn.Module | None:
+        """The family's mobile teacher generator when this run has one (for evaluation)."""
+        if family not in self.cfg.families or not self.cfg.student_for(family).mobile_teacher:
+            return None
+        return self._mobile_teacher(family)[0]
 
     def stage_evaluate(self) -> dict[str, Any]:
         from slimface.evaluate.run_eval import evaluate_run

@@ -50,7 +50,7 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "search": ("data", "recognizer", "teacher.{fam}", "supernet.{fam}"),  # teacher: a "10x" budget
     "finetune": ("data", "recognizer", "teacher.{fam}", "mobile.{fam}", "supernet.{fam}", "search.{fam}"),
     "export": ("data", "search.{fam}", "finetune.{fam}"),
-    "evaluate": ("data", "recognizer", "judge", "teacher.*", "export.*"),
+    "evaluate": ("data", "recognizer", "judge", "teacher.*", "mobile.*", "export.*"),
     "bench": ("teacher.*", "search.*", "export.*"),
     "report": ("teacher.*", "search.*", "export.*", "evaluate", "bench"),
 }

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import shutil
 import time
 from pathlib import Path
@@ -39,8 +40,8 @@ log = logging.getLogger("slimface")
 
 TRAIN_STAGES = ("teacher", "supernet", "search", "finetune", "export")
 #: stages every torchrun process takes part in (DDP training, sharded search)
-DISTRIBUTED_STAGES = ("recognizer", "judge", "teacher", "supernet", "search", "finetune")
-ALL_STAGES = ("data", "recognizer", "judge", *TRAIN_STAGES, "sensitivity", "evaluate", "bench", "report")
+DISTRIBUTED_STAGES = ("recognizer", "judge", "teacher", "mobile", "supernet", "search", "finetune")
+ALL_STAGES = ("data", "recognizer", "judge", *TRAIN_STAGES, "sensitivity", "mobile", "evaluate", "bench", "report")
 
 
 def _say(text: str) -> None:
@@ -145,6 +146,8 @@ class Pipeline:
             kinds = list(TRAIN_STAGES)
             if self.cfg.student_for(fam).runs_sensitivity:  # optional: after the teacher, before the supernet
                 kinds.insert(kinds.index("supernet"), "sensitivity")
+            if self.cfg.student_for(fam).mobile_teacher:  # optional: right before the supernet
+                kinds.insert(kinds.index("supernet"), "mobile")
             names += [f"{kind}.{fam}" for kind in kinds]
         return names + ["evaluate", "bench", "report"]
 
@@ -495,13 +498,94 @@ class Pipeline:
             s = dataclasses.replace(s, train=self.cfg.finetune_for(family).train, decay_steps=None)
         fam = get_family(family)
         teacher = self.teacher_generator(family)
+        source, disc = teacher, self._teacher_disc(family)
+        if s.mobile_teacher:  # distilled from the mobile teacher; budgets stay relative to the teacher
+            source, disc = self._mobile_teacher(family)
         return OFATask(
-            fam, supernet, teacher, self._teacher_disc(family), s,
+            fam, supernet, source, disc, s,
             space=ConfigSpace.from_supernet(fam, supernet),
             recognizer=self.recognizer if s.identity_weight > 0 else None, seed=self.compression_seed(family),
             budget_macs=self.budget_macs(family, teacher) if s.sampling == "budget" and not fixed else 0.0,
             fixed_config=fixed,
         )
+
+    def _mobile_teacher(self, family: str) -> tuple[nn.Module, nn.Module]:
+        """The mobile stage's generator (a supernet, full width, frozen) and discriminator."""
+        from slimface.nn.modes import freeze
+
+        d = self.family_dir(family) / "mobile"
+        net = load_weights(self._supernet(family), d / "generator.safetensors", f"{family} mobile teacher")
+        disc = load_weights(self._teacher_disc(family), d / "discriminator.safetensors",
+                            f"{family} mobile teacher discriminator")
+        return freeze(net), disc
+
+    def _val_rank1(self, max_probes: int = 512):  # noqa: ANN202
+        """Validation rank-1 by the loss recognizer (slimface.compress.mobile.ValidationRank1): up to
+        ``max_probes`` validation profiles spread over the split, gallery one frontal per identity."""
+        from slimface.compress.mobile import ValidationRank1
+
+        pairs = self.data.val_pairs
+        pairs = pairs[:: max(1, math.ceil(len(pairs) / max_probes))]
+        ds = self.pair_dataset(pairs)
+        first: dict[Any, int] = {}
+        for i, p in enumerate(pairs):
+            first.setdefault(p[0].subject, i)
+        gallery = torch.stack([ds[i]["frontal"] for i in first.values()]).to(self.device)
+        probes = [{k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
+                  for b in self.batches(pairs, self.cfg.eval_batch_size)]
+        return ValidationRank1(probes, [p[0].subject for p in pairs], gallery, list(first), self.recognizer)
+
+    def stage_mobile(self, family: str) -> dict[str, Any]:
+        """The student design at full width trained with the student objective until its validation
+        rank-1 is within ``student.mobile_gap`` of the teacher's (slimface.compress.mobile)."""
+        from slimface.compress.mobile import MobileTeacherTask
+        from slimface.families import get_family
+        from slimface.train.loop import Trainer
+
+        out = self.family_dir(family) / "mobile"
+        s = self.cfg.student_for(family)
+        if s.seed:
+            torch.manual_seed(self.compression_seed(family))
+        net = self._supernet(family)
+        teacher = self.teacher_generator(family)
+        rank1 = self._val_rank1()
+        teacher_rank1 = rank1(teacher)
+        train = dataclasses.replace(s.train, steps=s.mobile_steps, eval_every=s.mobile_eval_every)
+        task = MobileTeacherTask(
+            get_family(family), net, teacher, self._teacher_disc(family), dataclasses.replace(s, train=train, decay_steps=None),
+            rank1=rank1, teacher_rank1=teacher_rank1, gap=s.mobile_gap,
+            recognizer=self.recognizer if s.identity_weight > 0 else None, seed=self.compression_seed(family),
+        )
+        if s.warm_start:
+            self._warm_start(family, net, task.teacher)
+        metrics = Trainer(task, self.pair_dataset(self.data.train_pairs), self.train_config(train, out, 5 + s.seed)).fit()
+        save_weights(net, out / "generator.safetensors")
+        save_weights(task.nets["disc"], out / "discriminator.safetensors")
+        mobile_rank1 = metrics.get("eval/rank1", rank1(net, task.fixed))
+        _say(f"  mobile teacher: validation rank-1 {mobile_rank1:.2f} vs teacher {teacher_rank1:.2f} "
+             f"after {int(metrics['step'])} steps (loss recognizer, {len(rank1.probe_subjects)} probes)")
+        return {"final": metrics, "rank1": mobile_rank1, "teacher_rank1": teacher_rank1, "steps": int(metrics["step"]),
+                "converged": mobile_rank1 >= teacher_rank1 - s.mobile_gap}
+
+    def _warm_start(self, family: str, supernet: nn.Module, teacher: nn.Module) -> None:
+        """Fill ``supernet`` from the teacher (copied layers, factorised separable convs, sorted channels;
+        ``student.warm_start_fit: activations`` fits the separable convs on training profiles)."""
+        from slimface.compress.space import ConfigSpace
+        from slimface.compress.warmstart import warm_start
+        from slimface.families import get_family
+
+        student = self.cfg.student_for(family)
+        batches = None
+        if student.warm_start_fit == "activations":  # fit separable convs on training profiles
+            from torch.utils.data import DataLoader
+
+            n = student.warm_start_fit_images
+            loader = DataLoader(self.pair_dataset(self.data.train_pairs), batch_size=min(32, n), shuffle=True,
+                                generator=torch.Generator().manual_seed(self.compression_seed(family)))
+            batches = ((b["profile"].to(self.device), b["landmarks"].to(self.device)) for b in loader)
+        groups = ConfigSpace.from_supernet(get_family(family), supernet).widths
+        report = warm_start(supernet, teacher, groups, batches=batches, images=student.warm_start_fit_images)
+        _say(f"  warm start from the {family} teacher: {report.summary()}")
 
     def stage_supernet(self, family: str) -> dict[str, Any]:
         from slimface.train.loop import Trainer
@@ -512,20 +596,14 @@ class Pipeline:
             torch.manual_seed(self.compression_seed(family))
         supernet = self._supernet(family)
         task = self._ofa_task(family, supernet)
-        if student.warm_start:
-            from slimface.compress.warmstart import warm_start
+        if student.mobile_teacher:  # its exact copy, channels sorted by importance for pruning
+            from slimface.compress.warmstart import sort_channels
 
-            batches = None
-            if student.warm_start_fit == "activations":  # fit separable convs on training profiles
-                from torch.utils.data import DataLoader
-
-                n = student.warm_start_fit_images
-                loader = DataLoader(self.pair_dataset(self.data.train_pairs), batch_size=min(32, n), shuffle=True,
-                                    generator=torch.Generator().manual_seed(self.compression_seed(family)))
-                batches = ((b["profile"].to(self.device), b["landmarks"].to(self.device)) for b in loader)
-            report = warm_start(supernet, task.teacher, task.space.widths, batches=batches,
-                                images=student.warm_start_fit_images)
-            _say(f"  warm start from the {family} teacher: {report.summary()}")
+            supernet.load_state_dict(task.teacher.state_dict())
+            sort_channels(supernet, task.space.widths)
+            _say(f"  supernet starts from the {family} mobile teacher (channels sorted by importance)")
+        elif student.warm_start:
+            self._warm_start(family, supernet, task.teacher)
         metrics = Trainer(task, self.pair_dataset(self.data.train_pairs),
                           self.train_config(student.train, out, 3 + student.seed)).fit()
         save_weights(supernet, out / "supernet.safetensors")
@@ -699,8 +777,14 @@ class Pipeline:
                              "identities": f"{r.identities} of the training identities"},
             data=lambda: self.data, pair_dataset=self.pair_dataset, batches=self.batches,
             teacher=self.teacher_generator, recognizer=lambda: self.recognizer, judges=lambda: self.judges,
-            provenance=provenance,
+            provenance=provenance, mobile_teacher=self._mobile_generator,
         )
+
+    def _mobile_generator(self, family: str) -> nn.Module | None:
+        """The family's mobile teacher generator when this run has one (for evaluation)."""
+        if family not in self.cfg.families or not self.cfg.student_for(family).mobile_teacher:
+            return None
+        return self._mobile_teacher(family)[0]
 
     def stage_evaluate(self) -> dict[str, Any]:
         from slimface.evaluate.run_eval import evaluate_run

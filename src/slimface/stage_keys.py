@@ -44,11 +44,13 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "teacher": ("data", "recognizer"),
     "sensitivity": ("data", "recognizer", "teacher.{fam}"),
     # the sensitivity table only while student.separable is auto (see dependencies)
-    "supernet": ("data", "recognizer", "teacher.{fam}", "sensitivity.{fam}"),
+    # the mobile teacher only while student.mobile_teacher is on (the stage exists only then)
+    "mobile": ("data", "recognizer", "teacher.{fam}", "sensitivity.{fam}"),
+    "supernet": ("data", "recognizer", "teacher.{fam}", "sensitivity.{fam}", "mobile.{fam}"),
     "search": ("data", "recognizer", "teacher.{fam}", "supernet.{fam}"),  # teacher: a "10x" budget
-    "finetune": ("data", "recognizer", "teacher.{fam}", "supernet.{fam}", "search.{fam}"),
+    "finetune": ("data", "recognizer", "teacher.{fam}", "mobile.{fam}", "supernet.{fam}", "search.{fam}"),
     "export": ("data", "search.{fam}", "finetune.{fam}"),
-    "evaluate": ("data", "recognizer", "judge", "teacher.*", "export.*"),
+    "evaluate": ("data", "recognizer", "judge", "teacher.*", "mobile.*", "export.*"),
     "bench": ("teacher.*", "search.*", "export.*"),
     "report": ("teacher.*", "search.*", "export.*", "evaluate", "bench"),
 }
@@ -85,7 +87,7 @@ def dependencies(stage: str, stages: Sequence[str], cfg: Any = None) -> list[str
             wanted += [s for s in stages if split(s)[0] == pattern[:-2] and split(s)[1]]
         else:
             wanted.append(pattern.format(fam=fam))
-    if kind == "supernet" and cfg is not None and cfg.student_for(fam).separable != "auto":
+    if kind in ("supernet", "mobile") and cfg is not None and cfg.student_for(fam).separable != "auto":
         wanted.remove(f"sensitivity.{fam}")
     return [s for s in stages if s in wanted]
 
@@ -124,17 +126,24 @@ def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
             teacher.pop("lr_decay_steps", None)
         s = {f"teachers.{fam}": teacher, "seed": c.seed}
     elif kind == "sensitivity":
-        student = _without_conv_types(_without_zero_seed(to_dict(c.student_for(fam))), "auto")
-        for unread in ("sampling", "budget_low", "warm_start", "decay_steps"):  # a fixed, constant-lr fine-tune
+        student = _without_conv_types(_student_without_defaults(to_dict(c.student_for(fam))), "auto")
+        # a fixed, constant-lr fine-tune of the teacher's single changes
+        for unread in ("sampling", "budget_low", "warm_start", "decay_steps", *MOBILE_SETTINGS):
             student.pop(unread, None)
         if student.get("warm_start_fit") != "activations":
             student.pop("warm_start_fit_images", None)
         student["train"] = {k: student["train"][k] for k in ("lr", "batch_size")}
         s = {"student": student, "search": {k: to_dict(c.search)[k] for k in ("val_batches", "bn_batches")},
              "eval_batch_size": c.eval_batch_size, "seed": c.seed}
+    elif kind == "mobile":
+        student = _without_conv_types(_student_without_defaults(to_dict(c.student_for(fam))))
+        for unread in ("sampling", "budget_low", "decay_steps"):  # one fixed sub-network, decay over its second half
+            student.pop(unread, None)
+        student["train"].pop("steps", None)  # mobile_steps instead
+        s = {"student": student, "seed": c.seed}
     elif kind == "supernet":
         student = c.student_for(fam)
-        s = {"student": _without_conv_types(_without_zero_seed(to_dict(student))), "seed": c.seed}
+        s = {"student": _without_conv_types(_student_without_defaults(to_dict(student))), "seed": c.seed}
         if not (student.warm_start and student.warm_start_fit == "activations"):
             for unused in ("warm_start_fit", "warm_start_fit_images"):  # older runs keep their keys
                 s["student"].pop(unused, None)
@@ -148,7 +157,7 @@ def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
             if key.startswith("separable"):  # the design searched (the default, all, stays out)
                 s[f"student.{key}"] = value
     elif kind == "finetune":
-        student = _without_conv_types(_without_zero_seed(to_dict(c.student_for(fam))))
+        student = _without_conv_types(_student_without_defaults(to_dict(c.student_for(fam))))
         for supernet_only in ("train", "warm_start", "warm_start_fit", "warm_start_fit_images", "sampling",
                               "budget_low", "decay_steps"):
             student.pop(supernet_only, None)
@@ -160,10 +169,21 @@ def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
     return _plain(_with_shipped(c, stage, _without_run_fields(s)))
 
 
-def _without_zero_seed(student: dict[str, Any]) -> dict[str, Any]:
-    """A ``student`` section minus ``seed: 0`` (the compression seed's default): runs made before it
-    existed keep their keys; any other value is a setting of the supernet, search and fine-tune."""
-    return {k: v for k, v in student.items() if not (k == "seed" and v == 0)}
+#: ``student`` settings of the mobile teacher, all left out of every key while it is off
+MOBILE_SETTINGS = ("mobile_teacher", "mobile_steps", "mobile_gap", "mobile_eval_every")
+#: ``student`` settings left out of every key at these values (their defaults, what every run
+#: before them did): earlier runs keep their keys
+STUDENT_DEFAULTS_OUT_OF_KEYS = {"seed": 0, "identity_lowpass": False}
+
+
+def _student_without_defaults(student: dict[str, Any]) -> dict[str, Any]:
+    """A ``student`` section minus :data:`STUDENT_DEFAULTS_OUT_OF_KEYS` at their defaults and, while
+    ``mobile_teacher`` is off, the mobile teacher's settings; any other value is a setting of the
+    supernet, search and fine-tune."""
+    mobile_off = not student.get("mobile_teacher")
+    return {k: v for k, v in student.items()
+            if not ((k in STUDENT_DEFAULTS_OUT_OF_KEYS and v == STUDENT_DEFAULTS_OUT_OF_KEYS[k])
+                    or (mobile_off and k in MOBILE_SETTINGS))}
 
 
 def _without_conv_types(student: dict[str, Any], keep: str = "") -> dict[str, Any]:
@@ -288,6 +308,9 @@ def output_paths(cfg: Any, out: str | Path, stage: str, outputs: dict[str, Any] 
         d = out / fam / "teacher"
         # the supernet also reads a discriminator left in the folder when the generator is given
         paths = ([Path(given)] if given else [d / "generator.safetensors"]) + [d / "discriminator.safetensors"]
+    elif kind == "mobile":
+        d = out / fam / "mobile"
+        paths = [d / "generator.safetensors", d / "discriminator.safetensors"]
     elif kind == "supernet":
         d = out / fam / "supernet"
         paths = [d / "supernet.safetensors", d / "mappers.safetensors", d / "discriminator.safetensors"]

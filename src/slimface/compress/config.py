@@ -42,6 +42,7 @@ class DistillConfig:
     distill_weight: float = 1.0
     gan_weight: float = 1.0
     identity_weight: float = 0.0
+    identity_lowpass: bool = False  # the identity term reads both images through a binomial low-pass
     gan_mode: Optional[GanMode] = None  # None: the family's own (bce; wgan-gp for crgan)
     gp_weight: float = 10.0
 
@@ -83,6 +84,14 @@ class OFAConfig(DistillConfig):
     Sensitivity (``sensitivity``; also run when ``separable: auto`` needs it): every convertible conv
     made separable alone and every prunable group shrunk alone, each scored after BN recalibration and
     a fixed ``sensitivity_steps``-step fine-tune (slimface.compress.sensitivity).
+
+    Mobile teacher (``mobile_teacher``, after GAN Compression): a stage before the supernet trains the
+    student design at full width (the supernet's largest sub-network, warm-started from the teacher)
+    with this objective, until its rank-1 on the validation identities (loss recognizer) is within
+    ``mobile_gap`` points of the teacher's or ``mobile_steps``; the supernet then starts from it and
+    is distilled from it, so the conversion loss (mobile teacher vs teacher) and the pruning loss
+    (student vs mobile teacher) are paid, and reported, separately. MACs budgets stay relative to the
+    original teacher.
     """
 
     sampling: Literal["uniform", "sandwich", "budget"] = "uniform"
@@ -98,6 +107,10 @@ class OFAConfig(DistillConfig):
     separable_keep: float = 0.25  # auto: the share of convertible convs kept normal
     sensitivity: bool = False  # run the sensitivity stage (also run when separable is auto)
     sensitivity_steps: int = 10  # the fixed fine-tune of every sensitivity variant (0: BN recalibration only)
+    mobile_teacher: bool = False  # train the student design at full width first; distil the supernet from it
+    mobile_steps: int = 1000  # the mobile teacher's step limit (its train section is train's, with these steps)
+    mobile_gap: float = 1.0  # stop once its validation rank-1 is within this many points of the teacher's
+    mobile_eval_every: int = 100  # steps between those validation checks
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
@@ -113,6 +126,12 @@ class OFAConfig(DistillConfig):
                   "(use none for no separable conv)")
         check(0 <= self.separable_keep <= 1, f"student.separable_keep must be in [0, 1], got {self.separable_keep}")
         check(self.sensitivity_steps >= 0, f"student.sensitivity_steps must be >= 0, got {self.sensitivity_steps}")
+        check(not (self.mobile_teacher and self.separable in ("none", "search")),
+              f"student.mobile_teacher trains the student's fixed separable design at full width; with "
+              f"separable {self.separable!r} that is the teacher itself: use all, auto or patterns, or drop mobile_teacher")
+        check(self.mobile_steps >= 1, f"student.mobile_steps must be >= 1, got {self.mobile_steps}")
+        check(self.mobile_gap >= 0, f"student.mobile_gap must be >= 0 (rank-1 points), got {self.mobile_gap}")
+        check(self.mobile_eval_every >= 1, f"student.mobile_eval_every must be >= 1, got {self.mobile_eval_every}")
         check(self.sampling in ("uniform", "sandwich", "budget"),
               f"student.sampling {self.sampling!r}: use 'uniform', 'sandwich' or 'budget'")
         check(0 < self.budget_low <= 1, f"student.budget_low must be in (0, 1], got {self.budget_low}")

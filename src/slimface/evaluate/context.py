@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from slimface.evaluate.config import BenchConfig
 
@@ -50,6 +50,8 @@ class RunContext:
     # per family: which teacher each student was distilled from -> (record, report lines, families
     # whose student rows must be left out)
     provenance: Callable[[], tuple[dict[str, Any], list[str], set[str]]]
+    # the family's mobile teacher (student.mobile_teacher), None when the run has none
+    mobile_teacher: Callable[[str], Optional["nn.Module"]] = lambda family: None
 
     def family_dir(self, family: str) -> Path:
         return self.out / family

@@ -109,9 +109,13 @@ def judge_tables(ev: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
                      f"{q.get('l1', float('nan')):.3f} | {q.get('hf_ratio', float('nan')):.2f} |")
     lines.append("")
     # students against their own teachers, paired on the same probes
-    paired = {m: e["vs_teacher"] for m, e in models.items() if e.get("vs_teacher")}
-    if paired:
-        lines += ["## Student minus teacher (paired on the same probes, average rank-1)", "",
+    for key, title, out_key in (
+            ("vs_teacher", "Student minus teacher", "student_minus_teacher"),
+            ("vs_mobile", "Student minus mobile teacher: the pruning loss", "student_minus_mobile_teacher")):
+        paired = {m: e[key] for m, e in models.items() if e.get(key)}
+        if not paired:
+            continue
+        lines += [f"## {title} (paired on the same probes, average rank-1)", "",
                   "| model | " + " | ".join(f"{n} Δ [95% CI]" for n in judges) + " |",
                   "|---|" + "---|" * len(judges)]
         for m, vt in paired.items():
@@ -121,7 +125,7 @@ def judge_tables(ev: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
                 cells.append("–" if a is None else f"{a['diff']:+.2f} {_ci_text(a['ci'])}")
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
-        out["student_minus_teacher"] = paired
+        out[out_key] = paired
     return lines, out
 
 

@@ -46,6 +46,9 @@ def _frontalizers(ctx: RunContext, refused: dict[str, str] | None = None) -> dic
     for fam in ctx.families:
         teacher = ctx.teacher(fam)
         models[f"{fam} teacher"] = lambda x, lm, g=teacher: g(x, lm)
+        mobile = ctx.mobile_teacher(fam)
+        if mobile is not None:
+            models[f"{fam} mobile teacher"] = lambda x, lm, g=mobile: g(x, lm)
         export_dir = ctx.family_dir(fam) / "export"
         if not export_dir.exists():  # a teacher-only run: `slimface evaluate` right after training it
             print(f"  {fam}: no exported student in {export_dir}; evaluating the teacher only", flush=True)
@@ -194,19 +197,25 @@ def evaluate_run(ctx: RunContext) -> dict[str, Any]:
             f"{k}°:{v:5.1f}" for k, v in r.items() if k not in ("avg", "0"))
             + f"  | {others}  SSIM {entry['quality']['ssim']:.3f}  HF {entry['quality']['hf_ratio']:.2f}", flush=True)
 
-    # every student against its own teacher, on the same probes: the paired difference and its interval
-    for name, entry in results["models"].items():
-        fam, _, rest = name.partition(" ")
-        teacher = f"{fam} teacher"
-        if not rest.startswith("compressed") or teacher not in hits:
-            continue
-        entry["vs_teacher"] = {}
+    # every student (and mobile teacher) against its own teacher, on the same probes: the paired
+    # difference and its interval; a student also against its mobile teacher (the pruning loss)
+    def paired(name: str, base: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         for k, h in hits[name].items():
             groups_k = [yaw_groups[i] for i in subsets[k]]
             rates = group_rates(h, groups_k)
-            base = group_rates(hits[teacher][k], groups_k)
-            ci = bootstrap_rank1(h, groups_k, baseline=hits[teacher][k], seed=ctx.seed)
-            entry["vs_teacher"][k] = {str(g): {"diff": rates[g] - base[g], "ci": list(ci[g])} for g in rates}
+            ref = group_rates(hits[base][k], groups_k)
+            ci = bootstrap_rank1(h, groups_k, baseline=hits[base][k], seed=ctx.seed)
+            out[k] = {str(g): {"diff": rates[g] - ref[g], "ci": list(ci[g])} for g in rates}
+        return out
+
+    for name, entry in results["models"].items():
+        fam, _, rest = name.partition(" ")
+        teacher, mobile = f"{fam} teacher", f"{fam} mobile teacher"
+        if (rest.startswith("compressed") or name == mobile) and teacher in hits:
+            entry["vs_teacher"] = paired(name, teacher)
+        if rest.startswith("compressed") and mobile in hits:
+            entry["vs_mobile"] = paired(name, mobile)
 
     # Figures 3-4: per probe row -> input, ground truth, each model's output
     rows, labels = [], []

@@ -89,6 +89,9 @@ class TrainTask(Protocol):
       plain types only), e.g. a supernet's configuration RNG. A task that is not an ``nn.Module`` may
       spell these ``state_dict()`` / ``load_state_dict(d)`` instead.
     * ``on_eval(step) -> dict[str, float]`` -- evaluation metrics (rank 0 only, no_grad, eval mode).
+    * ``converged(metrics) -> bool`` -- asked after each evaluation with the latest metrics (``eval/``
+      keys): True ends training there, checkpointed, as if ``steps`` were reached (a resumed run whose
+      checkpoint is converged trains no further).
     * ``frozen_nets: dict[str, nn.Module]`` -- nets the step runs but does not train (a distillation
       teacher, a recognizer): they follow the loop's memory format (``channels_last``) with ``nets``.
     * ``unused_parameters: Collection[str]`` -- names of ``nets`` in which a step may leave some trainable
@@ -263,6 +266,9 @@ class Trainer:
             if self.step >= cfg.steps:
                 self._line(f"already at step {self.step} >= steps {cfg.steps}; nothing to train")
                 return {"step": float(self.step), **self.last_metrics}
+            if self.step and self._converged():
+                self._line(f"converged at step {self.step} (checkpoint); nothing to train")
+                return {"step": float(self.step), **self.last_metrics}
             if info.world_size > 1:
                 sync_changed = D.set_sync_stats(self.task.nets, True)
             if cfg.channels_last:
@@ -308,8 +314,13 @@ class Trainer:
                     it_s = window_steps / elapsed if elapsed > 0 else None
                     self._log_train(done, avg, it_s)
                     sums, count, window_steps, t0 = {}, 0, 0, time.perf_counter()
+                converged = False
                 if (cfg.eval_every and done % cfg.eval_every == 0) or final:
                     self._evaluate(done)
+                    converged = not final and self._converged()
+                    if converged:
+                        self._line(f"converged at step {done} of {cfg.steps}: stopping early")
+                        final = True
                 if cfg.sample_period and (done % cfg.sample_period == 0 or final):
                     self._write_samples(done)
                 stop = D.any_rank(self._stop_signal is not None)
@@ -320,6 +331,8 @@ class Trainer:
                         name = signal.Signals(signum).name
                         self._line(f"stopped by {name} at step {done}; checkpoint {path}")
                         raise TrainingInterrupted(int(signum), done, path)
+                if converged:
+                    break
         finally:
             close()
 
@@ -436,6 +449,12 @@ class Trainer:
         metrics = D.broadcast_object(metrics)
         self.last_metrics.update(metrics)
         D.barrier()
+
+    def _converged(self) -> bool:
+        """The task's ``converged(metrics)`` on the latest metrics (same answer on every rank: the
+        evaluation metrics are broadcast); a task without it trains to ``steps``."""
+        converged = getattr(self.task, "converged", None)
+        return bool(callable(converged) and converged(self.last_metrics))
 
     def _write_samples(self, done: int) -> None:
         sample = getattr(self.task, "sample", None)

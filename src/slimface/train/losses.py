@@ -59,8 +59,21 @@ def total_variation(image: Tensor) -> Tensor:
     ).abs().mean()
 
 
-def identity_loss(embed: Callable[[Tensor], Tensor], fake: Tensor, real: Tensor) -> Tensor:
-    """L1 between recognizer features of the output and of the ground truth (frozen recognizer)."""
+def binomial_lowpass(image: Tensor) -> Tensor:
+    """The image through a 3x3 binomial filter ([1, 2, 1] x [1, 2, 1] / 16, edges replicated): its
+    response is exactly zero at the Nyquist frequency, so a loss read through it has no gradient
+    towards period-2 patterns (the stripes a recognizer's gradient draws)."""
+    c = image.shape[1]
+    k1 = image.new_tensor([1.0, 2.0, 1.0])
+    kernel = (k1[:, None] * k1[None, :] / 16).expand(c, 1, 3, 3)
+    return F.conv2d(F.pad(image, (1, 1, 1, 1), mode="replicate"), kernel, groups=c)
+
+
+def identity_loss(embed: Callable[[Tensor], Tensor], fake: Tensor, real: Tensor, lowpass: bool = False) -> Tensor:
+    """L1 between recognizer features of the output and of the ground truth (frozen recognizer);
+    ``lowpass``: both images read through :func:`binomial_lowpass` first."""
+    if lowpass:
+        fake, real = binomial_lowpass(fake), binomial_lowpass(real)
     with torch.no_grad():
         target = embed(real)
     return (embed(fake) - target).abs().mean()

@@ -36,11 +36,12 @@ from typing import Any, Sequence
 
 #: stages a study run reuses from the base run (never retrained) and the ones it runs
 UPSTREAM = ("data", "recognizer", "judge", "teacher")
-COMPRESSION = ("supernet", "search", "finetune", "export", "evaluate")
+#: (sensitivity and mobile run only where a lever turns them on: student.separable auto, mobile_teacher)
+COMPRESSION = ("sensitivity", "mobile", "supernet", "search", "finetune", "export", "evaluate")
 BASELINE = "baseline"
 #: per-seed figures summarised as mean ± sd
 FIGURES = ("student_rank1", "teacher_rank1", "diff", "delta_vs_baseline", "student_macs", "compression",
-           "ssim", "hf_ratio")
+           "ssim", "hf_ratio", "mobile_rank1", "conversion", "pruning")
 
 
 class StudyError(Exception):
@@ -166,7 +167,11 @@ def run_row(run: Path, family: str, scorer: str | None, teacher_macs: float) -> 
     net = load_export(run / family / "export").eval()
     macs = float(count_macs(net, net.example_inputs()))
     quality = student.get("quality") or {}
-    return {"scorer": scorer, "student_rank1": student["rank1_by"][scorer]["avg"],
+    mobile = models.get(f"{family} mobile teacher")  # a lever with student.mobile_teacher: its two losses
+    split = {"mobile_rank1": mobile["rank1_by"][scorer]["avg"] if mobile else None,
+             "conversion": mobile["vs_teacher"][scorer]["avg"]["diff"] if mobile else None,
+             "pruning": student["vs_mobile"][scorer]["avg"]["diff"] if mobile else None}
+    return {"scorer": scorer, "student_rank1": student["rank1_by"][scorer]["avg"], **split,
             "teacher_rank1": teacher["rank1_by"][scorer]["avg"], "diff": paired["diff"], "ci": list(paired["ci"]),
             "student_macs": macs, "student_params": float(count_params(net)),
             "compression": teacher_macs / macs if macs else float("nan"),
@@ -209,14 +214,16 @@ def _pm(s: dict[str, Any], fmt: str = ".2f", scale: float = 1.0, signed: bool = 
 
 def markdown(summary: dict[str, dict[str, Any]], settings: dict[str, list[str]], scorer: str) -> str:
     rows = [f"| setting | overrides | seeds | student rank-1 ({scorer}) | teacher rank-1 | student − teacher "
-            "| worst 95% CI high | Δ vs baseline (same seed) | student MACs (M) | compression | SSIM | HF ratio |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| worst 95% CI high | Δ vs baseline (same seed) | student MACs (M) | compression | SSIM | HF ratio "
+            "| mobile teacher rank-1 | conversion (mobile − teacher) | pruning (student − mobile) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in summary.items():
         over = ", ".join(f"`{o}`" for o in settings.get(name, [])) or "–"
         rows.append(f"| {name} | {over} | {len(s['seeds'])} | {_pm(s['student_rank1'])} | {_pm(s['teacher_rank1'])} "
                     f"| {_pm(s['diff'], signed=True)} | {s['worst_ci_high']:+.2f} "
                     f"| {_pm(s['delta_vs_baseline'], signed=True)} | {_pm(s['student_macs'], '.1f', 1e6)} "
-                    f"| {_pm(s['compression'], '.2f')}× | {_pm(s['ssim'], '.3f')} | {_pm(s['hf_ratio'], '.2f')} |")
+                    f"| {_pm(s['compression'], '.2f')}× | {_pm(s['ssim'], '.3f')} | {_pm(s['hf_ratio'], '.2f')} "
+                    f"| {_pm(s['mobile_rank1'])} | {_pm(s['conversion'], signed=True)} | {_pm(s['pruning'], signed=True)} |")
     return "\n".join(rows)
 
 

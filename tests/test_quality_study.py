@@ -76,6 +76,16 @@ def test_summary_mean_sd_worst_interval_and_paired_delta() -> None:
     assert one["student_rank1"] == {"mean": 40.0, "sd": None, "n": 1}  # one seed: no sd, not a zero one
 
 
+def test_a_mobile_teacher_lever_reports_conversion_and_pruning_apart() -> None:
+    rows = [_row("baseline", 0, 40.0, 50.0, 1.0),
+            {**_row("mobile", 0, 47.0, 50.0, 1.0), "mobile_rank1": 49.0, "conversion": -1.0, "pruning": -2.0}]
+    s = qs.summarise(rows)
+    assert s["mobile"]["conversion"]["mean"] == -1.0 and s["mobile"]["pruning"]["mean"] == -2.0
+    assert s["baseline"]["pruning"]["n"] == 0  # no mobile teacher: no split
+    table = qs.markdown(s, {"baseline": [], "mobile": ["student.mobile_teacher=true"]}, "judge")
+    assert "| 49.00 | -1.00 | -2.00 |" in table and table.splitlines()[2].endswith("| – | – | – |")
+
+
 def test_lever_parser_groups_overrides_and_refuses_bad_ones() -> None:
     levers = qs.parse_levers(["fit=student.warm_start_fit=activations", "cold=student.warm_start=false",
                               "fit=student.warm_start_fit_images=64"])

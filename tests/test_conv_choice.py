@@ -26,6 +26,7 @@ from slimface.nn.super_layers import (
     NORMAL, SEPARABLE, ConvChoice, SeparableConv2d, SuperConv2d, conv_choices, conv_key, current_conv_choices,
     set_widths,
 )
+from _nets import assert_export_matches_supernet
 from test_compress_space import TOY_FAMILY, ToyDisc, _build_gen, single_thread  # noqa: F401
 
 SIZE = dict(resolution=64, channels=3, width_mult=0.0625)
@@ -255,7 +256,6 @@ def test_search_picks_types_under_the_budget(tmp_path: Path) -> None:
 @pytest.mark.parametrize("family", ["crgan", "tpgan"])
 def test_a_searched_mix_exports_as_the_supernet_slice(family: str, tmp_path: Path) -> None:
     from slimface.compress.warmstart import warm_start
-    from slimface.export_format import load_export, save_export
 
     torch.manual_seed(0)
     teacher = build_generator(family, separable=False, **SIZE).eval()
@@ -270,16 +270,7 @@ def test_a_searched_mix_exports_as_the_supernet_slice(family: str, tmp_path: Pat
     assert not any(k.startswith("conv:") for k in static.arch()["sub"])
     assert sorted(n for n, m in static.named_modules() if isinstance(m, SeparableConv2d)) == static.separable
     assert not conv_choices(static)
-    x = static.example_inputs(2)
-    with torch.no_grad(), active_config(net, cfg):
-        ref = net(*x)
-    with torch.no_grad():
-        assert (static(*x) - ref).abs().max() < 1e-5
-    assert count_macs(static, static.example_inputs(1)) == macs_of(net, cfg)
-    save_export(static, tmp_path / "export", config=space.encode(cfg), program=False)
-    loaded = load_export(tmp_path / "export")
-    with torch.no_grad():
-        assert (loaded(*x) - ref).abs().max() < 1e-5
+    assert_export_matches_supernet(net, static, cfg, space.encode(cfg), tmp_path / "export")
     # the extremes: every conv separable is the family's student, every conv normal none of it
     assert extract_subnet(family, net, space.smallest(), **SIZE).separable is True
     assert extract_subnet(family, net, space.largest(), **SIZE).separable is False

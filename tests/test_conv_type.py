@@ -16,13 +16,14 @@ import torch
 from slimface.compress.config import OFAConfig
 from slimface.compress.conv_types import auto_normal, build_supernet, matching_convs, select_separable
 from slimface.compress.extract import extract_subnet
-from slimface.compress.space import ConfigSpace, macs_of
+from slimface.compress.space import ConfigSpace
 from slimface.config import from_dict, load_config
 from slimface.errors import ConfigError
 from slimface.families import build_generator, get_family
 from slimface.models.blocks import ResBlock, convertible_convs
-from slimface.nn.profile import count_macs
 from slimface.nn.super_layers import SeparableConv2d, SuperConv2d
+
+from _nets import assert_export_matches_supernet
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = dict(resolution=64, channels=3, width_mult=0.0625)
@@ -123,26 +124,13 @@ def _mixed(family: str, patterns: list[str]) -> tuple[torch.nn.Module, torch.nn.
                                              ("crgan", ["encoder.down.s16", "generator.*"])])
 def test_a_mix_exports_as_the_supernet_slice_with_its_profiled_macs(family: str, patterns: list[str],
                                                                     tmp_path: Path) -> None:
-    from slimface.export_format import load_export, save_export
-
     net, _ = _mixed(family, patterns)
     space = ConfigSpace.from_supernet(get_family(family), net)
     cfg = space.sample(torch.Generator().manual_seed(3))
     static = extract_subnet(family, net, cfg, **SIZE)
     assert static.separable == net.separable and _separable(static) == net.separable
-    x = static.example_inputs(2)
-    from slimface.compress.space import active_config
-
-    with torch.no_grad(), active_config(net.eval(), cfg):
-        ref = net(*x)
-    with torch.no_grad():
-        assert (static(*x) - ref).abs().max() < 1e-5
-    assert count_macs(static, static.example_inputs(1)) == macs_of(net, cfg)
-    save_export(static, tmp_path / "export", config=space.encode(cfg), program=False)
-    loaded = load_export(tmp_path / "export")
+    loaded = assert_export_matches_supernet(net, static, cfg, space.encode(cfg), tmp_path / "export")
     assert loaded.separable == net.separable
-    with torch.no_grad():
-        assert (loaded(*x) - ref).abs().max() < 1e-5
 
 
 def test_a_mix_goes_through_onnx(tmp_path: Path) -> None:

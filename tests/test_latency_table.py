@@ -71,7 +71,9 @@ def test_prediction_is_layer_sum_plus_fitted_overhead(torch_table: LatencyTable)
     assert model.layer_sum(cfg) == pytest.approx(sum(r["ms"] for r in per))
     t = torch_table
     assert model(cfg) == pytest.approx(t.overhead_ms + t.scale * model.layer_sum(cfg) + t.ms_per_melem * model.melems(cfg))
-    assert model.layer_sum(space.smallest()) < model.layer_sum(space.largest())
+    # (which of two measured layer sums is larger is a timing, not a behaviour: the activation volume
+    # the overhead term reads is exact)
+    assert model.melems(space.smallest()) < model.melems(space.largest())
     # grid points are read back exactly, others interpolated between their neighbours
     site_tab = next(s for s in t.sites.values() if len(s.cin) == 2 and len(s.cout) == 2)
     a, b = site_tab.cin

@@ -37,7 +37,7 @@ from torch import nn
 
 from slimface.errors import ConfigError
 from slimface.families.registry import build_generator
-from slimface.models.blocks import SEARCH, convertible_convs, set_conv_types
+from slimface.models.blocks import SEARCH, canonical_conv_types, convertible_convs, set_conv_types
 from slimface.models.generator import Generator
 from slimface.nn.super_layers import SeparableConv2d
 
@@ -114,9 +114,7 @@ def select_separable(model: nn.Module, setting: SeparableSetting, family: str = 
         raise ConfigError(f"student.separable {setting!r}: use all, none, auto, search or a list of fnmatch patterns")
     else:
         names = matching_convs(model, list(setting), family)
-    if len(names) == len(convertible):
-        return True
-    return sorted(names) if names else False
+    return canonical_conv_types(names, convertible)
 
 
 def build_supernet(family: str, resolution: int, channels: int, width_mult: float,

@@ -12,7 +12,7 @@ from slimface.compress.space import ConfigSpace, active_config
 from slimface.families import Family, build_generator, get_family
 from slimface.models.generator import Generator
 from slimface.nn.modes import unwrap
-from slimface.models.blocks import SEARCH, convertible_convs
+from slimface.models.blocks import SEARCH, canonical_conv_types, convertible_convs
 from slimface.nn.super_layers import load_subnet_weights, separable_names, width_groups, width_part
 
 
@@ -26,10 +26,7 @@ def static_conv_types(supernet: nn.Module, cfg: Mapping[str, int]) -> bool | lis
     if separable != SEARCH:
         return separable
     convertible = convertible_convs(inner)
-    names = separable_names(cfg, convertible)
-    if len(names) == len(convertible):
-        return True
-    return sorted(names) if names else False
+    return canonical_conv_types(separable_names(cfg, convertible), convertible)
 
 
 def extract_subnet(family: Family | str, supernet: nn.Module, cfg: Mapping[str, int], resolution: int,

@@ -156,7 +156,14 @@ def set_conv_types(model: nn.Module, separable: Iterable[str]) -> bool | list[st
     for name in convertible:
         if name not in names:
             _swap(model, name, normal_conv)
-    if names == set(convertible):
+    return canonical_conv_types(names, convertible)
+
+
+def canonical_conv_types(separable: Iterable[str], convertible: Iterable[str]) -> bool | list[str]:
+    """The conv-type value a generator records in ``arch()`` when the convs ``separable`` (a subset of
+    ``convertible``) are split: True (all), False (none) or their sorted names."""
+    names, every = set(separable), set(convertible)
+    if names == every:
         return True
     return sorted(names) if names else False
 
@@ -190,5 +197,5 @@ def res_stack(
 
 __all__ = [
     "Act", "activation", "Widths", "conv", "ConvBlock", "up2_padding", "UpBlock", "ResBlock", "res_stack", "ch",
-    "convertible_convs", "normal_conv", "set_conv_types", "make_conv_choices", "SEARCH",
+    "canonical_conv_types", "convertible_convs", "normal_conv", "set_conv_types", "make_conv_choices", "SEARCH",
 ]

@@ -561,7 +561,7 @@ class Pipeline:
         metrics = Trainer(task, self.pair_dataset(self.data.train_pairs), self.train_config(train, out, 5 + s.seed)).fit()
         save_weights(net, out / "generator.safetensors")
         save_weights(task.nets["disc"], out / "discriminator.safetensors")
-        mobile_rank1 = metrics.get("eval/rank1", rank1(net, task.fixed))
+        mobile_rank1 = metrics["eval/rank1"] if "eval/rank1" in metrics else rank1(net, task.fixed)
         _say(f"  mobile teacher: validation rank-1 {mobile_rank1:.2f} vs teacher {teacher_rank1:.2f} "
              f"after {int(metrics['step'])} steps (loss recognizer, {len(rank1.probe_subjects)} probes)")
         return {"final": metrics, "rank1": mobile_rank1, "teacher_rank1": teacher_rank1, "steps": int(metrics["step"]),

@@ -128,9 +128,9 @@ class LayerRef:
     def active(self, cfg: Mapping[str, int] | None) -> bool:
         """Whether the layer runs in ``cfg`` (a choice conv's branch only when ``cfg`` picks its type;
         a missing key means separable)."""
-        from slimface.nn.super_layers import SEPARABLE
+        from slimface.nn.super_layers import branch_runs
 
-        return self.choice is None or int((cfg or {}).get(self.choice[0], SEPARABLE)) == self.choice[1]
+        return branch_runs(cfg, self.choice)
 
     def channels(self, cfg: Mapping[str, int] | None) -> tuple[int, int]:
         def n(layout: Any) -> int:

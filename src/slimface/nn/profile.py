@@ -24,7 +24,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from slimface.nn.modes import module_mode, unwrap
-from slimface.nn.super_layers import SEPARABLE, SuperMixin, choice_branches, flipped_conv_choices, super_layers
+from slimface.nn.super_layers import SuperMixin, branch_runs, choice_branches, flipped_conv_choices, super_layers
 
 
 def _node_macs(node: Any, macs: int) -> int:
@@ -533,9 +533,8 @@ class ConvMacsModel:
 
     def __call__(self, widths: dict[str, int] | None) -> int:
         total = self.fixed
-        cfg = widths or {}
         for out_c, in_c, per_pair, tag in self.terms:
-            if tag is not None and int(cfg.get(tag[0], SEPARABLE)) != tag[1]:
+            if not branch_runs(widths, tag):
                 continue  # the other type of a choice conv
             n = out_c.active_total(widths)
             if in_c is not None:

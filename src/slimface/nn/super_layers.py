@@ -402,6 +402,12 @@ def flipped_conv_choices(model: nn.Module) -> Iterator[None]:
         set_conv_choices(model, previous)
 
 
+def branch_runs(cfg: Mapping[str, int] | None, tag: tuple[str, int] | None) -> bool:
+    """Whether a layer tagged ``(conv key, type)`` by :func:`choice_branches` runs in ``cfg`` (an untagged
+    layer always does; a missing key means separable)."""
+    return tag is None or int((cfg or {}).get(tag[0], SEPARABLE)) == tag[1]
+
+
 def separable_names(cfg: Mapping[str, int] | None, names: Iterable[str]) -> list[str]:
     """The convs among ``names`` that ``cfg`` makes separable (a missing key means separable)."""
     return [n for n in names if int((cfg or {}).get(conv_key(n), SEPARABLE)) == SEPARABLE]

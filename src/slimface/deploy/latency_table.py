@@ -293,7 +293,6 @@ def _torch_layer(site: Site, cin: int, cout: int) -> Callable[[], Any]:
 def _onnx_layer(site: Site, cin: int, cout: int, int8: bool) -> tuple[bytes, dict[str, np.ndarray]]:
     """A one-node ONNX model of the layer (fp32 Conv/ConvTranspose/Gemm, or a uint8 -> uint8
     QLinearConv with per-channel int8 weights, the kernel ORT runs for a quantized conv) and feeds."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(cin * 1000 + cout)

@@ -368,7 +368,6 @@ class Trainer:
             return _to_device(b, device, self.cfg.channels_last)
 
         def close() -> None:
-            nonlocal it
             shutdown = getattr(it, "_shutdown_workers", None)
             if callable(shutdown):
                 shutdown()

@@ -161,20 +161,14 @@ def design_layers(supernet: nn.Module, example_inputs: tuple | None = None, both
     with choice convs (``student.separable: search``) and ``both_types`` a second probe, every choice
     flipped, adds the branches the first did not run, each tagged with its conv key and type
     (:attr:`LayerRef.choice`)."""
-    from slimface.nn.modes import module_mode
-    from slimface.nn.super_layers import SuperMixin, choice_branches, flipped_conv_choices
+    from slimface.nn.super_layers import SuperMixin, choice_branches, probe_layers
 
     inputs = example_inputs if example_inputs is not None else supernet.example_inputs(1)  # type: ignore[operator]
     names = {id(m): n for n, m in supernet.named_modules()}
     branch = choice_branches(supernet)
     layers: list[LayerRef] = []
-    first = [True]
-    seen: set[int] = set()
 
-    def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
-        if not first[0] and (id(module) not in branch or id(module) in seen):
-            return  # the second probe records only the other branches
-        x = args[0]
+    def visit(module: nn.Module, x: torch.Tensor, out: Any, first: bool) -> None:
         super_ = isinstance(module, SuperMixin)
         if isinstance(module, nn.Linear):
             site = Site("linear")
@@ -191,21 +185,8 @@ def design_layers(supernet: nn.Module, example_inputs: tuple | None = None, both
         out_layout = module.out_chans if super_ else int(cout)  # type: ignore[attr-defined]
         pixels = int(out.shape[-1] * out.shape[-2]) if out.dim() == 4 else 1
         layers.append(LayerRef(names.get(id(module), ""), site, in_layout, out_layout, pixels, branch.get(id(module))))
-        if first[0]:
-            seen.add(id(module))
 
-    handles = [m.register_forward_hook(hook) for m in supernet.modules()
-               if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
-    try:
-        with module_mode(supernet), torch.no_grad():
-            supernet(*inputs)
-            if branch and both_types:
-                first[0] = False
-                with flipped_conv_choices(supernet):
-                    supernet(*inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    probe_layers(supernet, inputs, visit, both_types)
     return layers
 
 

@@ -24,7 +24,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from slimface.nn.modes import module_mode, unwrap
-from slimface.nn.super_layers import SuperMixin, branch_runs, choice_branches, flipped_conv_choices, super_layers
+from slimface.nn.super_layers import SuperMixin, branch_runs, choice_branches, probe_layers, super_layers
 
 
 def _node_macs(node: Any, macs: int) -> int:
@@ -485,42 +485,23 @@ class ConvMacsModel:
         #  (conv key, type) of the choice branch it belongs to or None)
         self.terms: list[tuple[Any, Any, int, tuple[str, int] | None]] = []
         records: list[tuple[nn.Module, int]] = []
-        inner = unwrap(model)
-        branch = choice_branches(inner)
-        probing = [True]  # the first probe counts towards ``probed``
+        branch = choice_branches(unwrap(model))
 
-        def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
-            x = args[0]
+        def visit(module: nn.Module, x: torch.Tensor, out: Any, first: bool) -> None:
             if isinstance(module, nn.ConvTranspose2d):
                 per_pair = (x.numel() // x.shape[1]) * module.kernel_size[0] * module.kernel_size[1]
                 c_out, c_in = out.shape[1], x.shape[1]
             elif isinstance(module, nn.Conv2d):
                 per_pair = (out.numel() // out.shape[1]) * module.kernel_size[0] * module.kernel_size[1]
                 c_out, c_in = out.shape[1], (1 if _depthwise(module) else x.shape[1])
-            elif isinstance(module, nn.Linear):
+            else:
                 per_pair = out.numel() // out.shape[-1]
                 c_out, c_in = out.shape[-1], x.shape[-1]
-            else:
-                return
-            if probing[0]:
-                records.append((module, per_pair))
+            records.append((module, per_pair))
+            if first:  # the first probe counts towards ``probed``
                 self.probed += per_pair * c_out * c_in
-            elif id(module) in branch and id(module) not in seen:  # a branch the first probe did not run
-                records.append((module, per_pair))
 
-        handles = [m.register_forward_hook(hook) for m in model.modules()
-                   if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
-        try:
-            with module_mode(model), torch.no_grad():
-                model(*inputs)
-                seen = {id(m) for m, _ in records}
-                if branch:
-                    probing[0] = False
-                    with flipped_conv_choices(inner):
-                        model(*inputs)
-        finally:
-            for h in handles:
-                h.remove()
+        probe_layers(model, inputs, visit)
         for module, per_pair in records:
             depthwise = _depthwise(module)
             if isinstance(module, SuperMixin):

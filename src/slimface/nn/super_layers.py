@@ -12,7 +12,7 @@ the shared weights in place.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
@@ -400,6 +400,40 @@ def flipped_conv_choices(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         set_conv_choices(model, previous)
+
+
+def probe_layers(model: nn.Module, inputs: tuple[Any, ...],
+                 visit: Callable[[nn.Module, Tensor, Any, bool], None], both_types: bool = True) -> None:
+    """One probe forward of ``model`` (eval mode, no grad) calling ``visit(module, input, output,
+    first)`` for each conv, transposed conv and linear as it runs (``first`` True); with choice convs
+    and ``both_types``, a second forward with every choice flipped visits only the branch layers the
+    first did not run (``first`` False): every layer of both types once, in forward order."""
+    from slimface.nn.modes import module_mode, unwrap
+
+    inner = unwrap(model)
+    branch = choice_branches(inner)
+    first = [True]
+    seen: set[int] = set()
+
+    def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        if first[0]:
+            seen.add(id(module))
+        elif id(module) not in branch or id(module) in seen:
+            return
+        visit(module, args[0], out, first[0])
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+    try:
+        with module_mode(model), torch.no_grad():
+            model(*inputs)
+            if branch and both_types:
+                first[0] = False
+                with flipped_conv_choices(inner):
+                    model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def branch_runs(cfg: Mapping[str, int] | None, tag: tuple[str, int] | None) -> bool:

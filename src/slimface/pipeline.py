@@ -746,7 +746,8 @@ class Pipeline:
                                             sc.latency_table if sc.runtime == "ort-int8" else None,
                                             self.family_dir(student.family) / "search", _say)
             try:
-                report = quantize_int8(onnx_path, out / "model.int8.onnx", calib, nodes_to_exclude=keep_fp32)
+                report = quantize_int8(onnx_path, out / "model.int8.onnx", calib, nodes_to_exclude=keep_fp32,
+                                       recognizer=self.recognizer)  # identity checked too, not pixels alone
             except Int8RefusedError as e:  # noted beside the model (int8_guard.refusal_note); the run goes on
                 info["int8_refused"] = str(e)
                 _say(f"  {e}")

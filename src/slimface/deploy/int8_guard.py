@@ -50,10 +50,13 @@ __all__ = [
 ]
 
 #: int8 outputs whose PSNR against fp32 (data range 1, as evaluate.quality) is below this are refused.
-#: Healthy slimface students land at 30-45 dB; saturated u8s8 convs (mean abs diff ~0.3) near 15 dB.
-MIN_PSNR_DB = 25.0
-#: with a recognizer: mean cosine between the embeddings of int8 and fp32 outputs must reach this.
-MIN_COSINE = 0.9
+#: Saturated u8s8 convs land far below it; per-tensor 8-bit activations in a full-resolution output
+#: stage land just below it and already cost several points of rank-1
+#: (docs/experiments/2026-12-05-student-on-the-shipped-teacher.md, "Fine-tune length").
+MIN_PSNR_DB = 28.0
+#: with a recognizer: mean cosine between the embeddings of int8 and fp32 outputs must reach this
+#: (identity is what rank-1 reads; the same note sets the level).
+MIN_COSINE = 0.96
 #: /proc/cpuinfo flags of the int8 dot-product instructions that do not saturate.
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "avx_vnni_int8")
 CHECK_KEY = "int8_check"        # metadata: base64 npz of check inputs + fp32 outputs
@@ -190,9 +193,11 @@ def compare(int8: np.ndarray, fp32: np.ndarray) -> dict[str, float]:
 def _cosine(recognizer: Any, a: np.ndarray, b: np.ndarray) -> float:
     import torch
 
+    param = next(iter(recognizer.parameters()), None) if hasattr(recognizer, "parameters") else None
+    device = param.device if param is not None else torch.device("cpu")  # the run's recognizer may sit on a GPU
     with torch.no_grad():
-        ea = recognizer.embed(torch.from_numpy(np.clip(a, -1, 1).astype(np.float32)))
-        eb = recognizer.embed(torch.from_numpy(np.clip(b, -1, 1).astype(np.float32)))
+        ea = recognizer.embed(torch.from_numpy(np.clip(a, -1, 1).astype(np.float32)).to(device))
+        eb = recognizer.embed(torch.from_numpy(np.clip(b, -1, 1).astype(np.float32)).to(device))
         return float(torch.nn.functional.cosine_similarity(ea, eb, dim=1).mean())
 
 

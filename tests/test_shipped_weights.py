@@ -136,7 +136,7 @@ def test_manifest_records_files_fingerprints_and_command(runs: dict, tmp_path: P
     assert set(manifest["files"]) == {"judge.safetensors", "recognizer.safetensors", "tpgan.generator.safetensors",
                                       "tpgan.discriminator.safetensors"}
     roles = {e["role"] for e in manifest["files"].values()}
-    assert roles == set(shipped.ROLES)
+    assert roles == set(shipped.ROLES) - {"mobile generator", "mobile discriminator"}  # no mobile stage ran
     for name, e in manifest["files"].items():
         blob = (runs["weights"] / name).read_bytes()
         assert e["sha256"] == hashlib.sha256(blob).hexdigest() and e["size"] == len(blob)
@@ -302,3 +302,62 @@ def test_stage_keys_ignore_the_off_switches(runs: dict) -> None:
     marker = K.read_marker(runs["src"], "teacher.tpgan")
     assert "origin" not in marker["outputs"]
     assert K.provenance(runs["src"], ["tpgan"])["tpgan"]["origin"] == {}
+
+
+# ------------------------------------------------------------------------------ shipped mobile teachers
+MOBILE = ["--set", "student.mobile_teacher=true", "--set", "student.mobile_steps=2", "--set", "student.mobile_eval_every=2"]
+
+
+def test_a_mobile_teacher_ships_and_loads_without_training(runs: dict, tmp_path: Path) -> None:
+    """A source run's mobile teacher is packed beside its teacher (``<family>.mobile.*``), and a run
+    with ``student.mobile_pretrained`` installs it, verified, instead of training it."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    src = tmp_path / "src"
+    shutil.copytree(runs["src"], src)
+    _ok(slimface("run", "--config", str(TINY), "--out", str(src), *runs["data"], *SHORT, *MOBILE, "--no-progress",
+                 "--only", "mobile", cwd=runs["work"]))
+    weights = tmp_path / "weights"
+    shipped_pack.pack(src, weights, fp16=["discriminator"], command="pytest", say=lambda _: None)
+    manifest = json.loads((weights / "manifest.json").read_text())
+    entry = manifest["files"]["tpgan.mobile.generator.safetensors"]
+    assert entry["role"] == "mobile generator" and entry["arch"]["net"] == "tpgan student"
+    assert manifest["files"]["tpgan.mobile.discriminator.safetensors"]["dtype"] == "float16"
+    assert shipped.verify(weights, say=lambda _: None) == len(manifest["files"])
+
+    out = tmp_path / "uses"
+    common = ("--config", str(TINY), "--out", str(out), *runs["data"], "--set", f"weights={weights}", "--no-progress")
+    log = _ok(slimface("run", *common, *PRETRAINED, *MOBILE, "--set", "student.mobile_pretrained=true",
+                       "--only", "data", "recognizer", "judge", "teacher", "mobile", cwd=runs["work"]))
+    assert "[mobile.tpgan] tpgan mobile generator: shipped" in log and "not trained in this run" in log
+    mobile = out / "tpgan" / "mobile"
+    assert not (mobile / "checkpoints").exists()
+    mine, theirs = load_file(str(mobile / "generator.safetensors")), load_file(str(src / "tpgan" / "mobile" /
+                                                                               "generator.safetensors"))
+    assert set(mine) == set(theirs) and all(torch.equal(mine[k], theirs[k]) for k in mine)  # fp32: bit-exact
+    marker = K.read_marker(out, "mobile.tpgan")
+    assert marker["outputs"]["origin"] == "shipped"
+    assert marker["settings"] == {"pretrained": entry["sha256"][:16] + "+" +
+                                  manifest["files"]["tpgan.mobile.discriminator.safetensors"]["sha256"][:16]}
+
+    # another student design (convs left normal by a pattern) is another architecture: refused, one line
+    bad = _ok_fail(slimface("run", *common, *PRETRAINED, *MOBILE, "--set", "student.mobile_pretrained=true",
+                            "--set", "student.separable=[decoder.*]", "--only", "mobile", cwd=runs["work"]))
+    assert "shipped tpgan mobile generator" in bad and "another architecture" in bad
+    assert "student.mobile_pretrained=false" in bad
+
+
+def _ok_fail(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_mobile_pretrained_needs_the_mobile_teacher() -> None:
+    from slimface.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="mobile_pretrained.*mobile_teacher=true"):
+        load_config(PipelineConfig, TINY, {"student.mobile_pretrained": True})

@@ -537,13 +537,18 @@ class Pipeline:
 
     def stage_mobile(self, family: str) -> dict[str, Any]:
         """The student design at full width trained with the student objective until its validation
-        rank-1 is within ``student.mobile_gap`` of the teacher's (slimface.compress.mobile)."""
+        rank-1 is within ``student.mobile_gap`` of the teacher's (slimface.compress.mobile), or the
+        shipped one (``student.mobile_pretrained``)."""
         from slimface.compress.mobile import MobileTeacherTask
         from slimface.families import get_family
         from slimface.train.loop import Trainer
 
         out = self.family_dir(family) / "mobile"
         s = self.cfg.student_for(family)
+        if s.mobile_pretrained:  # shipped generator + discriminator, verified against this run's config
+            from slimface.shipped import install
+
+            return install(self, f"mobile.{family}", _say)
         if s.seed:
             torch.manual_seed(self.compression_seed(family))
         net = self._supernet(family)

@@ -43,7 +43,8 @@ SCHEMA = "slimface.weights/1"
 MANIFEST = "manifest.json"
 #: the most the shipped files may weigh together (issue 17): a clone stays small
 MAX_TOTAL_BYTES = 40_000_000
-ROLES = ("judge", "recognizer", "teacher generator", "teacher discriminator")
+ROLES = ("judge", "recognizer", "teacher generator", "teacher discriminator", "mobile generator",
+         "mobile discriminator")
 
 
 # ----------------------------------------------------------------------------------------- slots
@@ -55,10 +56,21 @@ class Slot:
     family: str | None = None
 
     @property
+    def kind(self) -> str:
+        """The stage kind that writes it: judge, recognizer, teacher or mobile (a family's mobile teacher)."""
+        return self.role.split()[0]
+
+    @property
+    def part(self) -> str:
+        """generator or discriminator (a family's networks); the role itself for the recognizers."""
+        return self.role.split()[-1]
+
+    @property
     def file(self) -> str:
         if self.role in ("judge", "recognizer"):
             return f"{self.role}.safetensors"
-        return f"{self.family}.{self.role.split()[1]}.safetensors"
+        middle = "" if self.kind == "teacher" else f"{self.kind}."  # teacher files keep their names
+        return f"{self.family}.{middle}{self.part}.safetensors"
 
     @property
     def label(self) -> str:
@@ -66,30 +78,39 @@ class Slot:
 
     @property
     def stage(self) -> str:
-        return self.role if self.role in ("judge", "recognizer") else f"teacher.{self.family}"
+        return self.role if self.role in ("judge", "recognizer") else f"{self.kind}.{self.family}"
 
     @property
     def switch(self) -> str:
         """The setting that turns the shipped file off (the stage then trains)."""
         if self.role in ("judge", "recognizer"):
             return f"{self.role}.pretrained"
+        if self.kind == "mobile":
+            return "student.mobile_pretrained"
         return f"teachers.{self.family}.pretrained"
+
+    def switched_on(self, cfg: Any) -> bool:
+        """Whether ``cfg`` loads this file instead of training it."""
+        if self.kind == "mobile":
+            return bool(cfg.student_for(str(self.family)).mobile_pretrained)
+        return bool(getattr(_role_settings(cfg, self), "pretrained", False))
 
     def run_path(self, out: str | Path) -> Path:
         """Where a run's own stage writes this network."""
         out = Path(out)
         if self.role in ("judge", "recognizer"):
             return out / self.role / f"{self.role}.safetensors"
-        return out / str(self.family) / "teacher" / f"{self.role.split()[1]}.safetensors"
+        return out / str(self.family) / self.kind / f"{self.part}.safetensors"
 
 
 def slots_of(stage: str) -> list[Slot]:
-    """The shipped files a stage installs: ``"judge"``, ``"recognizer"`` or ``"teacher.<family>"``."""
+    """The shipped files a stage installs: ``"judge"``, ``"recognizer"``, ``"teacher.<family>"`` or
+    ``"mobile.<family>"`` (the family's mobile teacher)."""
     kind, _, fam = stage.partition(".")
     if kind in ("judge", "recognizer"):
         return [Slot(kind)]
-    if kind == "teacher" and fam:
-        return [Slot("teacher generator", fam), Slot("teacher discriminator", fam)]
+    if kind in ("teacher", "mobile") and fam:
+        return [Slot(f"{kind} generator", fam), Slot(f"{kind} discriminator", fam)]
     return []
 
 
@@ -140,6 +161,7 @@ def data_of(data: Mapping[str, Any], recognizer: Mapping[str, Any] | None = None
 
 
 def _role_settings(cfg: Any, slot: Slot) -> Any:
+    """The config section of the network (a mobile teacher has its teacher's width)."""
     return getattr(cfg, slot.role) if slot.role in ("judge", "recognizer") else cfg.teacher(str(slot.family))
 
 
@@ -160,7 +182,7 @@ def expected(pipe: "Pipeline", slot: Slot) -> tuple["nn.Module", dict[str, Any]]
     settings = _role_settings(cfg, slot)
     if slot.role in ("judge", "recognizer"):
         module = pipe._build_recognizer(settings)
-        net = settings.variant
+        net = slot_net(slot, settings.variant)
     else:
         from slimface.families import get_family
 
@@ -168,11 +190,21 @@ def expected(pipe: "Pipeline", slot: Slot) -> tuple["nn.Module", dict[str, Any]]
         if slot.role == "teacher generator":
             module = fam.build_generator(resolution=d.resolution, channels=d.channels,
                                          width_mult=settings.width_mult, separable=False, sub=None)
+        elif slot.role == "mobile generator":  # the run's supernet (its conv types), at full width
+            module = pipe._supernet(str(slot.family)).cpu()
         else:
             module = fam.build_discriminator(resolution=d.resolution, channels=d.channels,
                                              width_mult=settings.width_mult)
-        net = str(slot.family)
+        net = slot_net(slot)
     return module, arch_fingerprint(net, d.resolution, d.channels, settings.width_mult, module_shapes(module))
+
+
+def slot_net(slot: Slot, variant: str | None = None) -> str:
+    """The ``net`` of an architecture fingerprint: a recognizer's variant, the family for a teacher's
+    networks and a mobile discriminator, ``<family> student`` for a mobile teacher's generator."""
+    if slot.role in ("judge", "recognizer"):
+        return str(variant)
+    return f"{slot.family} student" if slot.role == "mobile generator" else str(slot.family)
 
 
 # ----------------------------------------------------------------------------------------- files
@@ -304,7 +336,7 @@ def stage_key_part(cfg: Any, stage: str) -> str | None:
     """What a stage that uses shipped weights depends on (for its stage key): the manifest's sha256 of
     each file it installs (16 hex digits each, joined by ``+``). None when the stage trains."""
     slots = slots_of(stage)
-    if not slots or not getattr(_role_settings(cfg, slots[0]), "pretrained", False):
+    if not slots or not slots[0].switched_on(cfg):
         return None
     weights = Path(getattr(cfg, "weights", "weights"))
     try:
@@ -405,5 +437,5 @@ __all__ = [
     "MANIFEST", "MAX_TOTAL_BYTES", "ROLES", "SCHEMA", "Slot", "arch_fingerprint", "check_against", "check_arch",
     "check_data", "data_of", "dataset_fingerprint", "expected", "expected_data", "install", "load_file_checked",
     "manifest_digest", "manifest_entry", "origin_text",
-    "read_manifest", "slots_of", "stage_key_part", "state_signature", "verify",
+    "read_manifest", "slot_net", "slots_of", "stage_key_part", "state_signature", "verify",
 ]

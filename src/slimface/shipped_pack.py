@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 from slimface import stage_keys as K
 from slimface.errors import CheckpointError
 from slimface.shipped import (MANIFEST, MAX_TOTAL_BYTES, SCHEMA, Slot, arch_fingerprint, data_of,
-                              dataset_fingerprint, sha256_bytes, slots_of)
+                              dataset_fingerprint, sha256_bytes, slot_net, slots_of)
 
 if TYPE_CHECKING:
     import torch
@@ -52,8 +52,9 @@ def _figures(run: Path, slot: Slot, evaluation: Mapping[str, Any] | None, fresh:
         return {"ceiling_rank1": (scorers.get("judge") or {}).get("ceiling_rank1")}
     if slot.role == "recognizer":
         return {"ceiling_rank1": (scorers.get("loss recognizer") or {}).get("ceiling_rank1")}
-    if slot.role == "teacher generator":
-        model = (evaluation.get("models") or {}).get(f"{slot.family} teacher") or {}
+    if slot.role in ("teacher generator", "mobile generator"):
+        name = f"{slot.family} teacher" if slot.kind == "teacher" else f"{slot.family} mobile teacher"
+        model = (evaluation.get("models") or {}).get(name) or {}
         return {"rank1_by": model.get("rank1_by"), "rank1_ci_by": model.get("rank1_ci_by"),
                 "quality": model.get("quality")}
     return {}
@@ -89,7 +90,8 @@ def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: st
     ev_inputs = (K.read_marker(run, "evaluate") or {}).get("inputs") or {}
 
     stages = [p.stem for p in sorted((run / "stages").glob("*.json"))]
-    wanted = [s for s in ("recognizer", "judge") if s in stages] + sorted(s for s in stages if s.startswith("teacher."))
+    wanted = [s for s in ("recognizer", "judge") if s in stages] + sorted(
+        s for s in stages if s.startswith(("teacher.", "mobile.")))
     if not wanted:
         raise CheckpointError(f"{run} has no finished recognizer, judge or teacher stage to pack")
     blobs: dict[str, bytes] = {}
@@ -110,7 +112,12 @@ def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: st
                                           "inherit; re-run the teacher stage")
                 raise CheckpointError(f"{src} is missing (a given checkpoint is not packed); re-run the {stage} stage")
             recognizing = slot.role in ("judge", "recognizer")
-            own = (settings.get(slot.role) if recognizing else settings.get(f"teachers.{slot.family}")) or {}
+            if recognizing:
+                own = settings.get(slot.role) or {}
+            else:  # a mobile teacher has its teacher's width
+                teacher = settings if slot.kind == "teacher" else (K.read_marker(run, f"teacher.{slot.family}") or
+                                                                   {}).get("settings") or {}
+                own = teacher.get(f"teachers.{slot.family}") or {}
             tensors = load_file(str(src))
             half = _fp16_wanted(slot.file, fp16)
             stored = _stored(tensors, half, str(src))
@@ -118,7 +125,7 @@ def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: st
             meta = {"slimface": json.dumps({"role": slot.role, "family": slot.family,
                                             "dtype": "float16" if half else "float32"}, sort_keys=True)}
             blob = save(stored, metadata=meta)
-            net = own.get("variant") if slot.role in ("judge", "recognizer") else slot.family
+            net = slot_net(slot, own.get("variant"))
             shapes = {k: list(v.shape) for k, v in tensors.items()}
             recog = own if slot.role in ("judge", "recognizer") else None
             blobs[slot.file] = blob

@@ -173,7 +173,7 @@ def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
 MOBILE_SETTINGS = ("mobile_teacher", "mobile_steps", "mobile_gap", "mobile_eval_every")
 #: ``student`` settings left out of every key at these values (their defaults, what every run
 #: before them did): earlier runs keep their keys
-STUDENT_DEFAULTS_OUT_OF_KEYS = {"seed": 0, "identity_lowpass": False}
+STUDENT_DEFAULTS_OUT_OF_KEYS = {"seed": 0, "identity_lowpass": False, "mobile_pretrained": False}
 
 
 def _student_without_defaults(student: dict[str, Any]) -> dict[str, Any]:
@@ -231,6 +231,9 @@ def _with_shipped(cfg: Any, stage: str, s: dict[str, Any]) -> dict[str, Any]:
     s = _without_off_switches(s)
     part = stage_key_part(cfg, stage)
     if part is not None:
+        if split(stage)[0] == "mobile":  # the file, and the design it must fit (checked when installed)
+            design = {k: v for k, v in (s.get("student") or {}).items() if k.startswith("separable")}
+            s = {"student": design} if design else {}
         for section in s.values():
             if isinstance(section, dict):
                 section.pop("train", None)

@@ -91,7 +91,8 @@ class OFAConfig(DistillConfig):
     ``mobile_gap`` points of the teacher's or ``mobile_steps``; the supernet then starts from it and
     is distilled from it, so the conversion loss (mobile teacher vs teacher) and the pruning loss
     (student vs mobile teacher) are paid, and reported, separately. MACs budgets stay relative to the
-    original teacher.
+    original teacher. ``mobile_pretrained`` installs a shipped one (``weights/<family>.mobile.*``,
+    trained by ``configs/pretrain.yaml``) instead, verified like a shipped teacher.
     """
 
     sampling: Literal["uniform", "sandwich", "budget"] = "uniform"
@@ -111,6 +112,7 @@ class OFAConfig(DistillConfig):
     mobile_steps: int = 1000  # the mobile teacher's step limit (its train section is train's, with these steps)
     mobile_gap: float = 1.0  # stop once its validation rank-1 is within this many points of the teacher's
     mobile_eval_every: int = 100  # steps between those validation checks
+    mobile_pretrained: bool = False  # load the shipped mobile teacher (weights/) instead of training it
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
@@ -129,6 +131,8 @@ class OFAConfig(DistillConfig):
         check(not (self.mobile_teacher and self.separable in ("none", "search")),
               f"student.mobile_teacher trains the student's fixed separable design at full width; with "
               f"separable {self.separable!r} that is the teacher itself: use all, auto or patterns, or drop mobile_teacher")
+        check(not self.mobile_pretrained or self.mobile_teacher,
+              "student.mobile_pretrained loads a shipped mobile teacher; set student.mobile_teacher=true too")
         check(self.mobile_steps >= 1, f"student.mobile_steps must be >= 1, got {self.mobile_steps}")
         check(self.mobile_gap >= 0, f"student.mobile_gap must be >= 0 (rank-1 points), got {self.mobile_gap}")
         check(self.mobile_eval_every >= 1, f"student.mobile_eval_every must be >= 1, got {self.mobile_eval_every}")

@@ -161,14 +161,13 @@ def design_layers(supernet: nn.Module, example_inputs: tuple | None = None, both
     with choice convs (``student.separable: search``) and ``both_types`` a second probe, every choice
     flipped, adds the branches the first did not run, each tagged with its conv key and type
     (:attr:`LayerRef.choice`)."""
-    from slimface.nn.super_layers import SuperMixin, choice_branches, probe_layers
+    from slimface.nn.super_layers import SuperMixin, probe_layers
 
     inputs = example_inputs if example_inputs is not None else supernet.example_inputs(1)  # type: ignore[operator]
     names = {id(m): n for n, m in supernet.named_modules()}
-    branch = choice_branches(supernet)
     layers: list[LayerRef] = []
 
-    def visit(module: nn.Module, x: torch.Tensor, out: Any, first: bool) -> None:
+    def visit(module: nn.Module, x: torch.Tensor, out: Any, first: bool, tag: tuple[str, int] | None) -> None:
         super_ = isinstance(module, SuperMixin)
         if isinstance(module, nn.Linear):
             site = Site("linear")
@@ -184,7 +183,7 @@ def design_layers(supernet: nn.Module, example_inputs: tuple | None = None, both
         in_layout = module.in_chans if super_ else int(cin)  # type: ignore[attr-defined]
         out_layout = module.out_chans if super_ else int(cout)  # type: ignore[attr-defined]
         pixels = int(out.shape[-1] * out.shape[-2]) if out.dim() == 4 else 1
-        layers.append(LayerRef(names.get(id(module), ""), site, in_layout, out_layout, pixels, branch.get(id(module))))
+        layers.append(LayerRef(names.get(id(module), ""), site, in_layout, out_layout, pixels, tag))
 
     probe_layers(supernet, inputs, visit, both_types)
     return layers

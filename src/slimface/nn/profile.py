@@ -23,8 +23,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from slimface.nn.modes import module_mode, unwrap
-from slimface.nn.super_layers import SuperMixin, branch_runs, choice_branches, probe_layers, super_layers
+from slimface.nn.modes import module_mode
+from slimface.nn.super_layers import SuperMixin, branch_runs, probe_layers, super_layers
 
 
 def _node_macs(node: Any, macs: int) -> int:
@@ -484,10 +484,9 @@ class ConvMacsModel:
         # (out layout, in layout or None, multiplier per active (out x in) channel pair,
         #  (conv key, type) of the choice branch it belongs to or None)
         self.terms: list[tuple[Any, Any, int, tuple[str, int] | None]] = []
-        records: list[tuple[nn.Module, int]] = []
-        branch = choice_branches(unwrap(model))
+        records: list[tuple[nn.Module, int, tuple[str, int] | None]] = []
 
-        def visit(module: nn.Module, x: torch.Tensor, out: Any, first: bool) -> None:
+        def visit(module: nn.Module, x: torch.Tensor, out: Any, first: bool, tag: tuple[str, int] | None) -> None:
             if isinstance(module, nn.ConvTranspose2d):
                 per_pair = (x.numel() // x.shape[1]) * module.kernel_size[0] * module.kernel_size[1]
                 c_out, c_in = out.shape[1], x.shape[1]
@@ -497,16 +496,15 @@ class ConvMacsModel:
             else:
                 per_pair = out.numel() // out.shape[-1]
                 c_out, c_in = out.shape[-1], x.shape[-1]
-            records.append((module, per_pair))
+            records.append((module, per_pair, tag))
             if first:  # the first probe counts towards ``probed``
                 self.probed += per_pair * c_out * c_in
 
         probe_layers(model, inputs, visit)
-        for module, per_pair in records:
+        for module, per_pair, tag in records:
             depthwise = _depthwise(module)
             if isinstance(module, SuperMixin):
-                self.terms.append((module.out_chans, None if depthwise else module.in_chans, per_pair,
-                                   branch.get(id(module))))
+                self.terms.append((module.out_chans, None if depthwise else module.in_chans, per_pair, tag))
             else:
                 out_c = module.out_features if isinstance(module, nn.Linear) else module.out_channels
                 in_c = 1 if depthwise else (module.in_features if isinstance(module, nn.Linear) else module.in_channels)

@@ -403,10 +403,12 @@ def flipped_conv_choices(model: nn.Module) -> Iterator[None]:
 
 
 def probe_layers(model: nn.Module, inputs: tuple[Any, ...],
-                 visit: Callable[[nn.Module, Tensor, Any, bool], None], both_types: bool = True) -> None:
+                 visit: Callable[[nn.Module, Tensor, Any, bool, tuple[str, int] | None], None],
+                 both_types: bool = True) -> None:
     """One probe forward of ``model`` (eval mode, no grad) calling ``visit(module, input, output,
-    first)`` for each conv, transposed conv and linear as it runs (``first`` True); with choice convs
-    and ``both_types``, a second forward with every choice flipped visits only the branch layers the
+    first, tag)`` for each conv, transposed conv and linear as it runs (``first`` True; ``tag`` the
+    layer's :func:`choice_branches` entry, None outside choice convs); with choice convs and
+    ``both_types``, a second forward with every choice flipped visits only the branch layers the
     first did not run (``first`` False): every layer of both types once, in forward order."""
     from slimface.nn.modes import module_mode, unwrap
 
@@ -420,7 +422,7 @@ def probe_layers(model: nn.Module, inputs: tuple[Any, ...],
             seen.add(id(module))
         elif id(module) not in branch or id(module) in seen:
             return
-        visit(module, args[0], out, first[0])
+        visit(module, args[0], out, first[0], branch.get(id(module)))
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]

@@ -104,6 +104,13 @@ def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: st
                                   "the stage wrote it; re-run the stage, then pack")
         settings = marker.get("settings") or {}
         fresh = ev_inputs.get(stage) is not None and ev_inputs.get(stage) == K.content_digest(marker, run)
+        kind, _, fam = stage.partition(".")
+        recognizing = kind in ("judge", "recognizer")
+        if recognizing:
+            own = settings.get(kind) or {}
+        else:  # a family's networks: a mobile teacher has its teacher's width
+            source = settings if kind == "teacher" else (K.read_marker(run, f"teacher.{fam}") or {}).get("settings")
+            own = (source or {}).get(f"teachers.{fam}") or {}
         for slot in slots_of(stage):
             src = slot.run_path(run)
             if not src.is_file():
@@ -111,13 +118,6 @@ def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: st
                     raise CheckpointError(f"{src} is missing: a teacher ships with the discriminator its students "
                                           "inherit; re-run the teacher stage")
                 raise CheckpointError(f"{src} is missing (a given checkpoint is not packed); re-run the {stage} stage")
-            recognizing = slot.role in ("judge", "recognizer")
-            if recognizing:
-                own = settings.get(slot.role) or {}
-            else:  # a mobile teacher has its teacher's width
-                teacher = settings if slot.kind == "teacher" else (K.read_marker(run, f"teacher.{slot.family}") or
-                                                                   {}).get("settings") or {}
-                own = teacher.get(f"teachers.{slot.family}") or {}
             tensors = load_file(str(src))
             half = _fp16_wanted(slot.file, fp16)
             stored = _stored(tensors, half, str(src))
@@ -127,7 +127,7 @@ def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: st
             blob = save(stored, metadata=meta)
             net = slot_net(slot, own.get("variant"))
             shapes = {k: list(v.shape) for k, v in tensors.items()}
-            recog = own if slot.role in ("judge", "recognizer") else None
+            recog = own if recognizing else None
             blobs[slot.file] = blob
             files[slot.file] = {
                 "role": slot.role, "family": slot.family, "sha256": sha256_bytes(blob), "size": len(blob),

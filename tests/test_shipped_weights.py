@@ -136,7 +136,7 @@ def test_manifest_records_files_fingerprints_and_command(runs: dict, tmp_path: P
     assert set(manifest["files"]) == {"judge.safetensors", "recognizer.safetensors", "tpgan.generator.safetensors",
                                       "tpgan.discriminator.safetensors"}
     roles = {e["role"] for e in manifest["files"].values()}
-    assert roles == set(shipped.ROLES) - {"mobile generator", "mobile discriminator"}  # no mobile stage ran
+    assert roles == {r for r in shipped.ROLES if r.split()[0] not in ("mobile", "supernet")}  # none of those ran
     for name, e in manifest["files"].items():
         blob = (runs["weights"] / name).read_bytes()
         assert e["sha256"] == hashlib.sha256(blob).hexdigest() and e["size"] == len(blob)
@@ -347,6 +347,66 @@ def test_a_mobile_teacher_ships_and_loads_without_training(runs: dict, tmp_path:
                             "--set", "student.separable=[decoder.*]", "--only", "mobile", cwd=runs["work"]))
     assert "shipped tpgan mobile generator" in bad and "another architecture" in bad
     assert "student.mobile_pretrained=false" in bad
+
+
+# ------------------------------------------------------------------------------ shipped supernets
+def test_a_supernet_ships_and_a_run_searches_and_finetunes_it_without_training_it(runs: dict,
+                                                                                 tmp_path: Path) -> None:
+    """A source run's supernet (+ its discriminator and mappers) is packed as ``<family>.supernet.*``;
+    a run with ``student.supernet_pretrained`` installs all three, verified, and goes on to search
+    and fine-tune; turning the switch off trains the supernet again."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    src = tmp_path / "src"
+    shutil.copytree(runs["src"], src)
+    _ok(slimface("run", "--config", str(TINY), "--out", str(src), *runs["data"], *SHORT, "--no-progress",
+                 "--only", "supernet", cwd=runs["work"]))
+    weights = tmp_path / "weights"
+    shipped_pack.pack(src, weights, fp16=["discriminator"], say=lambda _: None)
+    manifest = json.loads((weights / "manifest.json").read_text())
+    parts = {f"tpgan.supernet.{p}.safetensors": p for p in ("generator", "discriminator", "mappers")}
+    assert set(parts) <= set(manifest["files"])
+    assert manifest["files"]["tpgan.supernet.generator.safetensors"]["arch"]["net"] == "tpgan student"
+    assert manifest["files"]["tpgan.supernet.mappers.safetensors"]["arch"]["net"] == "tpgan mappers"
+    assert manifest["files"]["tpgan.supernet.generator.safetensors"]["trained"]["settings"]["search.budget"] == "2x"
+    assert "supernet" in manifest["command"].split()  # the command that reproduces every packed file
+    assert shipped.verify(weights, say=lambda _: None) == len(manifest["files"])
+
+    out = tmp_path / "uses"
+    common = ("--config", str(TINY), "--out", str(out), *runs["data"], "--set", f"weights={weights}", "--no-progress")
+    on = ("--set", "student.supernet_pretrained=true")
+    log = _ok(slimface("run", *common, *PRETRAINED, *on, "--only", "data", "recognizer", "judge", "teacher",
+                       "supernet", "search", "finetune", cwd=runs["work"]))
+    for part in parts.values():
+        assert f"[supernet.tpgan] tpgan supernet {part}: shipped" in log
+    sup = out / "tpgan" / "supernet"
+    assert not (sup / "checkpoints").exists()  # installed, not trained
+    for fname, part in parts.items():
+        mine = load_file(str(sup / f"{'supernet' if part == 'generator' else part}.safetensors"))
+        theirs = load_file(str(weights / fname))
+        assert set(mine) == set(theirs) and all(torch.equal(mine[k], theirs[k].float()) for k in mine)
+    assert (out / "tpgan" / "search" / "result.json").is_file()
+    assert (out / "tpgan" / "finetune" / "supernet.safetensors").is_file()
+    marker = K.read_marker(out, "supernet.tpgan")
+    assert marker["outputs"]["origin"] == "shipped"
+    assert marker["settings"] == {"pretrained": "+".join(manifest["files"][f]["sha256"][:16] for f in parts)}
+    # the switch keys the supernet only: the fine-tune's own settings do not change with it
+    cfg_on = load_config(PipelineConfig, TINY, {"student.supernet_pretrained": True})
+    cfg_off = load_config(PipelineConfig, TINY, {})
+    for stage in ("finetune.tpgan", "search.tpgan"):
+        assert K.own_settings(cfg_on, stage) == K.own_settings(cfg_off, stage)
+
+    # a supernet of another design (convs left normal by a pattern) is refused, one line
+    bad = _ok_fail(slimface("run", *common, *PRETRAINED, *on, "--set", "student.separable=[decoder.*]",
+                            "--only", "supernet", cwd=runs["work"]))
+    assert "shipped tpgan supernet generator" in bad and "another architecture" in bad
+    assert "student.supernet_pretrained=false" in bad
+    # switched off: the supernet stage is stale (its key named the shipped files) and trains
+    log = _ok(slimface("run", *common, *PRETRAINED, "--only", "supernet", cwd=runs["work"]))
+    assert "shipped" not in log.split("[supernet.tpgan]")[-1].splitlines()[0]
+    assert (sup / "checkpoints").is_dir()
 
 
 def _ok_fail(proc: subprocess.CompletedProcess[str]) -> str:

@@ -593,10 +593,16 @@ class Pipeline:
         _say(f"  warm start from the {family} teacher: {report.summary()}")
 
     def stage_supernet(self, family: str) -> dict[str, Any]:
+        """The student supernet distilled from the teacher (or the mobile teacher) under ``student``,
+        or the shipped one (``student.supernet_pretrained``)."""
         from slimface.train.loop import Trainer
 
         out = self.family_dir(family) / "supernet"
         student = self.cfg.student_for(family)
+        if student.supernet_pretrained:  # supernet + discriminator + mappers, verified against this config
+            from slimface.shipped import install
+
+            return install(self, f"supernet.{family}", _say)
         if student.seed:  # another compression seed: the layers the teacher does not fill start elsewhere too
             torch.manual_seed(self.compression_seed(family))
         supernet = self._supernet(family)

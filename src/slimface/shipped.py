@@ -1,4 +1,5 @@
-"""Shipped weights: trained judge, loss recognizer and teachers in ``weights/``, verified before use.
+"""Shipped weights: trained judge, loss recognizer, teachers, mobile teachers and supernets in
+``weights/``, verified before use.
 
 ``slimface weights pack --run runs/pretrain --out weights/`` copies what a (pretraining) run trained,
 as safetensors (fp16 for the files named with ``--fp16``; loading casts back to fp32), and writes
@@ -15,8 +16,9 @@ as safetensors (fp16 for the files named with ``--fp16``; loading casts back to 
          "figures": {"rank1_by": {scorer: {yaw: %}}, "quality": {"ssim", "psnr", "hf_ratio", "l1"}},
          "trained": {"stage", "key", "wall_s", "settings"}}, ...}}
 
-A run uses them instead of training with ``recognizer.pretrained``, ``judge.pretrained`` or
-``teachers.<family>.pretrained`` (files from the top-level ``weights:`` folder). The stage then checks
+A run uses them instead of training with ``recognizer.pretrained``, ``judge.pretrained``,
+``teachers.<family>.pretrained``, ``student.mobile_pretrained`` or ``student.supernet_pretrained``
+(files from the top-level ``weights:`` folder; a family's files are ``<family>.[mobile.|supernet.]<part>``). The stage then checks
 the file's checksum, its architecture (against the network this run's config builds) and its data
 fingerprint (against this run's data settings), refuses a mismatch with one line naming what differs
 (:class:`~slimface.errors.CheckpointError`), and writes the weights (fp32) where the stage would have
@@ -44,7 +46,11 @@ MANIFEST = "manifest.json"
 #: the most the shipped files may weigh together (issue 17): a clone stays small
 MAX_TOTAL_BYTES = 40_000_000
 ROLES = ("judge", "recognizer", "teacher generator", "teacher discriminator", "mobile generator",
-         "mobile discriminator")
+         "mobile discriminator", "supernet generator", "supernet discriminator", "supernet mappers")
+#: a family's shipped networks per stage kind: the teacher, its mobile teacher (the student design at
+#: full width) and the trained supernet (with the discriminator and distillation mappers it trained)
+FAMILY_PARTS = {"teacher": ("generator", "discriminator"), "mobile": ("generator", "discriminator"),
+                "supernet": ("generator", "discriminator", "mappers")}
 
 
 # ----------------------------------------------------------------------------------------- slots
@@ -57,12 +63,13 @@ class Slot:
 
     @property
     def kind(self) -> str:
-        """The stage kind that writes it: judge, recognizer, teacher or mobile (a family's mobile teacher)."""
+        """The stage kind that writes it: judge, recognizer, teacher, mobile (a family's mobile teacher)
+        or supernet."""
         return self.role.split()[0]
 
     @property
     def part(self) -> str:
-        """generator or discriminator (a family's networks); the role itself for the recognizers."""
+        """generator, discriminator or mappers (a family's networks); the role itself for the recognizers."""
         return self.role.split()[-1]
 
     @property
@@ -85,14 +92,14 @@ class Slot:
         """The setting that turns the shipped file off (the stage then trains)."""
         if self.role in ("judge", "recognizer"):
             return f"{self.role}.pretrained"
-        if self.kind == "mobile":
-            return "student.mobile_pretrained"
+        if self.kind in ("mobile", "supernet"):
+            return f"student.{self.kind}_pretrained"
         return f"teachers.{self.family}.pretrained"
 
     def switched_on(self, cfg: Any) -> bool:
         """Whether ``cfg`` loads this file instead of training it."""
-        if self.kind == "mobile":
-            return bool(cfg.student_for(str(self.family)).mobile_pretrained)
+        if self.kind in ("mobile", "supernet"):
+            return bool(getattr(cfg.student_for(str(self.family)), f"{self.kind}_pretrained"))
         return bool(getattr(_role_settings(cfg, self), "pretrained", False))
 
     def run_path(self, out: str | Path) -> Path:
@@ -100,17 +107,18 @@ class Slot:
         out = Path(out)
         if self.role in ("judge", "recognizer"):
             return out / self.role / f"{self.role}.safetensors"
-        return out / str(self.family) / self.kind / f"{self.part}.safetensors"
+        part = "supernet" if (self.kind, self.part) == ("supernet", "generator") else self.part
+        return out / str(self.family) / self.kind / f"{part}.safetensors"
 
 
 def slots_of(stage: str) -> list[Slot]:
-    """The shipped files a stage installs: ``"judge"``, ``"recognizer"``, ``"teacher.<family>"`` or
-    ``"mobile.<family>"`` (the family's mobile teacher)."""
+    """The shipped files a stage installs: ``"judge"``, ``"recognizer"``, ``"teacher.<family>"``,
+    ``"mobile.<family>"`` (the family's mobile teacher) or ``"supernet.<family>"``."""
     kind, _, fam = stage.partition(".")
     if kind in ("judge", "recognizer"):
         return [Slot(kind)]
-    if kind in ("teacher", "mobile") and fam:
-        return [Slot(f"{kind} generator", fam), Slot(f"{kind} discriminator", fam)]
+    if kind in FAMILY_PARTS and fam:
+        return [Slot(f"{kind} {part}", fam) for part in FAMILY_PARTS[kind]]
     return []
 
 
@@ -190,8 +198,14 @@ def expected(pipe: "Pipeline", slot: Slot) -> tuple["nn.Module", dict[str, Any]]
         if slot.role == "teacher generator":
             module = fam.build_generator(resolution=d.resolution, channels=d.channels,
                                          width_mult=settings.width_mult, separable=False, sub=None)
-        elif slot.role == "mobile generator":  # the run's supernet (its conv types), at full width
+        elif slot.part == "generator":  # mobile teacher or supernet: the run's supernet (its conv types)
             module = pipe._supernet(str(slot.family)).cpu()
+        elif slot.part == "mappers":  # student channels -> teacher channels, per tapped layer
+            from slimface.compress.distill import Mapper
+
+            teacher = fam.build_generator(resolution=d.resolution, channels=d.channels,
+                                          width_mult=settings.width_mult, separable=False, sub=None)
+            module = Mapper(pipe._supernet(str(slot.family)).cpu(), teacher, list(fam.student_spec.distill))
         else:
             module = fam.build_discriminator(resolution=d.resolution, channels=d.channels,
                                              width_mult=settings.width_mult)
@@ -201,10 +215,13 @@ def expected(pipe: "Pipeline", slot: Slot) -> tuple["nn.Module", dict[str, Any]]
 
 def slot_net(slot: Slot, variant: str | None = None) -> str:
     """The ``net`` of an architecture fingerprint: a recognizer's variant, the family for a teacher's
-    networks and a mobile discriminator, ``<family> student`` for a mobile teacher's generator."""
+    networks and the discriminators, ``<family> student`` for a mobile teacher's generator and a
+    supernet, ``<family> mappers`` for a supernet's distillation mappers."""
     if slot.role in ("judge", "recognizer"):
         return str(variant)
-    return f"{slot.family} student" if slot.role == "mobile generator" else str(slot.family)
+    if slot.part in ("generator", "mappers") and slot.kind != "teacher":
+        return f"{slot.family} {'student' if slot.part == 'generator' else 'mappers'}"
+    return str(slot.family)
 
 
 # ----------------------------------------------------------------------------------------- files
@@ -367,11 +384,12 @@ def install(pipe: "Pipeline", stage: str, say: Callable[[str], None] = print) ->
             "files": files}
 
 
-def origin_text(outputs: Mapping[str, Any] | None, trained_file: str | None) -> str:
-    """Where a teacher came from, for the report: the shipped file + manifest, or this run."""
+def origin_text(outputs: Mapping[str, Any] | None, trained_file: str | None, kind: str = "teacher") -> str:
+    """Where a family's network came from, for the report: the shipped file + manifest, or this run.
+    ``kind``: the stage kind that made it (teacher, mobile or supernet)."""
     outputs = outputs or {}
     if outputs.get("origin") == "shipped":
-        g = (outputs.get("files") or {}).get("teacher generator") or {}
+        g = (outputs.get("files") or {}).get(f"{kind} generator") or {}
         return (f"shipped `{g.get('file')}` (sha256 `{str(g.get('sha256'))[:12]}`, "
                 f"manifest `{outputs.get('manifest')}` "
                 f"sha256 `{str(outputs.get('manifest_sha256'))[:12]}`)")

@@ -62,8 +62,8 @@ def _figures(run: Path, slot: Slot, evaluation: Mapping[str, Any] | None, fresh:
 
 def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: str | None = None,
          say: Callable[[str], None] = print) -> Path:
-    """Copy a run's judge, loss recognizer and teachers (generator + discriminator) to ``out`` with a
-    manifest; nothing is written when any check fails (a stage not finished, a file changed since its
+    """Copy a run's judge, loss recognizer, teachers (generator + discriminator), mobile teachers and
+    supernets (+ mappers) to ``out`` with a manifest; nothing is written when any check fails (a stage not finished, a file changed since its
     stage wrote it, or more than :data:`MAX_TOTAL_BYTES` in all)."""
     from safetensors.torch import load_file, save
 
@@ -91,7 +91,7 @@ def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: st
 
     stages = [p.stem for p in sorted((run / "stages").glob("*.json"))]
     wanted = [s for s in ("recognizer", "judge") if s in stages] + sorted(
-        s for s in stages if s.startswith(("teacher.", "mobile.")))
+        s for s in stages if s.startswith(("teacher.", "mobile.", "supernet.")))
     if not wanted:
         raise CheckpointError(f"{run} has no finished recognizer, judge or teacher stage to pack")
     blobs: dict[str, bytes] = {}
@@ -149,8 +149,10 @@ def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: st
     name = ((K.read_marker(run, "report") or {}).get("settings") or {}).get("name") or run.name
     manifest = {
         "schema": SCHEMA,
-        "command": command or (f"slimface run --config configs/{name}.yaml --only data recognizer judge teacher "
-                               "evaluate report"),
+        "command": command or (f"slimface run --config configs/{name}.yaml --only data recognizer judge "
+                               + " ".join(k for k in ("teacher", "mobile", "supernet")
+                                          if any(s.startswith(k + ".") for s in wanted))
+                               + " evaluate report"),
         "run": str(run),
         "versions": _versions(),
         "data": data_of(data_settings),

@@ -173,17 +173,20 @@ def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
 MOBILE_SETTINGS = ("mobile_teacher", "mobile_steps", "mobile_gap", "mobile_eval_every")
 #: ``student`` settings left out of every key at these values (their defaults, what every run
 #: before them did): earlier runs keep their keys
-STUDENT_DEFAULTS_OUT_OF_KEYS = {"seed": 0, "identity_lowpass": False, "mobile_pretrained": False}
+STUDENT_DEFAULTS_OUT_OF_KEYS = {"seed": 0, "identity_lowpass": False}
+#: ``student`` switches to shipped networks: out of every key, since the stage that installs the file
+#: keys on its checksum instead (:func:`_with_shipped`) and the stages after it on its content
+SHIPPED_SWITCHES = ("mobile_pretrained", "supernet_pretrained")
 
 
 def _student_without_defaults(student: dict[str, Any]) -> dict[str, Any]:
-    """A ``student`` section minus :data:`STUDENT_DEFAULTS_OUT_OF_KEYS` at their defaults and, while
-    ``mobile_teacher`` is off, the mobile teacher's settings; any other value is a setting of the
-    supernet, search and fine-tune."""
+    """A ``student`` section minus :data:`STUDENT_DEFAULTS_OUT_OF_KEYS` at their defaults, the
+    :data:`SHIPPED_SWITCHES` and, while ``mobile_teacher`` is off, the mobile teacher's settings; any
+    other value is a setting of the supernet, search and fine-tune."""
     mobile_off = not student.get("mobile_teacher")
     return {k: v for k, v in student.items()
             if not ((k in STUDENT_DEFAULTS_OUT_OF_KEYS and v == STUDENT_DEFAULTS_OUT_OF_KEYS[k])
-                    or (mobile_off and k in MOBILE_SETTINGS))}
+                    or k in SHIPPED_SWITCHES or (mobile_off and k in MOBILE_SETTINGS))}
 
 
 def _without_conv_types(student: dict[str, Any], keep: str = "") -> dict[str, Any]:
@@ -231,7 +234,7 @@ def _with_shipped(cfg: Any, stage: str, s: dict[str, Any]) -> dict[str, Any]:
     s = _without_off_switches(s)
     part = stage_key_part(cfg, stage)
     if part is not None:
-        if split(stage)[0] == "mobile":  # the file, and the design it must fit (checked when installed)
+        if split(stage)[0] in ("mobile", "supernet"):  # the files, and the design they fit (checked when installed)
             design = {k: v for k, v in (s.get("student") or {}).items() if k.startswith("separable")}
             s = {"student": design} if design else {}
         for section in s.values():
@@ -623,8 +626,14 @@ def provenance(out: str | Path, families: Sequence[str]) -> dict[str, dict[str, 
                                  "student_teacher_key": None, "status": "no student"}
         # where the teacher came from: shipped weights/ (slimface.shipped), a given file, or trained here
         outputs = (t_marker or {}).get("outputs") or {}
-        entry["origin"] = {k: outputs[k] for k in ("origin", "manifest", "manifest_sha256", "files", "source")
-                           if k in outputs}
+        entry["origin"] = _origin(outputs)
+        entry["intermediates"] = {}  # the mobile teacher and supernet the student came through
+        for kind in ("mobile", "supernet"):
+            marker = read_marker(out, f"{kind}.{fam}")
+            if marker is not None:
+                entry["intermediates"][kind] = {"origin": _origin(marker.get("outputs") or {}),
+                                                "file": next(iter(marker.get("files") or {}), None),
+                                                "key": content_digest(marker, out)}
         if x_marker is not None and output_paths_exist(x_marker, out):  # a student to trace
             export_now = content_digest(x_marker, out)
             traced = (x_marker.get("lineage") or {}).get(t_stage)
@@ -636,6 +645,10 @@ def provenance(out: str | Path, families: Sequence[str]) -> dict[str, dict[str, 
     return result
 
 
+def _origin(outputs: dict[str, Any]) -> dict[str, Any]:
+    return {k: outputs[k] for k in ("origin", "manifest", "manifest_sha256", "files", "source") if k in outputs}
+
+
 def output_paths_exist(marker: dict[str, Any], out: str | Path) -> list[str]:
     """The recorded output files of ``marker`` that exist now."""
     return [rel for rel in (marker.get("files") or {}) if _path(rel, out).is_file()]
@@ -644,7 +657,7 @@ def output_paths_exist(marker: dict[str, Any], out: str | Path) -> list[str]:
 def provenance_lines(prov: dict[str, dict[str, Any]]) -> tuple[list[str], set[str]]:
     """Report markdown for :func:`provenance`, and the families whose student rows must be left out."""
     lines = ["## Provenance — which teacher each student was distilled from", "",
-             "Keys are content keys of the teacher's weights (slimface.stage_keys); a student is only shown "
+             "Keys are content keys of each network's weights (slimface.stage_keys); a student is only shown "
              "beside the teacher it was distilled from.", "",
              "| model | teacher | teacher key |", "|---|---|---|"]
     refused: set[str] = set()
@@ -653,6 +666,9 @@ def provenance_lines(prov: dict[str, dict[str, Any]]) -> tuple[list[str], set[st
         from slimface.shipped import origin_text
 
         lines.append(f"| {fam} teacher | {origin_text(p.get('origin'), p.get('teacher_file'))} | `{p['teacher_key']}` |")
+        for kind, step in (p.get("intermediates") or {}).items():
+            name = "mobile teacher" if kind == "mobile" else kind
+            lines.append(f"| {fam} {name} | {origin_text(step['origin'], step['file'], kind)} | `{step['key']}` |")
         if p["status"] == "ok":
             lines.append(f"| {fam} compressed | distilled from the {fam} teacher | `{p['student_teacher_key']}` |")
         elif p["status"] in ("mismatch", "unknown"):

@@ -93,6 +93,12 @@ class OFAConfig(DistillConfig):
     (student vs mobile teacher) are paid, and reported, separately. MACs budgets stay relative to the
     original teacher. ``mobile_pretrained`` installs a shipped one (``weights/<family>.mobile.*``,
     trained by ``configs/pretrain.yaml``) instead, verified like a shipped teacher.
+
+    Shipped supernet (``supernet_pretrained``, after once-for-all: train the supernet once, then
+    search and fine-tune per budget): the supernet stage installs ``weights/<family>.supernet.*``
+    (supernet, its discriminator and distillation mappers, trained by ``configs/pretrain.yaml`` for
+    many more steps than a run can give) instead of training, so a run's minutes go to search and
+    fine-tune. The shipped file names the budget and teacher it was trained for (its manifest entry).
     """
 
     sampling: Literal["uniform", "sandwich", "budget"] = "uniform"
@@ -113,6 +119,7 @@ class OFAConfig(DistillConfig):
     mobile_gap: float = 1.0  # stop once its validation rank-1 is within this many points of the teacher's
     mobile_eval_every: int = 100  # steps between those validation checks
     mobile_pretrained: bool = False  # load the shipped mobile teacher (weights/) instead of training it
+    supernet_pretrained: bool = False  # load the shipped supernet (weights/) instead of training it
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:

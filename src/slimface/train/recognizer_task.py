@@ -15,19 +15,7 @@ from torch import Tensor
 
 from slimface.errors import ConfigError
 from slimface.models.recognizer import LightCNNRecognizer
-
-
-class _ConstantThenLinear:
-    """LR factor: 1 until ``decay_start * total``, then linear to 0 at ``total`` (a picklable callable)."""
-
-    def __init__(self, total: int, decay_start: float) -> None:
-        self.total = total
-        self.start = int(decay_start * total)
-
-    def __call__(self, step: int) -> float:
-        if step < self.start:
-            return 1.0
-        return max(0.0, 1.0 - (step - self.start) / max(1, self.total - self.start))
+from slimface.train.schedule import linear_decay
 
 
 class RecognizerTask:
@@ -73,7 +61,7 @@ class RecognizerTask:
                 raise ConfigError(f"recognizer total_steps {total_steps} must be >= 1 and decay_start "
                                   f"{decay_start} in [0, 1)")
             self.schedulers["recognizer"] = torch.optim.lr_scheduler.LambdaLR(
-                opt, _ConstantThenLinear(total_steps, decay_start))
+                opt, linear_decay(total_steps, total_steps - int(decay_start * total_steps)))
         net = model.net
         self.fingerprint = f"recognizer {net.variant}@{net.input_size} w{net.width_mult:g} c{net.num_classes}"
 

@@ -3,6 +3,8 @@ students, batch 1, teacher and student alternated in one process; random weights
 memory depend only on the architecture).
 
     python benchmarks/bench_full_size.py --models tpgan crgan --warmup 100 --runs 100 --out bench.json
+    python benchmarks/bench_full_size.py --models tpgan --from-run runs/quick --threads 2 \
+        --torch-mode eager channels_last compiled      # one row per PyTorch mode (slimface.deploy.torch_modes)
 
 The student of each family is ``--student`` (a config string, ``smallest``) or, with ``--from-run
 RUN_DIR``, the config the run's search chose, mapped onto the full-size design space (each group
@@ -40,27 +42,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--runs", type=int, default=100)
     p.add_argument("--threads", type=int)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--torch-mode", nargs="+", default=["eager"], choices=["eager", "channels_last", "compiled"],
+                   help="how PyTorch runs both models; several modes give one row each")
     p.add_argument("--out", type=Path, default=Path("bench_full_size.json"))
     args = p.parse_args(argv)
 
     results: dict[str, Any] = {}
-    rows = ["| model | teacher params / MACs | student params / MACs | teacher ms | student ms | speedup "
-            "| teacher MB | student MB | memory reduction |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| model | PyTorch mode | teacher params / MACs | student params / MACs | teacher ms | student ms "
+            "| speedup (p50) | teacher MB | student MB | memory reduction |", "|---|---|---|---|---|---|---|---|---|---|"]
     for model in args.models:
-        r = bench_report(model, 128, 1.0, student=student_for(model, args), warmup=args.warmup, runs=args.runs,
-                         threads=args.threads, device=args.device)
-        results[model] = r
-        t, s, tc, sc = r["teacher"], r["student"], r["teacher_counts"], r["student_counts"]
-        rows.append(
-            f"| {model} | {format_count(tc['params'])} / {format_count(tc['macs'])} | "
-            f"{format_count(sc['params'])} / {format_count(sc['macs'])} | {t['latency_ms']:.1f} | "
-            f"{s['latency_ms']:.1f} | {r['speedup']:.2f}× | {t['peak_memory_mb']:.0f} | "
-            f"{s['peak_memory_mb']:.0f} | {r['memory_reduction']:.2f}× |"
-        )
-        print(f"{model}: speedup {r['speedup']:.2f}x, memory reduction {r['memory_reduction']:.2f}x", flush=True)
+        for mode in args.torch_mode:
+            r = bench_report(model, 128, 1.0, student=student_for(model, args), warmup=args.warmup, runs=args.runs,
+                             threads=args.threads, device=args.device, torch_mode=mode)
+            results[model if len(args.torch_mode) == 1 else f"{model} {mode}"] = r
+            t, s, tc, sc = r["teacher"], r["student"], r["teacher_counts"], r["student_counts"]
+            p50 = t["latency_p50_ms"] / s["latency_p50_ms"]
+            rows.append(
+                f"| {model} | {mode} | {format_count(tc['params'])} / {format_count(tc['macs'])} | "
+                f"{format_count(sc['params'])} / {format_count(sc['macs'])} | {t['latency_p50_ms']:.1f} | "
+                f"{s['latency_p50_ms']:.1f} | {p50:.2f}× | {t['peak_memory_mb']:.0f} | "
+                f"{s['peak_memory_mb']:.0f} | {r['memory_reduction']:.2f}× |"
+            )
+            print(f"{model} ({mode}): speedup {p50:.2f}x (p50), memory reduction {r['memory_reduction']:.2f}x",
+                  flush=True)
     table = "\n".join(rows)
-    print(f"\ndevice {args.device}, threads {next(iter(results.values()))['threads']}, warm-up {args.warmup}, "
-          f"runs {args.runs} (mean latency)\n\n{table}")
+    first = next(iter(results.values()))
+    print(f"\ndevice {args.device} ({first['machine'].get('cpu')}), threads {first['threads']}, warm-up "
+          f"{args.warmup}, runs {args.runs} (p50 latency, teacher and student alternated)\n\n{table}")
     args.out.write_text(json.dumps(results, indent=2, default=float))
     print(f"\nwrote {args.out}")
     return results

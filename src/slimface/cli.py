@@ -185,12 +185,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     report = bench_report(
         args.model, resolution=args.resolution, width_mult=args.width_mult, student=args.student,
         warmup=args.warmup, runs=args.runs, threads=args.threads, device=args.device,
-        runtimes=args.runtimes, fold_bn=not args.no_fold_bn,
+        runtimes=args.runtimes, fold_bn=not args.no_fold_bn, torch_mode=args.torch_mode,
     )
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         t, s = report["teacher"], report.get("student")
+        print(f"PyTorch {report['torch_mode']}, {report['threads']} thread(s), {report['machine'].get('cpu')}")
         print(f"teacher  {t['latency_ms']:.2f} ms  {t['peak_memory_mb']:.1f} MB")
         if s:
             print(f"student  {s['latency_ms']:.2f} ms  {s['peak_memory_mb']:.1f} MB")
@@ -360,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(exported and quantized in a temporary directory)")
     b.add_argument("--no-fold-bn", action="store_true",
                    help="time the PyTorch models as built, without folding batch norms into their convs")
+    b.add_argument("--torch-mode", default="eager", choices=["eager", "channels_last", "compiled"],
+                   help="how both PyTorch models run: eager NCHW, channels-last memory, or channels-last + "
+                        "torch.compile (needs a C++ compiler; minutes to compile at full size)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 

@@ -71,9 +71,11 @@ def build_pair(model: str, resolution: int, channels: int, width_mult: float,
 def bench_report(model: str, resolution: int = 128, width_mult: float = 1.0, student: str | None = "smallest",
                  warmup: int = 100, runs: int = 100, threads: int | None = None,
                  device: str = "cpu", runtimes: bool = False, n_calibration: int = 8,
-                 fold_bn: bool = True, separable: bool | Sequence[str] = True) -> dict[str, Any]:
+                 fold_bn: bool = True, separable: bool | Sequence[str] = True,
+                 torch_mode: str = "eager") -> dict[str, Any]:
     """Latency/peak memory of teacher vs student at batch 1 (random weights; eval mode; batch norms
-    folded into their convs unless ``fold_bn`` is False).
+    folded into their convs unless ``fold_bn`` is False; both run in ``torch_mode``, see
+    :mod:`slimface.deploy.torch_modes`).
 
     ``runtimes``: also compare the *student* under PyTorch fp32 / ONNX Runtime fp32 / ONNX Runtime
     int8 and the teacher under PyTorch fp32 / ONNX Runtime fp32, all in one interleaved run (see
@@ -81,8 +83,10 @@ def bench_report(model: str, resolution: int = 128, width_mult: float = 1.0, stu
     ``ratios`` of that run. Every entry has p50/p90 latencies; ``machine`` (CPU name and int8
     features), ``versions`` and ``threads`` say where they were measured.
     """
+    from slimface.deploy.torch_modes import check_mode
     from slimface.evaluate.bench import benchmark_teacher_student
 
+    check_mode(torch_mode)
     if runtimes and device != "cpu":
         raise ConfigError(f"--runtimes times ONNX Runtime on the CPU; drop --device {device} (or --runtimes)")
     teacher, stud, code = build_pair(model, resolution, 3, width_mult, student or "smallest", separable)
@@ -92,7 +96,7 @@ def bench_report(model: str, resolution: int = 128, width_mult: float = 1.0, stu
     teacher.eval(), stud.eval()
     inputs = teacher.example_inputs()
     report = benchmark_teacher_student(teacher, stud, inputs, warmup=warmup, runs=runs, threads=threads,
-                                       device=device, fold_bn=fold_bn)
+                                       device=device, fold_bn=fold_bn, torch_mode=torch_mode)
     report.update({"model": model, "resolution": resolution, "width_mult": width_mult, "student_config": code})
     for key, net in (("teacher_counts", teacher), ("student_counts", stud)):
         report[key] = {"params": count_params(net), "macs": count_macs(net, inputs)}

@@ -8,7 +8,8 @@ every candidate alike and the speed-up ratio stays fair.
 
 Models are timed as deployed: eval-mode copies with batch norms folded into their convs
 (:func:`inference_copy`), which is what ONNX Runtime does to its graph too; ``fold_bn=False`` times
-them as given.
+them as given. ``torch_mode`` picks how PyTorch runs them (:mod:`slimface.deploy.torch_modes`: eager
+NCHW, channels-last memory, or channels-last + ``torch.compile``), the same mode for every model.
 
 Timing: ``time.perf_counter`` around each call under ``torch.inference_mode()``; on CUDA the
 device is synchronised before and after each call and the latency comes from CUDA events.
@@ -357,35 +358,39 @@ def benchmark_pair(
     device: str = "cpu",
     measure_memory: bool = True,
     fold_bn: bool = True,
+    torch_mode: str = "eager",
 ) -> dict[str, dict[str, Any]]:
     """Latency (interleaved, see module docstring) and peak memory of each model on the same inputs.
 
     Each model is timed as deployed: an eval-mode copy with its batch norms folded into the convs
-    (:func:`inference_copy`; ``fold_bn=False`` times the model as given). The models passed in are
-    not changed.
+    (:func:`inference_copy`; ``fold_bn=False`` times the model as given), run in ``torch_mode``
+    (:mod:`slimface.deploy.torch_modes`: eager, channels_last or compiled; memory is measured on the
+    eager copy). The models passed in are not changed.
 
     ``example_inputs`` are the positional arguments of ``forward`` (e.g. ``(image, landmarks)`` at
     batch 1). Models are put in eval mode and moved to ``device``. Returns, per model name:
     ``latency_ms`` (mean), ``latency_median_ms``, ``latency_std_ms``, ``latency_min_ms``, ``runs``,
     ``warmup``, ``threads``, ``device``, ``params`` (of the model as given), ``folded_batchnorms``,
-    ``times_ms`` and, with ``measure_memory``,
+    ``torch_mode``, ``times_ms`` and, with ``measure_memory``,
     ``peak_memory_mb``, ``param_memory_mb``, ``activation_peak_mb``.
     """
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' requested but CUDA is not available")
     inputs = _to_device(tuple(example_inputs), dev)
+    from slimface.deploy.torch_modes import prepare
+
     with _num_threads(threads) as nthreads:
-        prepared = {name: inference_copy(m, inputs, fold_bn) for name, m in
-                    ((name, m.to(dev)) for name, m in models.items())}
-        fns = {name: (lambda m=m: m(*inputs)) for name, (m, _) in prepared.items()}
+        prepared = {name: prepare(m.to(dev), inputs, torch_mode, fold_bn) for name, m in models.items()}
+        fns = {name: (lambda p=p: p(*inputs)) for name, p in prepared.items()}
         result = benchmark_callables(fns, warmup=warmup, runs=runs, threads=None, device=device)
-        for name, (m, folded) in prepared.items():
+        for name, p in prepared.items():
             result[name]["threads"] = nthreads
             result[name]["params"] = count_params(models[name])
-            result[name]["folded_batchnorms"] = folded
+            result[name]["torch_mode"] = torch_mode
+            result[name].update(p.info)
             if measure_memory:
-                mem = peak_memory_bytes(m, inputs, dev)
+                mem = peak_memory_bytes(p.module, inputs, dev)
                 result[name]["peak_memory_mb"] = mem["peak_bytes"] / _MB
                 result[name]["param_memory_mb"] = mem["param_bytes"] / _MB
                 result[name]["activation_peak_mb"] = mem["activation_peak_bytes"] / _MB
@@ -402,8 +407,10 @@ def benchmark_teacher_student(
     device: str = "cpu",
     measure_memory: bool = True,
     fold_bn: bool = True,
+    torch_mode: str = "eager",
 ) -> dict[str, Any]:
-    """Table 4 for one teacher/student pair: both measured interleaved, plus the two ratios.
+    """Table 4 for one teacher/student pair: both measured interleaved (in ``torch_mode``, see
+    :func:`benchmark_pair`), plus the two ratios.
 
     ``speedup`` = teacher mean latency / student mean latency; ``memory_reduction`` = teacher peak
     memory / student peak memory (absent when ``measure_memory`` is False).
@@ -417,6 +424,7 @@ def benchmark_teacher_student(
         device=device,
         measure_memory=measure_memory,
         fold_bn=fold_bn,
+        torch_mode=torch_mode,
     )
     out: dict[str, Any] = {
         "teacher": res["teacher"],
@@ -424,6 +432,7 @@ def benchmark_teacher_student(
         "speedup": res["teacher"]["latency_ms"] / res["student"]["latency_ms"],
         "threads": res["teacher"]["threads"],
         "device": res["teacher"]["device"],
+        "torch_mode": torch_mode,
         "warmup": warmup,
         "runs": runs,
         "batch": int(example_inputs[0].shape[0]) if isinstance(example_inputs[0], torch.Tensor) else None,

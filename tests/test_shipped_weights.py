@@ -392,6 +392,10 @@ def test_a_supernet_ships_and_a_run_searches_and_finetunes_it_without_training_i
     marker = K.read_marker(out, "supernet.tpgan")
     assert marker["outputs"]["origin"] == "shipped"
     assert marker["settings"] == {"pretrained": "+".join(manifest["files"][f]["sha256"][:16] for f in parts)}
+    lines, _ = K.provenance_lines(K.provenance(out, ["tpgan"]))  # the report says where the supernet came from
+    row = next(ln for ln in lines if ln.startswith("| tpgan supernet |"))
+    assert f"shipped `{weights / 'tpgan.supernet.generator.safetensors'}`" in row
+    assert "| tpgan teacher | shipped" in "\n".join(lines)
     # the switch keys the supernet only: the fine-tune's own settings do not change with it
     cfg_on = load_config(PipelineConfig, TINY, {"student.supernet_pretrained": True})
     cfg_off = load_config(PipelineConfig, TINY, {})

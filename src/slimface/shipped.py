@@ -18,9 +18,10 @@ as safetensors (fp16 for the files named with ``--fp16``; loading casts back to 
 
 A run uses them instead of training with ``recognizer.pretrained``, ``judge.pretrained``,
 ``teachers.<family>.pretrained``, ``student.mobile_pretrained`` or ``student.supernet_pretrained``
-(files from the top-level ``weights:`` folder; a family's files are ``<family>.[mobile.|supernet.]<part>``). The stage then checks
-the file's checksum, its architecture (against the network this run's config builds) and its data
-fingerprint (against this run's data settings), refuses a mismatch with one line naming what differs
+(files from the top-level ``weights:`` folder; a family's files are
+``<family>.[mobile.|supernet.]<part>``). The stage then checks the file's checksum, its architecture
+(against the network this run's config builds) and its data fingerprint (against this run's data
+settings), refuses a mismatch with one line naming what differs
 (:class:`~slimface.errors.CheckpointError`), and writes the weights (fp32) where the stage would have
 written them, so every stage downstream, and the stage keys that hash those files, see them as usual.
 """

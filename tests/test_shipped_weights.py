@@ -349,6 +349,18 @@ def test_a_mobile_teacher_ships_and_loads_without_training(runs: dict, tmp_path:
     assert "student.mobile_pretrained=false" in bad
 
 
+def test_pack_takes_only_the_stages_it_is_given(runs: dict, tmp_path: Path) -> None:
+    out = tmp_path / "some"
+    shipped_pack.pack(runs["src"], out, stages=["recognizer", "teacher"], say=lambda _: None)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"recognizer.safetensors", "tpgan.generator.safetensors",
+                                      "tpgan.discriminator.safetensors"}
+    assert manifest["command"].endswith("--only data recognizer judge teacher evaluate report")
+    with pytest.raises(CheckpointError, match="no finished 'supernet' stage to pack.*finished: recognizer, judge"):
+        shipped_pack.pack(runs["src"], tmp_path / "none", stages=["judge", "supernet"], say=lambda _: None)
+    assert not (tmp_path / "none").exists()  # nothing written
+
+
 # ------------------------------------------------------------------------------ shipped supernets
 def test_a_supernet_ships_and_a_run_searches_and_finetunes_it_without_training_it(runs: dict,
                                                                                  tmp_path: Path) -> None:

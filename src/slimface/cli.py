@@ -244,11 +244,12 @@ def cmd_frontalize(args: argparse.Namespace) -> int:
 
 
 def cmd_weights_pack(args: argparse.Namespace) -> int:
-    """Copy a run's judge, loss recognizer and teachers into a shipped-weights folder + manifest."""
+    """Copy a run's judge, loss recognizer, teachers, mobile teachers and supernets into a
+    shipped-weights folder + manifest."""
     from slimface.shipped_pack import pack
 
     fp16 = [n for item in (args.fp16 or []) for n in item.split(",")]
-    pack(args.run, args.out, fp16=fp16, command=args.command)
+    pack(args.run, args.out, fp16=fp16, command=args.command, stages=args.stages)
     return 0
 
 
@@ -393,15 +394,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("weights", help="shipped weights (weights/manifest.json): pack a run's, verify them")
     wsub = w.add_subparsers(dest="weights_command", required=True)
-    wp = wsub.add_parser("pack", help="copy a run's judge, loss recognizer and teachers (+ discriminators) as "
-                                      "safetensors with a manifest (checksums, fingerprints, figures)")
+    wp = wsub.add_parser("pack", help="copy a run's judge, loss recognizer, teachers, mobile teachers and "
+                                      "supernets (+ discriminators) as safetensors with a manifest (checksums, "
+                                      "fingerprints, figures)")
     wp.add_argument("--run", type=Path, required=True, help="the finished run folder, e.g. runs/pretrain")
     wp.add_argument("--out", type=Path, default=Path("weights"), help="where to write them (default: %(default)s)")
     wp.add_argument("--fp16", action="append", metavar="NAMES",
                     help="store these files in fp16 (comma-separated: all, judge, recognizer, tpgan.generator, "
                          "generator, discriminator, ...); loading casts back to fp32")
     wp.add_argument("--command", help="the command that reproduces the weights (default: slimface run --config "
-                                      "configs/<run name>.yaml --only data recognizer judge teacher evaluate report)")
+                                      "configs/<run name>.yaml --only data recognizer judge <the packed kinds> "
+                                      "evaluate report)")
+    wp.add_argument("--stages", nargs="+", metavar="STAGE",
+                    help="pack only these finished stages (recognizer, judge, teacher.tpgan, mobile.tpgan, "
+                         "supernet.tpgan, or a kind for all its families: teacher, mobile, supernet); default: all")
     wp.set_defaults(func=cmd_weights_pack)
     wv = wsub.add_parser("verify", help="check every shipped file against the manifest (and, with --config, "
                                         "against that run's architecture and data)")

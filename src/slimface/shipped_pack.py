@@ -61,10 +61,11 @@ def _figures(run: Path, slot: Slot, evaluation: Mapping[str, Any] | None, fresh:
 
 
 def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: str | None = None,
-         say: Callable[[str], None] = print) -> Path:
+         say: Callable[[str], None] = print, stages: Iterable[str] | None = None) -> Path:
     """Copy a run's judge, loss recognizer, teachers (generator + discriminator), mobile teachers and
-    supernets (+ mappers) to ``out`` with a manifest; nothing is written when any check fails (a stage not finished, a file changed since its
-    stage wrote it, or more than :data:`MAX_TOTAL_BYTES` in all)."""
+    supernets (+ mappers) to ``out`` with a manifest; ``stages``: only these finished stages (names,
+    or kinds that stand for every family's). Nothing is written when any check fails (a stage not
+    finished, a file changed since its stage wrote it, or more than :data:`MAX_TOTAL_BYTES` in all)."""
     from safetensors.torch import load_file, save
 
     run, out = Path(run), Path(out)
@@ -89,9 +90,16 @@ def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: st
         evaluation = json.loads(ev_path.read_text())
     ev_inputs = (K.read_marker(run, "evaluate") or {}).get("inputs") or {}
 
-    stages = [p.stem for p in sorted((run / "stages").glob("*.json"))]
-    wanted = [s for s in ("recognizer", "judge") if s in stages] + sorted(
-        s for s in stages if s.startswith(("teacher.", "mobile.", "supernet.")))
+    done = [p.stem for p in sorted((run / "stages").glob("*.json"))]
+    wanted = [s for s in ("recognizer", "judge") if s in done] + sorted(
+        s for s in done if s.startswith(("teacher.", "mobile.", "supernet.")))
+    if stages is not None:
+        picked = list(stages)
+        for name in picked:
+            if not any(s == name or s.startswith(name + ".") for s in wanted):
+                raise CheckpointError(f"{run} has no finished {name!r} stage to pack (finished: "
+                                      f"{', '.join(wanted) or 'none'}); run it first or leave it out of --stages")
+        wanted = [s for s in wanted if any(s == n or s.startswith(n + ".") for n in picked)]
     if not wanted:
         raise CheckpointError(f"{run} has no finished recognizer, judge or teacher stage to pack")
     blobs: dict[str, bytes] = {}

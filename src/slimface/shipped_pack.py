@@ -60,6 +60,11 @@ def _figures(run: Path, slot: Slot, evaluation: Mapping[str, Any] | None, fresh:
     return {}
 
 
+def _names(name: str, stage: str) -> bool:
+    """Whether ``name`` (a stage, or a kind such as ``teacher``) names ``stage``."""
+    return stage == name or stage.startswith(name + ".")
+
+
 def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: str | None = None,
          say: Callable[[str], None] = print, stages: Iterable[str] | None = None) -> Path:
     """Copy a run's judge, loss recognizer, teachers (generator + discriminator), mobile teachers and
@@ -96,10 +101,10 @@ def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: st
     if stages is not None:
         picked = list(stages)
         for name in picked:
-            if not any(s == name or s.startswith(name + ".") for s in wanted):
+            if not any(_names(name, s) for s in wanted):
                 raise CheckpointError(f"{run} has no finished {name!r} stage to pack (finished: "
                                       f"{', '.join(wanted) or 'none'}); run it first or leave it out of --stages")
-        wanted = [s for s in wanted if any(s == n or s.startswith(n + ".") for n in picked)]
+        wanted = [s for s in wanted if any(_names(n, s) for n in picked)]
     if not wanted:
         raise CheckpointError(f"{run} has no finished recognizer, judge or teacher stage to pack")
     blobs: dict[str, bytes] = {}
@@ -159,7 +164,7 @@ def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: st
         "schema": SCHEMA,
         "command": command or (f"slimface run --config configs/{name}.yaml --only data recognizer judge "
                                + " ".join(k for k in ("teacher", "mobile", "supernet")
-                                          if any(s.startswith(k + ".") for s in wanted))
+                                          if any(_names(k, s) for s in wanted))
                                + " evaluate report"),
         "run": str(run),
         "versions": _versions(),

@@ -40,6 +40,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from slimface.deploy.torch_modes import prepare
 from slimface.nn.fold import inference_copy
 
 __all__ = [
@@ -378,8 +379,6 @@ def benchmark_pair(
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' requested but CUDA is not available")
     inputs = _to_device(tuple(example_inputs), dev)
-    from slimface.deploy.torch_modes import prepare
-
     with _num_threads(threads) as nthreads:
         prepared = {name: prepare(m.to(dev), inputs, torch_mode, fold_bn) for name, m in models.items()}
         fns = {name: (lambda p=p: p(*inputs)) for name, p in prepared.items()}

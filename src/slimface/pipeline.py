@@ -372,16 +372,25 @@ class Pipeline:
         _say("  " + ", ".join(f"{k} {v}" for k, v in info.items() if k != "root"))
         return info
 
+    def _install_shipped(self, stage: str) -> dict[str, Any] | None:
+        """The stage's outputs when this config loads its shipped files instead of training (the
+        switch its stage key reads too, ``Slot.switched_on``): verified against this run's config and
+        written where the stage writes its own (slimface.shipped.install). None: the stage trains."""
+        from slimface.shipped import install, slots_of
+
+        slots = slots_of(stage)
+        if not slots or not slots[0].switched_on(self.cfg):
+            return None
+        return install(self, stage, _say)
+
     def stage_recognizer(self) -> dict[str, Any]:
         r = self.cfg.recognizer
         if r.checkpoint:
             self.recognizer  # noqa: B018 - loads and validates the official file
             return {"source": str(r.checkpoint)}
-        if r.pretrained:  # the shipped recognizer, verified against this run's config (slimface.shipped)
-            from slimface.shipped import install
-
+        if (shipped := self._install_shipped("recognizer")) is not None:
             self._recognizer = None
-            return install(self, "recognizer", _say)
+            return shipped
         return self._train_recognizer(r, self.out / "recognizer", 1, "recognizer.safetensors")
 
     def stage_judge(self) -> dict[str, Any]:
@@ -390,11 +399,9 @@ class Pipeline:
         if j.checkpoint:
             self._judges = None
             return {"source": str(j.checkpoint), "judges": list(self.judges)}
-        if j.pretrained:  # the shipped judge, verified against this run's config (slimface.shipped)
-            from slimface.shipped import install
-
+        if (shipped := self._install_shipped("judge")) is not None:
             self._judges = None
-            return install(self, "judge", _say)
+            return shipped
         info = self._train_recognizer(j, self.out / "judge", 10 + j.seed, "judge.safetensors")
         self._judges = None
         return info
@@ -409,10 +416,8 @@ class Pipeline:
         if t.checkpoint:
             self.teacher_generator(family)  # validates the given file against the architecture
             return {"source": str(t.checkpoint)}
-        if t.pretrained:  # shipped generator + discriminator, verified against this run's config (slimface.shipped)
-            from slimface.shipped import install
-
-            return install(self, f"teacher.{family}", _say)
+        if (shipped := self._install_shipped(f"teacher.{family}")) is not None:
+            return shipped
         fam = get_family(family)
         gen = fam.build_generator(resolution=d.resolution, channels=d.channels, width_mult=t.width_mult,
                                   separable=False, sub=None)
@@ -545,10 +550,8 @@ class Pipeline:
 
         out = self.family_dir(family) / "mobile"
         s = self.cfg.student_for(family)
-        if s.mobile_pretrained:  # shipped generator + discriminator, verified against this run's config
-            from slimface.shipped import install
-
-            return install(self, f"mobile.{family}", _say)
+        if (shipped := self._install_shipped(f"mobile.{family}")) is not None:
+            return shipped
         if s.seed:
             torch.manual_seed(self.compression_seed(family))
         net = self._supernet(family)
@@ -599,10 +602,8 @@ class Pipeline:
 
         out = self.family_dir(family) / "supernet"
         student = self.cfg.student_for(family)
-        if student.supernet_pretrained:  # supernet + discriminator + mappers, verified against this config
-            from slimface.shipped import install
-
-            return install(self, f"supernet.{family}", _say)
+        if (shipped := self._install_shipped(f"supernet.{family}")) is not None:
+            return shipped
         if student.seed:  # another compression seed: the layers the teacher does not fill start elsewhere too
             torch.manual_seed(self.compression_seed(family))
         supernet = self._supernet(family)

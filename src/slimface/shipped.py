@@ -196,17 +196,19 @@ def expected(pipe: "Pipeline", slot: Slot) -> tuple["nn.Module", dict[str, Any]]
         from slimface.families import get_family
 
         fam = get_family(str(slot.family))
+
+        def teacher() -> "nn.Module":
+            return fam.build_generator(resolution=d.resolution, channels=d.channels,
+                                       width_mult=settings.width_mult, separable=False, sub=None)
+
         if slot.role == "teacher generator":
-            module = fam.build_generator(resolution=d.resolution, channels=d.channels,
-                                         width_mult=settings.width_mult, separable=False, sub=None)
+            module = teacher()
         elif slot.part == "generator":  # mobile teacher or supernet: the run's supernet (its conv types)
             module = pipe._supernet(str(slot.family)).cpu()
         elif slot.part == "mappers":  # student channels -> teacher channels, per tapped layer
             from slimface.compress.distill import Mapper
 
-            teacher = fam.build_generator(resolution=d.resolution, channels=d.channels,
-                                          width_mult=settings.width_mult, separable=False, sub=None)
-            module = Mapper(pipe._supernet(str(slot.family)).cpu(), teacher, list(fam.student_spec.distill))
+            module = Mapper(pipe._supernet(str(slot.family)).cpu(), teacher(), list(fam.student_spec.distill))
         else:
             module = fam.build_discriminator(resolution=d.resolution, channels=d.channels,
                                              width_mult=settings.width_mult)

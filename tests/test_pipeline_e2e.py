@@ -197,3 +197,35 @@ def test_evaluate_right_after_the_teacher(tiny_run, tmp_path: Path) -> None:
     assert "| tpgan teacher |" in report
     assert report.count("No compressed student in this run yet") == 3  # Tables 3, 4 and deployment
     assert "No compressed student" not in (out / "report" / "report.md").read_text()
+
+
+
+def test_finetune_switched_off_exports_the_supernet_sub_network_as_trained(tiny_run, tmp_path: Path) -> None:
+    """`finetune.enabled: false`: the fine-tune stage reruns (its key changed), trains nothing, and the
+    export is the searched sub-network cut from the supernet's own weights."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from slimface.export_format import load_export
+
+    work, out, _ = tiny_run
+    run = tmp_path / "no_ft"
+    shutil.copytree(out, run)
+    proc = slimface("run", "--config", str(TINY), "--out", str(run), "--set", f"data.root={work / 'data'}",
+                    "--set", "finetune.enabled=false", "--only", "finetune", "export", "--no-progress",
+                    cwd=work, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "[finetune.tpgan] running" in proc.stdout and "keeps the supernet's weights" in proc.stdout
+    assert "[export.tpgan] running" in proc.stdout
+    supernet = load_file(str(run / "tpgan" / "supernet" / "supernet.safetensors"))
+    kept = load_file(str(run / "tpgan" / "finetune" / "supernet.safetensors"))
+    trained = load_file(str(out / "tpgan" / "finetune" / "supernet.safetensors"))
+    assert kept.keys() == supernet.keys() and all(torch.equal(kept[k], supernet[k]) for k in supernet)
+    assert any(not torch.equal(trained[k], supernet[k]) for k in supernet)  # the default fine-tune moved it
+    # the export follows the stage's weights: its convs are not the fine-tuned run's
+    student = load_export(run / "tpgan" / "export").state_dict()
+    tuned = load_export(out / "tpgan" / "export").state_dict()
+    assert student.keys() == tuned.keys()
+    assert any(not torch.equal(student[k], tuned[k]) for k in student if k.endswith("weight"))

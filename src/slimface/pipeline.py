@@ -697,6 +697,10 @@ class Pipeline:
         supernet = self._trained_supernet(family)
         space = ConfigSpace.from_supernet(get_family(family), supernet)
         cfg = space.decode(self._search_result(family)["config"])
+        if not self.cfg.finetune_for(family).enabled:
+            save_weights(supernet, out / "supernet.safetensors")
+            _say(f"  {family}: finetune.enabled is false: the searched sub-network keeps the supernet's weights")
+            return {"final": {}, "config": space.encode(cfg), "trained": False}
         task = self._ofa_task(family, supernet, fixed=cfg)
         sup_dir = self.family_dir(family) / "supernet"
         load_weights(task.nets["mappers"], sup_dir / "mappers.safetensors", "distillation mappers")

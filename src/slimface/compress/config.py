@@ -174,9 +174,14 @@ class FinetuneConfig:
     channels) and checkpoints are those of supernet training, gradients only reach the kept slices, and
     BN running statistics become that sub-network's own; export then materialises it
     (:func:`slimface.compress.extract.extract_subnet`). The cost is memory for the unused channels.
+
+    ``enabled: false`` skips the training: the sub-network is exported with the supernet's own weights
+    (BN recalibrated at export, as for every export). For a supernet trained long enough (a shipped one),
+    a short fine-tune moves the chosen sub-network away from its teacher more than it improves it.
     """
 
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300))
+    enabled: bool = True
 
 
 class Budget(str):

@@ -349,6 +349,21 @@ def test_a_mobile_teacher_ships_and_loads_without_training(runs: dict, tmp_path:
     assert "student.mobile_pretrained=false" in bad
 
 
+@pytest.mark.parametrize("packed,finished,kinds", [
+    (["judge", "teacher.tpgan"], ["teacher.tpgan", "teacher.crgan"], ["teacher"]),
+    # a supernet distilled from a mobile teacher: remaking it runs the teacher and mobile stages too
+    (["teacher.tpgan", "supernet.tpgan"], ["teacher.tpgan", "mobile.tpgan", "supernet.tpgan"],
+     ["teacher", "mobile", "supernet"]),
+    # the mobile stage of another family is not this supernet's
+    (["supernet.tpgan"], ["teacher.tpgan", "teacher.pim", "mobile.pim", "supernet.tpgan"], ["teacher", "supernet"]),
+    (["recognizer", "judge"], ["teacher.tpgan"], []),
+])
+def test_the_reproducing_command_runs_every_stage_the_packed_files_came_from(packed, finished, kinds) -> None:
+    cmd = shipped_pack.reproduce_command("pretrain", packed, [*packed, *finished])
+    assert cmd == ("slimface run --config configs/pretrain.yaml --only data recognizer judge "
+                   + "".join(k + " " for k in kinds) + "evaluate report")
+
+
 def test_pack_takes_only_the_stages_it_is_given(runs: dict, tmp_path: Path) -> None:
     out = tmp_path / "some"
     shipped_pack.pack(runs["src"], out, stages=["recognizer", "teacher"], say=lambda _: None)

@@ -65,6 +65,21 @@ def _names(name: str, stage: str) -> bool:
     return stage == name or stage.startswith(name + ".")
 
 
+FAMILY_KINDS = ("teacher", "mobile", "supernet")  # a family's pretraining stages, in pipeline order
+
+
+def reproduce_command(preset: str, packed: Iterable[str], finished: Iterable[str]) -> str:
+    """The run that remakes the ``packed`` stages: each family stage kind up to the last packed one
+    that the run ``finished`` for a packed family (a supernet distilled from a mobile teacher needs
+    that mobile stage, and every stage its teacher), then evaluate and report."""
+    packed, finished = list(packed), set(finished)
+    fams = {s.partition(".")[2] for s in packed if "." in s}
+    last = max((FAMILY_KINDS.index(s.partition(".")[0]) for s in packed if "." in s), default=-1)
+    kinds = [k for k in FAMILY_KINDS[:last + 1] if any(f"{k}.{f}" in finished for f in fams)]
+    return f"slimface run --config configs/{preset}.yaml --only " + " ".join(
+        ["data", "recognizer", "judge", *kinds, "evaluate", "report"])
+
+
 def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: str | None = None,
          say: Callable[[str], None] = print, stages: Iterable[str] | None = None) -> Path:
     """Copy a run's judge, loss recognizer, teachers (generator + discriminator), mobile teachers and
@@ -162,10 +177,7 @@ def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: st
     name = ((K.read_marker(run, "report") or {}).get("settings") or {}).get("name") or run.name
     manifest = {
         "schema": SCHEMA,
-        "command": command or (f"slimface run --config configs/{name}.yaml --only data recognizer judge "
-                               + " ".join(k for k in ("teacher", "mobile", "supernet")
-                                          if any(_names(k, s) for s in wanted))
-                               + " evaluate report"),
+        "command": command or reproduce_command(name, wanted, done),
         "run": str(run),
         "versions": _versions(),
         "data": data_of(data_settings),

@@ -90,11 +90,12 @@ class Slot:
 
     @property
     def switch(self) -> str:
-        """The setting that turns the shipped file off (the stage then trains)."""
+        """The setting that turns the shipped file off (the stage then trains); the family's own student
+        section, since it overrides the top-level one (configs/quick.yaml switches TP-GAN's supernet there)."""
         if self.role in ("judge", "recognizer"):
             return f"{self.role}.pretrained"
         if self.kind in ("mobile", "supernet"):
-            return f"student.{self.kind}_pretrained"
+            return f"teachers.{self.family}.student.{self.kind}_pretrained"
         return f"teachers.{self.family}.pretrained"
 
     def switched_on(self, cfg: Any) -> bool:

@@ -322,3 +322,13 @@ def test_budget_sampling_trains_sub_networks_under_a_mac_target() -> None:
     assert sum(macs(uniform.configs_for_step(s)[0]) for s in range(12)) > sum(costs)
     with pytest.raises(ConfigError, match="below the smallest sub-network"):
         OFATask(family, student, teacher, disc, OFAConfig(sampling="budget"), budget_macs=lo / 2)
+
+
+def test_without_a_gan_term_the_discriminator_is_left_as_it_was() -> None:
+    """gan_weight 0: nothing reads D, so the step does not train it (and logs no loss_d)."""
+    for weight, moves in ((0.0, False), (1.0, True)):
+        task = _task(_ofa(10, 5, gan_weight=weight))
+        before = [p.detach().clone() for p in task.nets["disc"].parameters()]
+        out = task.train_step(toy_batch(), 0)
+        same = all(torch.equal(a, b) for a, b in zip(before, task.nets["disc"].parameters()))
+        assert same != moves and ("loss_d" in out) == moves

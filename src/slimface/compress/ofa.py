@@ -204,18 +204,22 @@ class OFATask:
         opt_g.step()
 
         opt_d.zero_grad(set_to_none=True)  # drops the grads the G step left on D
-        loss_d = sum(self.loss.discriminator_loss(disc, profile, target, f, rnd.rand) for f in fakes) / len(fakes)
-        assert isinstance(loss_d, Tensor)
-        loss_d.backward()
-        opt_d.step()
-        for s in self.schedulers.values():
-            s.step()
+        d_parts: dict[str, float] = {}
+        if self.cfg.gan_weight > 0:  # without a GAN term nothing reads D: training it is wasted time
+            loss_d = sum(self.loss.discriminator_loss(disc, profile, target, f, rnd.rand) for f in fakes) / len(fakes)
+            assert isinstance(loss_d, Tensor)
+            loss_d.backward()
+            opt_d.step()
+            d_parts["loss_d"] = float(loss_d.detach())
+        for name, s in self.schedulers.items():
+            if name != "disc" or d_parts:
+                s.step()
 
         self.last_config = self.space.encode(configs[-1])
         self._activate(None)
         largest = self.space.largest()
         frac = sum(configs[-1][g] / largest[g] for g in self.space.widths) / len(self.space.widths)
-        return {**sums, "loss_d": float(loss_d.detach()), "width_frac": frac}
+        return {**sums, **d_parts, "width_frac": frac}
 
     # ---------------------------------------------------------------- evaluation
     def evaluate_config(self, cfg: Config, metric: Callable[[nn.Module, Config], float] | None = None) -> float:

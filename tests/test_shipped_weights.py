@@ -452,3 +452,21 @@ def test_mobile_pretrained_needs_the_mobile_teacher() -> None:
 
     with pytest.raises(ConfigError, match="mobile_pretrained.*mobile_teacher=true"):
         load_config(PipelineConfig, TINY, {"student.mobile_pretrained": True})
+
+
+@pytest.mark.parametrize("families", [["tpgan"], ["pim"]])
+def test_the_repository_weights_hold_and_match_what_the_quick_preset_loads(families: list[str],
+                                                                           tmp_path: Path) -> None:
+    """Every file `configs/quick.yaml` switches on is in `weights/`, verified against that preset's
+    architecture and data: the default run cannot stop on a shipped file."""
+    from slimface.pipeline import Pipeline
+
+    cfg = load_config(PipelineConfig, REPO / "configs" / "quick.yaml",
+                      {"out_dir": str(tmp_path), "families": families, "weights": str(REPO / "weights")})
+    pipe = Pipeline(cfg, progress=False)
+    loaded = [slot.file for stage in pipe.stages() for slot in shipped.slots_of(stage) if slot.switched_on(cfg)]
+    assert {"judge.safetensors", "recognizer.safetensors", f"{families[0]}.generator.safetensors"} <= set(loaded)
+    assert ("tpgan.supernet.generator.safetensors" in loaded) == (families == ["tpgan"])
+    manifest = shipped.read_manifest(REPO / "weights")
+    assert set(loaded) <= set(manifest["files"])
+    assert shipped.verify(REPO / "weights", pipe=pipe, say=lambda _: None) == len(manifest["files"])

@@ -457,16 +457,22 @@ def test_mobile_pretrained_needs_the_mobile_teacher() -> None:
 @pytest.mark.parametrize("families", [["tpgan"], ["pim"]])
 def test_the_repository_weights_hold_and_match_what_the_quick_preset_loads(families: list[str],
                                                                            tmp_path: Path) -> None:
-    """Every file `configs/quick.yaml` switches on is in `weights/`, verified against that preset's
-    architecture and data: the default run cannot stop on a shipped file."""
+    """Every file `configs/quick.yaml` switches on is in `weights/`, intact, and its generators fit
+    that preset's architecture: the default run cannot stop on a shipped file. (The recognizers'
+    check needs the rendered data, which a fresh clone has not made yet: the run's own stages do it.)"""
     from slimface.pipeline import Pipeline
 
     cfg = load_config(PipelineConfig, REPO / "configs" / "quick.yaml",
-                      {"out_dir": str(tmp_path), "families": families, "weights": str(REPO / "weights")})
+                      {"out_dir": str(tmp_path), "families": families, "weights": str(REPO / "weights"),
+                       "data.root": str(tmp_path / "not_rendered")})
     pipe = Pipeline(cfg, progress=False)
-    loaded = [slot.file for stage in pipe.stages() for slot in shipped.slots_of(stage) if slot.switched_on(cfg)]
-    assert {"judge.safetensors", "recognizer.safetensors", f"{families[0]}.generator.safetensors"} <= set(loaded)
+    slots = [slot for stage in pipe.stages() for slot in shipped.slots_of(stage) if slot.switched_on(cfg)]
+    loaded = {slot.file for slot in slots}
+    assert {"judge.safetensors", "recognizer.safetensors", f"{families[0]}.generator.safetensors"} <= loaded
     assert ("tpgan.supernet.generator.safetensors" in loaded) == (families == ["tpgan"])
     manifest = shipped.read_manifest(REPO / "weights")
-    assert set(loaded) <= set(manifest["files"])
-    assert shipped.verify(REPO / "weights", pipe=pipe, say=lambda _: None) == len(manifest["files"])
+    assert loaded <= set(manifest["files"])
+    assert shipped.verify(REPO / "weights", say=lambda _: None) == len(manifest["files"])
+    for slot in slots:
+        if slot.family is not None:
+            shipped.check_against(pipe, manifest["files"][slot.file], slot, str(REPO / "weights" / slot.file))

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from slimface import stage_keys as K
 from slimface.errors import CheckpointError
-from slimface.shipped import (MANIFEST, MAX_TOTAL_BYTES, SCHEMA, Slot, arch_fingerprint, data_of,
+from slimface.shipped import (FAMILY_PARTS, MANIFEST, MAX_TOTAL_BYTES, SCHEMA, Slot, arch_fingerprint, data_of,
                               dataset_fingerprint, sha256_bytes, slot_net, slots_of)
 
 if TYPE_CHECKING:
@@ -65,17 +65,15 @@ def _names(name: str, stage: str) -> bool:
     return stage == name or stage.startswith(name + ".")
 
 
-FAMILY_KINDS = ("teacher", "mobile", "supernet")  # a family's pretraining stages, in pipeline order
-
-
 def reproduce_command(preset: str, packed: Iterable[str], finished: Iterable[str]) -> str:
     """The run that remakes the ``packed`` stages: each family stage kind up to the last packed one
     that the run ``finished`` for a packed family (a supernet distilled from a mobile teacher needs
     that mobile stage, and every stage its teacher), then evaluate and report."""
+    kinds_in_order = tuple(FAMILY_PARTS)  # teacher, mobile, supernet: the pipeline's order
     packed, finished = list(packed), set(finished)
     fams = {s.partition(".")[2] for s in packed if "." in s}
-    last = max((FAMILY_KINDS.index(s.partition(".")[0]) for s in packed if "." in s), default=-1)
-    kinds = [k for k in FAMILY_KINDS[:last + 1] if any(f"{k}.{f}" in finished for f in fams)]
+    last = max((kinds_in_order.index(s.partition(".")[0]) for s in packed if "." in s), default=-1)
+    kinds = [k for k in kinds_in_order[:last + 1] if any(f"{k}.{f}" in finished for f in fams)]
     return f"slimface run --config configs/{preset}.yaml --only " + " ".join(
         ["data", "recognizer", "judge", *kinds, "evaluate", "report"])
 

@@ -176,8 +176,8 @@ class FinetuneConfig:
     (:func:`slimface.compress.extract.extract_subnet`). The cost is memory for the unused channels.
 
     ``enabled: false`` skips the training: the sub-network is exported with the supernet's own weights
-    (BN recalibrated at export, as for every export). For a supernet trained long enough (a shipped one),
-    a short fine-tune moves the chosen sub-network away from its teacher more than it improves it.
+    (BN recalibrated at export, as for every export): for a supernet trained long enough (a shipped one)
+    that its sub-networks need no adaptation, or to measure what the fine-tune adds.
     """
 
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300))

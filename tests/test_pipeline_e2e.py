@@ -199,7 +199,6 @@ def test_evaluate_right_after_the_teacher(tiny_run, tmp_path: Path) -> None:
     assert "No compressed student" not in (out / "report" / "report.md").read_text()
 
 
-
 def test_finetune_switched_off_exports_the_supernet_sub_network_as_trained(tiny_run, tmp_path: Path) -> None:
     """`finetune.enabled: false`: the fine-tune stage reruns (its key changed), trains nothing, and the
     export is the searched sub-network cut from the supernet's own weights."""

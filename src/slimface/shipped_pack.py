@@ -110,7 +110,7 @@ def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: st
 
     done = [p.stem for p in sorted((run / "stages").glob("*.json"))]
     wanted = [s for s in ("recognizer", "judge") if s in done] + sorted(
-        s for s in done if s.startswith(("teacher.", "mobile.", "supernet.")))
+        s for s in done if "." in s and s.partition(".")[0] in FAMILY_PARTS)
     if stages is not None:
         picked = list(stages)
         for name in picked:

@@ -204,15 +204,16 @@ class OFATask:
         opt_g.step()
 
         opt_d.zero_grad(set_to_none=True)  # drops the grads the G step left on D
+        train_d = self.cfg.gan_weight > 0  # without a GAN term nothing reads D: training it is wasted time
         d_parts: dict[str, float] = {}
-        if self.cfg.gan_weight > 0:  # without a GAN term nothing reads D: training it is wasted time
+        if train_d:
             loss_d = sum(self.loss.discriminator_loss(disc, profile, target, f, rnd.rand) for f in fakes) / len(fakes)
             assert isinstance(loss_d, Tensor)
             loss_d.backward()
             opt_d.step()
             d_parts["loss_d"] = float(loss_d.detach())
         for name, s in self.schedulers.items():
-            if name != "disc" or d_parts:
+            if train_d or name != "disc":
                 s.step()
 
         self.last_config = self.space.encode(configs[-1])

@@ -154,8 +154,8 @@ def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
         if c.student_for(fam).seed:  # the compression seed (student.seed) also seeds the search
             s["student.seed"] = c.student_for(fam).seed
         for key, value in _without_conv_types(to_dict(c.student_for(fam))).items():
-            if key.startswith("separable"):  # the design searched (the default, all, stays out)
-                s[f"student.{key}"] = value
+            if key.startswith(DESIGN_PREFIXES) and not (key == "max_kernel" and value is None):
+                s[f"student.{key}"] = value  # the design searched (the defaults stay out)
     elif kind == "finetune":
         student = _without_conv_types(_student_without_defaults(to_dict(c.student_for(fam))))
         for supernet_only in ("train", "warm_start", "warm_start_fit", "warm_start_fit_images", "sampling",
@@ -173,7 +173,9 @@ def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
 MOBILE_SETTINGS = ("mobile_teacher", "mobile_steps", "mobile_gap", "mobile_eval_every")
 #: ``student`` settings left out of every key at these values (their defaults, what every run
 #: before them did): earlier runs keep their keys
-STUDENT_DEFAULTS_OUT_OF_KEYS = {"seed": 0, "identity_lowpass": False}
+STUDENT_DEFAULTS_OUT_OF_KEYS = {"seed": 0, "identity_lowpass": False, "max_kernel": None}
+#: ``student`` settings that make the student's design (which convs split, which kernels capped)
+DESIGN_PREFIXES = ("separable", "max_kernel")
 #: ``student`` switches to shipped networks: out of every key, since the stage that installs the file
 #: keys on its checksum instead (:func:`_with_shipped`) and the stages after it on its content
 SHIPPED_SWITCHES = ("mobile_pretrained", "supernet_pretrained")
@@ -235,7 +237,7 @@ def _with_shipped(cfg: Any, stage: str, s: dict[str, Any]) -> dict[str, Any]:
     part = stage_key_part(cfg, stage)
     if part is not None:
         if split(stage)[0] in ("mobile", "supernet"):  # the files, and the design they fit (checked when installed)
-            design = {k: v for k, v in (s.get("student") or {}).items() if k.startswith("separable")}
+            design = {k: v for k, v in (s.get("student") or {}).items() if k.startswith(DESIGN_PREFIXES)}
             s = {"student": design} if design else {}
         for section in s.values():
             if isinstance(section, dict):

@@ -81,6 +81,10 @@ class OFAConfig(DistillConfig):
     MAC saved stay normal; slimface.compress.conv_types) or ``search`` (no type fixed: each convertible
     conv is a per-conv choice of the design space, trained by the supernet, picked by the search under
     the budget and materialised by export).
+    Kernel cap (``max_kernel``): every odd conv kernel of the student larger than this is shrunk to it
+    (the centre of the teacher's kernel; slimface.models.blocks.cap_kernels). TP-GAN's 7x7 and 5x5
+    full-resolution layers cost most of a narrow student's MACs whatever its widths, so at a tight
+    budget they leave the search little room; None keeps the family's kernels.
     Sensitivity (``sensitivity``; also run when ``separable: auto`` needs it): every convertible conv
     made separable alone and every prunable group shrunk alone, each scored after BN recalibration and
     a fixed ``sensitivity_steps``-step fine-tune (slimface.compress.sensitivity).
@@ -112,6 +116,7 @@ class OFAConfig(DistillConfig):
     seed: int = 0
     separable: Union[str, list[str]] = "all"  # all | none | auto | search | [fnmatch patterns]
     separable_keep: float = 0.25  # auto: the share of convertible convs kept normal
+    max_kernel: Optional[int] = None  # cap on the student's odd conv kernels (3, 5...); None: the family's
     sensitivity: bool = False  # run the sensitivity stage (also run when separable is auto)
     sensitivity_steps: int = 10  # the fixed fine-tune of every sensitivity variant (0: BN recalibration only)
     mobile_teacher: bool = False  # train the student design at full width first; distil the supernet from it
@@ -134,6 +139,8 @@ class OFAConfig(DistillConfig):
                   f"student.separable {self.separable!r}: a pattern list needs at least one non-empty pattern "
                   "(use none for no separable conv)")
         check(0 <= self.separable_keep <= 1, f"student.separable_keep must be in [0, 1], got {self.separable_keep}")
+        check(self.max_kernel is None or (self.max_kernel >= 1 and self.max_kernel % 2 == 1),
+              f"student.max_kernel must be an odd kernel size (1, 3, 5...) or null, got {self.max_kernel}")
         check(self.sensitivity_steps >= 0, f"student.sensitivity_steps must be >= 0, got {self.sensitivity_steps}")
         check(not (self.mobile_teacher and self.separable in ("none", "search")),
               f"student.mobile_teacher trains the student's fixed separable design at full width; with "

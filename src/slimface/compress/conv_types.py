@@ -37,7 +37,7 @@ from torch import nn
 
 from slimface.errors import ConfigError
 from slimface.families.registry import build_generator
-from slimface.models.blocks import SEARCH, canonical_conv_types, convertible_convs, set_conv_types
+from slimface.models.blocks import SEARCH, canonical_conv_types, cap_kernels, convertible_convs, set_conv_types
 from slimface.models.generator import Generator
 from slimface.nn.super_layers import SeparableConv2d
 
@@ -119,18 +119,22 @@ def select_separable(model: nn.Module, setting: SeparableSetting, family: str = 
 
 def build_supernet(family: str, resolution: int, channels: int, width_mult: float,
                    setting: SeparableSetting = "all", table: Mapping[str, Any] | None = None,
-                   keep: float = 0.25) -> Generator:
+                   keep: float = 0.25, max_kernel: int | None = None) -> Generator:
     """The student supernet of ``family`` with the conv types ``setting`` picks (built all-separable
     once, then the convs left normal are swapped; ``all`` is exactly the family's student;
-    ``search`` makes every convertible conv a choice of both types)."""
+    ``search`` makes every convertible conv a choice of both types) and its kernels capped at
+    ``max_kernel`` (None: the family's)."""
     if setting == "none":
-        return build_generator(family, resolution, channels, width_mult, separable=False)
+        return build_generator(family, resolution, channels, width_mult, separable=False, max_kernel=max_kernel)
     if setting == SEARCH:
-        return build_generator(family, resolution, channels, width_mult, separable=SEARCH)
+        return build_generator(family, resolution, channels, width_mult, separable=SEARCH, max_kernel=max_kernel)
     net = build_generator(family, resolution, channels, width_mult, separable=True)
     chosen = select_separable(net, setting, family, table, keep)
     if chosen is not True:
         net.separable = set_conv_types(net, chosen or [])
+    if max_kernel is not None:
+        cap_kernels(net, max_kernel)
+        net.max_kernel = max_kernel
     return net
 
 

@@ -37,7 +37,7 @@ def extract_subnet(family: Family | str, supernet: nn.Module, cfg: Mapping[str, 
     name = family if isinstance(family, str) else family.name
     inner = unwrap(supernet)
     static = build_generator(name, resolution, channels, width_mult, separable=static_conv_types(inner, cfg),
-                             sub=width_part(cfg))
+                             sub=width_part(cfg), max_kernel=getattr(inner, "max_kernel", None))
     with active_config(inner, cfg):
         load_subnet_weights(inner, static)
     return static.eval()

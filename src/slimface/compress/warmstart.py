@@ -26,6 +26,9 @@ progressive shrinking does: the smallest sub-networks then start with the teache
 channels instead of an arbitrary subset. The reordering permutes the same group consistently in
 every layer's input and output (from the layers' channel layouts), so the teacher computes exactly
 the same function after it; a test checks that for every family.
+
+A student whose kernels are capped (``student.max_kernel``) starts from the centre of each larger
+teacher kernel: the teacher copy is capped the same way before anything is copied or factorised.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from slimface.models.blocks import cap_kernels
 from slimface.nn.channels import Chans
 from slimface.nn.modes import module_mode
 from slimface.nn.super_layers import (
@@ -419,8 +423,12 @@ def warm_start(supernet: nn.Module, teacher: nn.Module, groups: Iterable[str] = 
     with ``positions`` sampled output positions per image and layer and at most ``budget_mb`` of
     moment matrices held at once. Without them the result is the SVD warm start."""
     source = teacher
-    if sort:  # reorder a copy: the caller's teacher keeps its channel order
+    max_kernel = getattr(supernet, "max_kernel", None)
+    if sort or max_kernel is not None:  # change a copy: the caller's teacher keeps its order and kernels
         source = copy.deepcopy(teacher)
+    if max_kernel is not None:  # a capped student starts from the centre of each larger kernel
+        cap_kernels(source, max_kernel)
+    if sort:
         sort_channels(source, groups)
     src = with_choice_branches(dict(source.named_modules()), supernet)
     report = WarmStartReport()

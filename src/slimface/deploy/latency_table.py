@@ -569,7 +569,7 @@ def _build(family: Any, model: Mapping[str, Any], cfg: Mapping[str, int] | None)
     """Sub-network ``cfg`` of the student design ``model`` describes (``separable``: its conv types,
     all separable when absent; ``"search"``: the types of ``cfg``'s ``conv:`` keys, and with no
     ``cfg`` the supernet of choice convs itself)."""
-    from slimface.models.blocks import SEARCH, convertible_convs, make_conv_choices, set_conv_types
+    from slimface.models.blocks import SEARCH, cap_kernels, convertible_convs, make_conv_choices, set_conv_types
     from slimface.nn.super_layers import separable_names, width_part
 
     fam = _family(family)
@@ -583,14 +583,20 @@ def _build(family: Any, model: Mapping[str, Any], cfg: Mapping[str, int] | None)
             separable = separable_names(cfg, convertible_convs(net))
         if not isinstance(separable, bool):
             net.separable = set_conv_types(net, separable)
+    if model.get("max_kernel") is not None:
+        cap_kernels(net, int(model["max_kernel"]))
+        net.max_kernel = int(model["max_kernel"])
     return net.eval()
 
 
 def _design(net: Any) -> dict[str, Any]:
-    """The conv types of a student generator for a table's ``model`` (left out while all are
-    separable, so tables made before conv-type mixes stay valid)."""
+    """The conv types and kernel cap of a student generator for a table's ``model`` (each left out
+    at its default -- all separable, no cap -- so tables made before them stay valid)."""
     separable = getattr(net, "separable", True)
-    return {} if separable is True else {"separable": separable}
+    out: dict[str, Any] = {} if separable is True else {"separable": separable}
+    if getattr(net, "max_kernel", None) is not None:
+        out["max_kernel"] = net.max_kernel
+    return out
 
 
 def onnx_node_module(node_name: str) -> str:

@@ -51,10 +51,11 @@ def resolve_student(space: Any, student: str) -> dict[str, int]:
 
 
 def build_pair(model: str, resolution: int, channels: int, width_mult: float,
-               student: str | None, separable: bool | Sequence[str] = True,
+               student: str | None, separable: bool | Sequence[str] = True, max_kernel: int | None = None,
                ) -> tuple[Generator, Generator | None, str | None]:
     """Teacher and static student (config ``student``, conv types ``separable``: a run's
-    ``Generator.separable``, all separable by default)."""
+    ``Generator.separable``, all separable by default; kernel cap ``max_kernel``: a run's
+    ``Generator.max_kernel``)."""
     check_arch_args(model, resolution, width_mult)
     teacher = build_generator(model, resolution, channels, width_mult, separable=False)
     if not student:
@@ -64,7 +65,8 @@ def build_pair(model: str, resolution: int, channels: int, width_mult: float,
     if not isinstance(separable, bool):  # names from another size of the model: the ones this size has
         have = set(convertible_convs(supernet))
         separable = [n for n in separable if n in have]
-    static = build_generator(model, resolution, channels, width_mult, separable=separable, sub=cfg)
+    static = build_generator(model, resolution, channels, width_mult, separable=separable, sub=cfg,
+                             max_kernel=max_kernel)
     return teacher, static, space.encode(cfg)
 
 
@@ -72,7 +74,7 @@ def bench_report(model: str, resolution: int = 128, width_mult: float = 1.0, stu
                  warmup: int = 100, runs: int = 100, threads: int | None = None,
                  device: str = "cpu", runtimes: bool = False, n_calibration: int = 8,
                  fold_bn: bool = True, separable: bool | Sequence[str] = True,
-                 torch_mode: str = "eager") -> dict[str, Any]:
+                 torch_mode: str = "eager", max_kernel: int | None = None) -> dict[str, Any]:
     """Latency/peak memory of teacher vs student at batch 1 (random weights; eval mode; batch norms
     folded into their convs unless ``fold_bn`` is False; both run in ``torch_mode``, see
     :mod:`slimface.deploy.torch_modes`).
@@ -89,7 +91,7 @@ def bench_report(model: str, resolution: int = 128, width_mult: float = 1.0, stu
     check_mode(torch_mode)
     if runtimes and device != "cpu":
         raise ConfigError(f"--runtimes times ONNX Runtime on the CPU; drop --device {device} (or --runtimes)")
-    teacher, stud, code = build_pair(model, resolution, 3, width_mult, student or "smallest", separable)
+    teacher, stud, code = build_pair(model, resolution, 3, width_mult, student or "smallest", separable, max_kernel)
     assert stud is not None
     if device != "cpu" and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: no GPU is available here; use --device cpu")

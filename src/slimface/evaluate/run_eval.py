@@ -294,7 +294,8 @@ def bench_run(ctx: RunContext) -> dict[str, Any]:
             # ORT int8, random weights, calibrated on random inputs): under entry["full_size"]["runtimes"]
             full = bench_report(fam, 128, 1.0, student=full_cfg, warmup=b.full_size_warmup,
                                 runs=b.full_size_runs, threads=b.threads, runtimes=True,
-                                separable=getattr(student, "separable", True))  # the run's conv types
+                                separable=getattr(student, "separable", True),  # the run's design
+                                max_kernel=getattr(student, "max_kernel", None))
             entry["full_size"] = full
         results[fam] = entry
         rs = entry["run_size"]

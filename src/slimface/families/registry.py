@@ -41,7 +41,8 @@ def family_names() -> list[str]:
 
 
 def build_generator(name: str, resolution: int = 128, channels: int = 3, width_mult: float = 1.0,
-                    separable: bool | str | Sequence[str] = False, sub: Mapping[str, int] | None = None) -> "Generator":
+                    separable: bool | str | Sequence[str] = False, sub: Mapping[str, int] | None = None,
+                    max_kernel: int | None = None) -> "Generator":
     """Build a generator; ``separable``/``sub`` give the student supernet / a static sub-network.
 
     ``separable``: True splits every convertible conv (the family's student), False none (the
@@ -49,7 +50,8 @@ def build_generator(name: str, resolution: int = 128, channels: int = 3, width_m
     :func:`slimface.models.blocks.set_conv_types` turns the others back into normal convs, so no
     family needs to know about conv-type mixes. ``"search"`` makes every convertible conv a choice
     of both types (:func:`slimface.models.blocks.make_conv_choices`: the supernet of
-    ``student.separable: search``)."""
+    ``student.separable: search``). ``max_kernel`` caps every larger odd conv kernel
+    (:func:`slimface.models.blocks.cap_kernels`: ``student.max_kernel``)."""
     if resolution not in (64, 128):
         raise ConfigError(f"resolution must be 64 or 128, got {resolution}")
     search = separable == "search"
@@ -65,12 +67,17 @@ def build_generator(name: str, resolution: int = 128, channels: int = 3, width_m
         from slimface.models.blocks import set_conv_types
 
         gen.separable = set_conv_types(gen, list(separable))  # type: ignore[arg-type]
+    if max_kernel is not None:
+        from slimface.models.blocks import cap_kernels
+
+        cap_kernels(gen, max_kernel)
+        gen.max_kernel = max_kernel
     return gen
 
 
 def generator_from_arch(arch: Mapping[str, Any]) -> "Generator":
     return build_generator(arch["family"], arch["resolution"], arch["channels"], arch["width_mult"],
-                           arch["separable"], arch.get("sub"))
+                           arch["separable"], arch.get("sub"), arch.get("max_kernel"))
 
 
 __all__ = ["register_family", "get_family", "family_names", "build_generator", "generator_from_arch"]

@@ -184,6 +184,30 @@ def make_conv_choices(model: nn.Module) -> str:
     return SEARCH
 
 
+def cap_kernels(model: nn.Module, max_kernel: int) -> list[str]:
+    """Shrink every odd k x k conv of ``model`` (normal or depthwise, not transposed) with k >
+    ``max_kernel`` to ``max_kernel`` x ``max_kernel``, keeping the centre of its weights and the
+    output size ("same" padding, any stride). The large kernels of the teachers' full-resolution
+    layers (TP-GAN's 7x7 and 5x5) set most of a narrow student's MACs; a student design with small
+    kernels frees that budget for width. Returns the names of the convs it shrank."""
+    if max_kernel < 1 or max_kernel % 2 == 0:
+        raise ValueError(f"max_kernel must be an odd number >= 1, got {max_kernel}")
+    shrunk = []
+    for name, m in model.named_modules():
+        if not isinstance(m, SuperConv2d):
+            continue
+        k = m.kernel_size[0]
+        if k <= max_kernel or k % 2 == 0 or m.kernel_size[1] != k or m.padding != (k // 2, k // 2) \
+                or m.dilation != (1, 1):
+            continue
+        lo = (k - max_kernel) // 2
+        m.weight = nn.Parameter(m.weight.detach()[:, :, lo:lo + max_kernel, lo:lo + max_kernel].clone())
+        m.kernel_size = (max_kernel, max_kernel)
+        m.padding = (max_kernel // 2, max_kernel // 2)
+        shrunk.append(name)
+    return shrunk
+
+
 def res_stack(
     w: Widths, trunk: Chans, prefix: str, n: int, mid_full: int, k: int = 3, act: Act = "lrelu",
     separable: bool = False,
@@ -197,5 +221,5 @@ def res_stack(
 
 __all__ = [
     "Act", "activation", "Widths", "conv", "ConvBlock", "up2_padding", "UpBlock", "ResBlock", "res_stack", "ch",
-    "canonical_conv_types", "convertible_convs", "normal_conv", "set_conv_types", "make_conv_choices", "SEARCH",
+    "canonical_conv_types", "cap_kernels", "convertible_convs", "normal_conv", "set_conv_types", "make_conv_choices", "SEARCH",
 ]

@@ -28,9 +28,13 @@ class Generator(nn.Module):
     the sorted module names of those that are (a mix, :func:`slimface.models.blocks.set_conv_types`);
     ``"search"`` on a supernet whose convertible convs are choices of both types (the active
     config's ``conv:`` keys pick one; :func:`slimface.models.blocks.make_conv_choices`).
+    ``max_kernel``: the kernel cap of a student design (:func:`slimface.models.blocks.cap_kernels`;
+    None keeps the family's kernels), recorded in ``arch()`` only when set so that the designs
+    without one keep their arch and fingerprints.
     """
 
     family: str = ""
+    max_kernel: int | None = None
 
     def __init__(self, resolution: int, channels: int, width_mult: float, separable: bool | str | list[str],
                  sub: Mapping[str, int] | None) -> None:
@@ -55,7 +59,7 @@ class Generator(nn.Module):
 
     def arch(self) -> dict[str, Any]:
         """The small architecture description that rebuilds this network (export format)."""
-        return {
+        out = {
             "family": self.family,
             "resolution": self.resolution,
             "channels": self.channels,
@@ -63,6 +67,9 @@ class Generator(nn.Module):
             "separable": self.separable,
             "sub": dict(self.sub),
         }
+        if self.max_kernel is not None:
+            out["max_kernel"] = self.max_kernel
+        return out
 
 
 __all__ = ["Generator"]

@@ -65,8 +65,11 @@ def test_the_capped_tpgan_student_has_no_large_kernel_and_a_lower_floor() -> Non
     smallest = [macs_of(n, ConfigSpace.from_supernet(fam, n).smallest()) for n in (plain, capped)]
     assert smallest[1] < 0.75 * smallest[0]
     # the arch rebuilds the capped design (export format, ONNX, latency tables)
-    again = generator_from_arch(capped.arch())
-    assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in capped.state_dict().items()}
+    from slimface.deploy.latency_table import _build, _design
+
+    shapes = {k: v.shape for k, v in capped.state_dict().items()}
+    for again in (generator_from_arch(capped.arch()), _build("tpgan", {"family": "tpgan", **SIZE, **_design(capped)}, None)):
+        assert {k: v.shape for k, v in again.state_dict().items()} == shapes
 
 
 @pytest.mark.parametrize("setting", ["all", "search"])

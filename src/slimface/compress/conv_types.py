@@ -37,7 +37,7 @@ from torch import nn
 
 from slimface.errors import ConfigError
 from slimface.families.registry import build_generator
-from slimface.models.blocks import SEARCH, canonical_conv_types, cap_kernels, convertible_convs, set_conv_types
+from slimface.models.blocks import SEARCH, canonical_conv_types, convertible_convs, set_conv_types
 from slimface.models.generator import Generator
 from slimface.nn.super_layers import SeparableConv2d
 
@@ -132,9 +132,7 @@ def build_supernet(family: str, resolution: int, channels: int, width_mult: floa
     chosen = select_separable(net, setting, family, table, keep)
     if chosen is not True:
         net.separable = set_conv_types(net, chosen or [])
-    if max_kernel is not None:
-        cap_kernels(net, max_kernel)
-        net.max_kernel = max_kernel
+    net.cap_kernels(max_kernel)
     return net
 
 

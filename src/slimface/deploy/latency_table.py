@@ -569,7 +569,7 @@ def _build(family: Any, model: Mapping[str, Any], cfg: Mapping[str, int] | None)
     """Sub-network ``cfg`` of the student design ``model`` describes (``separable``: its conv types,
     all separable when absent; ``"search"``: the types of ``cfg``'s ``conv:`` keys, and with no
     ``cfg`` the supernet of choice convs itself)."""
-    from slimface.models.blocks import SEARCH, cap_kernels, convertible_convs, make_conv_choices, set_conv_types
+    from slimface.models.blocks import SEARCH, convertible_convs, make_conv_choices, set_conv_types
     from slimface.nn.super_layers import separable_names, width_part
 
     fam = _family(family)
@@ -583,9 +583,7 @@ def _build(family: Any, model: Mapping[str, Any], cfg: Mapping[str, int] | None)
             separable = separable_names(cfg, convertible_convs(net))
         if not isinstance(separable, bool):
             net.separable = set_conv_types(net, separable)
-    if model.get("max_kernel") is not None:
-        cap_kernels(net, int(model["max_kernel"]))
-        net.max_kernel = int(model["max_kernel"])
+    net.cap_kernels(model.get("max_kernel"))
     return net.eval()
 
 

@@ -67,11 +67,7 @@ def build_generator(name: str, resolution: int = 128, channels: int = 3, width_m
         from slimface.models.blocks import set_conv_types
 
         gen.separable = set_conv_types(gen, list(separable))  # type: ignore[arg-type]
-    if max_kernel is not None:
-        from slimface.models.blocks import cap_kernels
-
-        cap_kernels(gen, max_kernel)
-        gen.max_kernel = max_kernel
+    gen.cap_kernels(max_kernel)
     return gen
 
 

@@ -57,6 +57,16 @@ class Generator(nn.Module):
         lm = torch.as_tensor(canonical_landmarks(self.resolution), dtype=torch.float32)
         return x, lm.unsqueeze(0).expand(batch, 5, 2).contiguous()
 
+    def cap_kernels(self, max_kernel: int | None) -> None:
+        """Cap this generator's kernels (:func:`slimface.models.blocks.cap_kernels`) and record the
+        cap in ``arch()``; None changes nothing."""
+        if max_kernel is None:
+            return
+        from slimface.models.blocks import cap_kernels
+
+        cap_kernels(self, max_kernel)
+        self.max_kernel = max_kernel
+
     def arch(self) -> dict[str, Any]:
         """The small architecture description that rebuilds this network (export format)."""
         out = {

@@ -8,7 +8,7 @@ memory depend only on the architecture).
 
 The student of each family is ``--student`` (a config string, ``smallest``) or, with ``--from-run
 RUN_DIR``, the config the run's search chose, mapped onto the full-size design space (each group
-keeps its fraction of the full width).
+keeps its fraction of the full width), in the run's design (conv types, kernel cap).
 """
 
 from __future__ import annotations
@@ -23,21 +23,25 @@ from slimface.evaluate.arch_bench import bench_report
 from slimface.nn.counts import format_count
 
 
-def student_for(model: str, args: argparse.Namespace) -> str:
+def student_for(model: str, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The full-size student's config and design (conv types, kernel cap): ``--student`` and
+    ``--max-kernel``, or with ``--from-run`` the run's searched config and exported design."""
     if args.from_run:
         run = Path(args.from_run)
         result = json.loads((run / model / "search" / "result.json").read_text())
         arch = json.loads((run / model / "export" / "arch.json").read_text())["arch"]
-        return scale_config_to_full(model, result["config"], arch["resolution"], arch["channels"],
+        code = scale_config_to_full(model, result["config"], arch["resolution"], arch["channels"],
                                     arch["width_mult"])
-    return args.student
+        return code, {"separable": arch.get("separable", True), "max_kernel": arch.get("max_kernel")}
+    return args.student, {"max_kernel": args.max_kernel}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["tpgan", "crgan"])
     p.add_argument("--student", default="smallest", help="config string or 'smallest'")
-    p.add_argument("--from-run", help="a finished `slimface run` directory: use its searched configs")
+    p.add_argument("--from-run", help="a finished `slimface run` directory: use its searched configs and design")
+    p.add_argument("--max-kernel", type=int, help="the student's kernel cap (student.max_kernel), with --student")
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--runs", type=int, default=100)
     p.add_argument("--threads", type=int)
@@ -51,9 +55,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = ["| model | PyTorch mode | teacher params / MACs | student params / MACs | teacher ms | student ms "
             "| speedup (p50) | teacher MB | student MB | memory reduction |", "|---|---|---|---|---|---|---|---|---|---|"]
     for model in args.models:
+        code, design = student_for(model, args)
         for mode in args.torch_mode:
-            r = bench_report(model, 128, 1.0, student=student_for(model, args), warmup=args.warmup, runs=args.runs,
-                             threads=args.threads, device=args.device, torch_mode=mode)
+            r = bench_report(model, 128, 1.0, student=code, warmup=args.warmup, runs=args.runs,
+                             threads=args.threads, device=args.device, torch_mode=mode, **design)
             results[model if len(args.torch_mode) == 1 else f"{model} {mode}"] = r
             t, s, tc, sc = r["teacher"], r["student"], r["teacher_counts"], r["student_counts"]
             p50 = t["latency_p50_ms"] / s["latency_p50_ms"]

@@ -186,6 +186,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.model, resolution=args.resolution, width_mult=args.width_mult, student=args.student,
         warmup=args.warmup, runs=args.runs, threads=args.threads, device=args.device,
         runtimes=args.runtimes, fold_bn=not args.no_fold_bn, torch_mode=args.torch_mode,
+        max_kernel=args.max_kernel,
     )
     if args.json:
         print(json.dumps(report, indent=2))
@@ -353,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--resolution", type=int, default=128, choices=[64, 128])
     b.add_argument("--width-mult", type=float, default=1.0)
     b.add_argument("--student", help="a config string, 'smallest' or 'largest'")
+    b.add_argument("--max-kernel", type=int, help="the student design's kernel cap (student.max_kernel)")
     b.add_argument("--warmup", type=int, default=100)
     b.add_argument("--runs", type=int, default=100)
     b.add_argument("--threads", type=int)

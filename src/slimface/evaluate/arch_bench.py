@@ -57,6 +57,8 @@ def build_pair(model: str, resolution: int, channels: int, width_mult: float,
     ``Generator.separable``, all separable by default; kernel cap ``max_kernel``: a run's
     ``Generator.max_kernel``)."""
     check_arch_args(model, resolution, width_mult)
+    if max_kernel is not None and (max_kernel < 1 or max_kernel % 2 == 0):
+        raise ConfigError(f"--max-kernel {max_kernel}: must be an odd kernel size, e.g. 3")
     teacher = build_generator(model, resolution, channels, width_mult, separable=False)
     if not student:
         return teacher, None, None

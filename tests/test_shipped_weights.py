@@ -454,7 +454,7 @@ def test_mobile_pretrained_needs_the_mobile_teacher() -> None:
         load_config(PipelineConfig, TINY, {"student.mobile_pretrained": True})
 
 
-@pytest.mark.parametrize("families", [["tpgan"], ["pim"]])
+@pytest.mark.parametrize("families", [["tpgan"], ["pim"], ["crgan"]])
 def test_the_repository_weights_hold_and_match_what_the_quick_preset_loads(families: list[str],
                                                                            tmp_path: Path) -> None:
     """Every file `configs/quick.yaml` switches on is in `weights/`, intact, and its generators fit

@@ -153,9 +153,9 @@ def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
         s = {"search": to_dict(c.search), "eval_batch_size": c.eval_batch_size, "seed": c.seed}
         if c.student_for(fam).seed:  # the compression seed (student.seed) also seeds the search
             s["student.seed"] = c.student_for(fam).seed
-        for key, value in _without_conv_types(to_dict(c.student_for(fam))).items():
-            if key.startswith(DESIGN_PREFIXES) and not (key == "max_kernel" and value is None):
-                s[f"student.{key}"] = value  # the design searched (the defaults stay out)
+        for key, value in _without_conv_types(_student_without_defaults(to_dict(c.student_for(fam)))).items():
+            if key.startswith(DESIGN_PREFIXES):  # the design searched (the defaults stay out)
+                s[f"student.{key}"] = value
     elif kind == "finetune":
         student = _without_conv_types(_student_without_defaults(to_dict(c.student_for(fam))))
         for supernet_only in ("train", "warm_start", "warm_start_fit", "warm_start_fit_images", "sampling",

@@ -215,6 +215,9 @@ CASES: list[tuple[str, list[str], str, tuple[str, ...]]] = [
     ("budget-malformed", [*SEARCH, "--budget", "lots"], "search.budget: 'lots' is not a budget; use", ()),
     ("budget-negative", [*SEARCH, "--budget=-3M"], "a MACs budget must be a positive count", ()),
     ("budget-factor", [*SEARCH, "--budget", "0.5x"], "a reduction factor must be above 1", ()),
+    ("latency-factor", [*SEARCH, "--latency", "0.5x"], "a factor of the teacher's latency must be above 1", ()),
+    ("latency-malformed", [*SEARCH, "--latency", "soon"], "search.latency must be a duration like 15ms or a factor", ()),
+    ("latency-size", [*SEARCH, "--latency", "10x", "--latency-size", "96x1"], "search.latency_size '96x1' is unknown", ()),
     # --- checkpoints of another architecture / resolution / format
     ("ckpt-other-family", teacher_ckpt("{fx}/crgan.safetensors"), "they belong to another architecture", ()),
     ("ckpt-other-width", teacher_ckpt("{fx}/tpgan_w0125.safetensors"), "another architecture, width or resolution", ()),

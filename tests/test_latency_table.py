@@ -22,6 +22,7 @@ from slimface.deploy.latency_table import (
     parse_latency,
 )
 from slimface.errors import CheckpointError, ConfigError
+from slimface.nn.super_layers import width_groups
 from test_compress_space import TOY_FAMILY, _build_gen
 
 RES = 16
@@ -58,6 +59,53 @@ def test_table_schema_and_roundtrip(torch_table: LatencyTable, tmp_path: Path) -
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(CheckpointError, match="latency table"):
         LatencyTable.load(tmp_path / "bad.json")
+
+
+def test_the_table_times_the_teacher_for_relative_budgets(torch_table: LatencyTable, tmp_path: Path) -> None:
+    assert torch_table.teacher_ms is not None and torch_table.teacher_ms > 0
+    back = LatencyTable.load(torch_table.save(tmp_path / "t.json"))
+    assert back.teacher_ms == pytest.approx(torch_table.teacher_ms)
+    cfg = SearchConfig(latency="12.5x", latency_size="full")
+    cfg.validate()
+    assert cfg.latency_factor() == 12.5 and cfg.latency_at() == (128, 1.0)
+    assert SearchConfig(latency="15ms").latency_factor() is None and SearchConfig().latency_at() is None
+    assert SearchConfig(latency_size="64x0.5").latency_at() == (64, 0.5)
+
+
+def test_candidates_priced_at_another_size(tmp_path: Path) -> None:
+    """search.latency_size: a config of the small supernet is priced as the same design at another size
+    (its widths keep their fractions), from a table of that size cached under its own name, rebuilt
+    when a relative budget needs the teacher's time and the cached table lacks it."""
+    space, net = _space_and_net()
+    size = (2 * RES, 2.0)
+    path = tmp_path / f"latency_torch_t1_{2 * RES}x2.json"
+    stale = build_table(TOY_FAMILY, 2 * RES, 3, 2.0, "torch", 1, max_grid=2, fit_subnets=2, teacher=False)
+    stale.save(path)
+    model = lt.search_latency_model(TOY_FAMILY, net, "torch", 1, cache_dir=tmp_path, size=size, need_teacher=True)
+    table = LatencyTable.load(path)
+    assert table.teacher_ms is not None and table.teacher_ms > 0  # rebuilt: the stale one had none
+    assert (table.model["resolution"], table.model["width_mult"]) == size
+    assert isinstance(model, lt.MappedLatencyModel) and model.table.teacher_ms == table.teacher_ms
+    target = lt._build(TOY_FAMILY, table.model, None)
+    tspace = ConfigSpace.from_supernet(TOY_FAMILY, target)
+    assert model.size_map(space.smallest()) == tspace.smallest()
+    assert model.size_map(space.largest()) == tspace.largest()
+    cfg = space.sample(torch.Generator().manual_seed(5))
+    mapped = model.size_map(cfg)
+    assert model(cfg) == pytest.approx(LatencyModel(table, target)(mapped))
+    full, tfull = width_groups(net), width_groups(target)
+    for g, c in cfg.items():  # each group keeps its fraction: the nearest choice of the target
+        want = c / full[g] * tfull[g]
+        assert abs(mapped[g] - want) == min(abs(x - want) for x in tspace.choices[g])
+    mtime = path.stat().st_mtime_ns
+    again = lt.search_latency_model(TOY_FAMILY, net, "torch", 1, cache_dir=tmp_path, size=size, need_teacher=True)
+    assert path.stat().st_mtime_ns == mtime and again(cfg) == pytest.approx(model(cfg))  # reused, not rebuilt
+    own = lt.search_latency_model(TOY_FAMILY, net, "torch", 1, cache_dir=tmp_path)  # the run's own size
+    assert isinstance(own, LatencyModel) and (tmp_path / "latency_torch_t1.json").is_file()
+    no_teacher = tmp_path / "no_teacher.json"
+    stale.save(no_teacher)
+    with pytest.raises(ConfigError, match="no teacher time"):
+        lt.search_latency_model(TOY_FAMILY, net, "torch", 1, table_path=no_teacher, size=size, need_teacher=True)
 
 
 def test_prediction_is_layer_sum_plus_fitted_overhead(torch_table: LatencyTable) -> None:

@@ -228,3 +228,32 @@ def test_finetune_switched_off_exports_the_supernet_sub_network_as_trained(tiny_
     tuned = load_export(out / "tpgan" / "export").state_dict()
     assert student.keys() == tuned.keys()
     assert any(not torch.equal(student[k], tuned[k]) for k in student if k.endswith("weight"))
+
+
+def test_search_priced_at_the_deployment_size(tiny_run, tmp_path: Path) -> None:
+    """`slimface search --latency … --latency-size`: the candidates of the tiny supernet are priced
+    by a latency table of the same design at another size (here twice the width), every evaluated
+    one within the budget; a relative budget divides the teacher's time from the same table and, set
+    below what the smallest sub-network costs, is a one-line error."""
+    import shutil
+
+    work, out, _ = tiny_run
+    run = tmp_path / "lat"
+    shutil.copytree(out, run)
+    common = ("--config", str(TINY), "--out", str(run), "--set", f"data.root={work / 'data'}", "--no-progress",
+              "--runtime", "torch", "--latency-size", "64x0.125")
+    proc = slimface("search", *common, "--latency", "1000ms", cwd=work, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    table = json.loads((run / "tpgan" / "search" / "latency_torch_t1_64x0.125.json").read_text())
+    assert (table["model"]["resolution"], table["model"]["width_mult"]) == (64, 0.125) and table["teacher_ms"] > 0
+    result = json.loads((run / "tpgan" / "search" / "result.json").read_text())
+    assert result["latency_size"] == "64x0.125" and result["runtime"] == "torch"
+    assert result["teacher_latency_ms"] == pytest.approx(table["teacher_ms"])
+    assert 0 < result["latency_ms"] <= result["latency_budget_ms"] == 1000.0
+    lines = [json.loads(x) for x in (run / "tpgan" / "search" / "evaluated.jsonl").read_text().splitlines()]
+    assert lines and all(0 < r["latency_ms"] <= 1000.0 for r in lines)
+    proc = slimface("search", *common, "--latency", "1000x", cwd=work, timeout=300)
+    assert proc.returncode == 2, proc.stdout[-1000:] + proc.stderr[-1000:]
+    assert f"the teacher's {table['teacher_ms']:.2f} ms in torch / 1000" in proc.stdout  # the table was reused
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "below the smallest sub-network's predicted" in err[0]

@@ -76,6 +76,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         args.set = list(args.set or []) + [f"search.latency={args.latency}"]
     if args.runtime:
         args.set = list(args.set or []) + [f"search.runtime={args.runtime}"]
+    if args.latency_size:
+        args.set = list(args.set or []) + [f"search.latency_size={args.latency_size}"]
     return _run_pipeline(args, ["search"], force=True)
 
 
@@ -223,16 +225,19 @@ def cmd_latency_table(args: argparse.Namespace) -> int:
     check_runtime(args.runtime)
     check_arch_args(args.model, args.resolution, args.width_mult)
     out = Path(args.out or f"latency_{args.model}_{args.runtime}_{args.resolution}_w{args.width_mult:g}_t{args.threads}.json")
+    if args.max_kernel is not None and (args.max_kernel < 1 or args.max_kernel % 2 == 0):
+        raise ConfigError(f"--max-kernel {args.max_kernel}: must be an odd kernel size, e.g. 3")
     table = build_table(args.model, args.resolution, 3, args.width_mult, args.runtime, args.threads,
-                        max_grid=args.grid, fit_subnets=args.fit_subnets,
+                        max_grid=args.grid, fit_subnets=args.fit_subnets, max_kernel=args.max_kernel,
                         progress=None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True)))
     table.save(out)
     points = sum(len(s.cin) * max(1, len(s.cout)) for s in table.sites.values())
-    print(f"| model | runtime | threads | CPU | layer sites | points | overhead | x layers | per Melem | built |\n"
-          f"|---|---|---|---|---|---|---|---|---|---|\n"
+    print(f"| model | runtime | threads | CPU | layer sites | points | overhead | x layers | per Melem | teacher | built |\n"
+          f"|---|---|---|---|---|---|---|---|---|---|---|\n"
           f"| {args.model} {args.resolution}² ×{args.width_mult:g} | {table.runtime} | {table.threads} | "
           f"{table.machine.get('cpu')} | {len(table.sites)} | {points} | {table.overhead_ms:.2f} ms | "
-          f"{table.scale:.3f} | {table.ms_per_melem:.2f} ms | {table.build_seconds:.0f} s |")
+          f"{table.scale:.3f} | {table.ms_per_melem:.2f} ms | {table.teacher_ms or float('nan'):.2f} ms | "
+          f"{table.build_seconds:.0f} s |")
     print(f"wrote {out}")
     return 0
 
@@ -296,9 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("search", help="search the trained supernet under a MACs budget")
     with_config(s)
     s.add_argument("--budget", help="MACs budget: 2.5G, 300M, or a reduction factor like 10x")
-    s.add_argument("--latency", help="predicted-latency budget too, e.g. 15ms (a latency table of --runtime "
-                                     "is timed on this machine unless search.latency_table names one)")
+    s.add_argument("--latency", help="predicted-latency budget too: 15ms, or 10x of the teacher's latency (a latency "
+                                     "table of --runtime is timed on this machine unless search.latency_table names one)")
     s.add_argument("--runtime", choices=["torch", "ort", "ort-int8"], help="runtime of --latency (default ort)")
+    s.add_argument("--latency-size", help="price candidates at this size: run (default), full (128x128, official "
+                                          "widths: where a small preset's student is deployed) or e.g. 128x0.5")
     s.set_defaults(func=cmd_search)
 
     sn = sub.add_parser("sensitivity", help="score each single change of the teacher (one conv made separable, "
@@ -379,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--width-mult", type=float, default=1.0)
     lt.add_argument("--grid", type=int, default=4, help="channel counts timed per axis of a layer site (default 4)")
     lt.add_argument("--fit-subnets", type=int, default=6, help="whole sub-networks measured to fit the overhead")
+    lt.add_argument("--max-kernel", type=int, help="the student design's kernel cap (student.max_kernel)")
     lt.add_argument("--out", help="JSON path (default latency_MODEL_RUNTIME_RES_wW_tT.json)")
     lt.add_argument("--quiet", action="store_true")
     lt.set_defaults(func=cmd_latency_table)

@@ -654,13 +654,18 @@ class Pipeline:
         bn = self.batches(self.data.train_pairs[:: max(1, len(self.data.train_pairs) // (bs * sc.bn_batches))],
                           bs, sc.bn_batches)
         budget = self.budget_macs(family)
-        latency_fn, latency_ms = None, None
+        latency_fn, latency_ms, teacher_ms = None, None, None
         if sc.latency:  # priced by a measured latency table of sc.runtime (deploy.latency_table)
             from slimface.deploy.latency_table import parse_latency, search_latency_model
 
-            latency_ms = parse_latency(sc.latency)
+            factor = sc.latency_factor()
             latency_fn = search_latency_model(family, supernet, sc.runtime, self.cfg.bench.threads or 1,
-                                              sc.latency_table, out, _say)
+                                              sc.latency_table, out, _say, size=sc.latency_at(),
+                                              need_teacher=factor is not None)
+            teacher_ms = latency_fn.table.teacher_ms
+            latency_ms = parse_latency(sc.latency) if factor is None else float(teacher_ms or 0.0) / factor
+            if factor is not None:
+                _say(f"  latency budget {latency_ms:.2f} ms: the teacher's {teacher_ms:.2f} ms in {sc.runtime} / {factor:g}")
         result = search(
             supernet, space, budget, lambda cfg: identity_metric(supernet, cfg, val, self.recognizer, bn),
             sc, seed=self.compression_seed(family), cache_path=out / "cache.jsonl", out_jsonl=out / "evaluated.jsonl",
@@ -673,7 +678,8 @@ class Pipeline:
         info = {"config": space.encode(result.best_cfg), "metric": result.best_metric, "macs": result.best_macs,
                 "params": result.best_params, "budget_macs": budget, "evaluated": len(result.evaluated)}
         if latency_ms is not None:
-            info.update(latency_ms=result.best_latency_ms, latency_budget_ms=latency_ms, runtime=sc.runtime)
+            info.update(latency_ms=result.best_latency_ms, latency_budget_ms=latency_ms, runtime=sc.runtime,
+                        latency_size=sc.latency_size, teacher_latency_ms=teacher_ms)
         from slimface.train import distributed as D
 
         if D.is_main():

@@ -150,7 +150,9 @@ def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
         if student.sampling == "budget":  # the supernet is then trained for one budget
             s["search.budget"] = c.search.budget
     elif kind == "search":
-        s = {"search": to_dict(c.search), "eval_batch_size": c.eval_batch_size, "seed": c.seed}
+        search = {k: v for k, v in to_dict(c.search).items()
+                  if not (k in SEARCH_DEFAULTS_OUT_OF_KEYS and v == SEARCH_DEFAULTS_OUT_OF_KEYS[k])}
+        s = {"search": search, "eval_batch_size": c.eval_batch_size, "seed": c.seed}
         if c.student_for(fam).seed:  # the compression seed (student.seed) also seeds the search
             s["student.seed"] = c.student_for(fam).seed
         for key, value in _without_conv_types(_student_without_defaults(to_dict(c.student_for(fam)))).items():
@@ -174,6 +176,8 @@ MOBILE_SETTINGS = ("mobile_teacher", "mobile_steps", "mobile_gap", "mobile_eval_
 #: ``student`` settings left out of every key at these values (their defaults, what every run
 #: before them did): earlier runs keep their keys
 STUDENT_DEFAULTS_OUT_OF_KEYS = {"seed": 0, "identity_lowpass": False, "max_kernel": None}
+#: ``search`` settings left out of the search key at these values (what every run before them did)
+SEARCH_DEFAULTS_OUT_OF_KEYS = {"latency_size": "run"}
 #: ``student`` settings that make the student's design (which convs split, which kernels capped)
 DESIGN_PREFIXES = ("separable", "max_kernel")
 #: ``student`` switches to shipped networks: out of every key, since the stage that installs the file

@@ -258,15 +258,42 @@ class SearchConfig:
     mutate_prob: float = 0.1  # evolution: each group of a mutated child is resampled with this probability
     val_batches: int = 4
     bn_batches: int = 4
-    latency: Optional[str] = None  # predicted-latency budget on `runtime` ("15ms"), as well as the MACs budget
+    # predicted-latency budget on `runtime`, as well as the MACs budget: a duration ("15ms") or a
+    # factor of the teacher's latency in that runtime at the priced size ("10x")
+    latency: Optional[str] = None
     runtime: Literal["torch", "ort", "ort-int8"] = "ort"  # whose latency table prices the candidates
     latency_table: Optional[str] = None  # a `slimface latency-table` JSON; default: built in the search dir
+    # the size candidates are priced at: "run" (the supernet's own), "full" (128x128 at the family's
+    # official widths, where a small preset's student is deployed) or "RESOLUTIONxWIDTH" ("64x0.5")
+    latency_size: str = "run"
+
+    def latency_at(self) -> tuple[int, float] | None:
+        """(resolution, width multiplier) of ``latency_size``; None for the run's own size."""
+        if self.latency_size == "run":
+            return None
+        if self.latency_size == "full":
+            return 128, 1.0
+        res, width = self.latency_size.lower().split("x")
+        return int(res), float(width)
+
+    def latency_factor(self) -> float | None:
+        """The factor of a relative latency budget ("10x" -> 10.0); None for a duration or none."""
+        text = str(self.latency or "").strip().lower()
+        return float(text[:-1]) if text.endswith("x") else None
 
     def validate(self) -> None:
         check(self.method in ("auto", "exhaustive", "evolution"),
               f"search.method {self.method!r} is unknown; use auto, exhaustive or evolution")
-        check(self.latency is None or bool(re.fullmatch(r"\s*[0-9.]+(e-?[0-9]+)?\s*(ms|s|us)?\s*", str(self.latency))),
-              f"search.latency must be a duration like 15ms, got {self.latency!r}")
+        check(self.latency is None or bool(re.fullmatch(r"\s*([0-9]*\.?[0-9]+)(e-?[0-9]+)?\s*(ms|s|us|x)?\s*", str(self.latency))),
+              f"search.latency must be a duration like 15ms or a factor of the teacher's latency like 10x, "
+              f"got {self.latency!r}")
+        check(self.latency_factor() is None or self.latency_factor() > 1,  # type: ignore[operator]
+              f"search.latency {self.latency!r}: a factor of the teacher's latency must be above 1, e.g. 10x")
+        check(self.latency_size in ("run", "full")
+              or bool(re.fullmatch(r"(64|128)x[0-9]*\.?[0-9]+", self.latency_size.lower())),
+              f"search.latency_size {self.latency_size!r} is unknown; use run, full or RESOLUTIONxWIDTH like 128x1.0")
+        check(self.latency_at() is None or 0 < self.latency_at()[1] <= 4,  # type: ignore[index]
+              f"search.latency_size {self.latency_size!r}: the width must be in (0, 4]")
         check(self.population >= 2, f"search.population must be at least 2, got {self.population}")
         check(self.generations >= 0, f"search.generations must be >= 0, got {self.generations}")
         check(0 < self.parent_ratio <= 1, f"search.parent_ratio must be in (0, 1], got {self.parent_ratio}")

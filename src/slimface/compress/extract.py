@@ -51,28 +51,46 @@ def student_space(model: str, resolution: int, channels: int, width_mult: float,
     return supernet, ConfigSpace.from_supernet(get_family(model), supernet)
 
 
-def scale_config_to_full(model: str, code: str, resolution: int, channels: int, width_mult: float) -> str:
-    """Map a config found at a small preset onto the full-size (128, width 1.0) design space.
+class SizeMap:
+    """Configs of a student design at one size mapped onto the same design at another size.
 
-    Conv types (a config of ``student.separable: search``) are left out: the full-size student
-    takes the run's export's ``separable``. Each group keeps its *fraction* of the full width (rounded to the nearest allowed choice), so
-    the full-size student has the same shape as the one searched on this CPU; groups that exist only
-    at full size take the median fraction of the others.
+    Each width group keeps its *fraction* of its full width (rounded to the nearest allowed choice of
+    the target), so the mapped student has the same shape; groups that exist only in the target take
+    the median fraction of the others. Conv-type keys pass through where the target has the conv (a
+    missing one means separable). Built once from the two supernets, it maps many configs cheaply:
+    the latency-priced search calls it for every candidate.
     """
+
+    def __init__(self, source: nn.Module, target: nn.Module, target_space: ConfigSpace) -> None:
+        self.source_full = width_groups(unwrap(source))
+        self.target_full = width_groups(unwrap(target))
+        self.choices = target_space.choices
+        self.target_groups = list(target_space.groups)
+
+    def __call__(self, cfg: Mapping[str, int]) -> dict[str, int]:
+        fractions = {g: c / self.source_full[g] for g, c in width_part(cfg).items() if g in self.source_full}
+        default = statistics.median(fractions.values()) if fractions else 0.0
+        out: dict[str, int] = {}
+        for group in self.target_groups:
+            choices = self.choices[group]
+            if group in self.target_full:
+                target = fractions.get(group, default) * self.target_full[group]
+                out[group] = min(choices, key=lambda c: (abs(c - target), c))
+            elif group in cfg:  # a conv-type key the target has too
+                out[group] = int(cfg[group])
+        return out
+
+
+def scale_config_to_full(model: str, code: str, resolution: int, channels: int, width_mult: float) -> str:
+    """Map a config found at a small preset onto the full-size (128, width 1.0) design space
+    (:class:`SizeMap`). Conv types (a config of ``student.separable: search``) are left out: the
+    full-size student takes the run's export's ``separable``."""
     small_net, small_space = student_space(model, resolution, channels, width_mult)
     if len(str(code).split("_")) != len(small_space.groups):  # widths then conv types: the widths count
         small_net, small_space = student_space(model, resolution, channels, width_mult, SEARCH)
-    small_full = width_groups(small_net)
     cfg = width_part(small_space.decode(code))
     full_net, full_space = student_space(model, 128, 3, 1.0)
-    fractions = {g: c / small_full[g] for g, c in cfg.items() if g in small_full}
-    default = statistics.median(fractions.values()) if fractions else 0.0
-    full_widths = width_groups(full_net)
-    out: dict[str, int] = {}
-    for group, choices in full_space.choices.items():
-        target = fractions.get(group, default) * full_widths[group]
-        out[group] = min(choices, key=lambda c: (abs(c - target), c))
-    return full_space.encode(out)
+    return full_space.encode(SizeMap(small_net, full_net, full_space)(cfg))
 
 
-__all__ = ["extract_subnet", "scale_config_to_full", "static_conv_types", "student_space"]
+__all__ = ["SizeMap", "extract_subnet", "scale_config_to_full", "static_conv_types", "student_space"]

@@ -56,6 +56,8 @@ __all__ = [
     "parse_latency",
     "spread_sample",
     "search_latency_model",
+    "MappedLatencyModel",
+    "net_runner",
     "slow_int8_nodes",
     "conv_nodes_by_module",
     "fp32_node_names",
@@ -435,6 +437,7 @@ class LatencyTable:
     call_overhead_ms: float = 0.0
     created: str = ""
     build_seconds: float = 0.0
+    teacher_ms: float | None = None  # the family's teacher at this size in this runtime (for "10x" budgets)
 
     def layer_ms(self, site: Site, cin: int, cout: int, fp32: bool = False) -> float:
         entry = self.sites.get(site.key())
@@ -448,6 +451,7 @@ class LatencyTable:
             "schema": SCHEMA, "runtime": self.runtime, "threads": self.threads, "model": self.model,
             "machine": self.machine, "versions": self.versions, "created": self.created,
             "build_seconds": self.build_seconds, "call_overhead_ms": self.call_overhead_ms,
+            "teacher_ms": self.teacher_ms,
             "fit": {"overhead_ms": self.overhead_ms, "scale": self.scale, "ms_per_melem": self.ms_per_melem,
                     "subnets": self.fit},
             "sites": {k: v.as_dict() for k, v in sorted(self.sites.items())},
@@ -474,6 +478,7 @@ class LatencyTable:
                 ms_per_melem=float(fit.get("ms_per_melem", 0.0)),
                 fit=list(fit.get("subnets", [])), call_overhead_ms=float(d.get("call_overhead_ms", 0.0)),
                 created=str(d.get("created", "")), build_seconds=float(d.get("build_seconds", 0.0)),
+                teacher_ms=None if d.get("teacher_ms") is None else float(d["teacher_ms"]),
             )
         except FileNotFoundError:
             raise CheckpointError(f"latency table {path} does not exist; build it with slimface latency-table") from None
@@ -663,12 +668,21 @@ def subnet_runner(family: Any, model: Mapping[str, Any], cfg: Mapping[str, int] 
                   threads: int = 1, fp32_modules: Sequence[str] = (),
                   ) -> Iterator[tuple[Callable[[], Any], dict[str, Any]]]:
     """``(run, info)``: one batch-1 forward of sub-network ``cfg`` (random weights) as deployed in
-    ``runtime`` (PyTorch: batch norms folded; ort-int8: quantized like the export, with
-    ``fp32_modules`` kept fp32). PyTorch's thread count is ``threads`` inside the block."""
+    ``runtime`` (:func:`net_runner`)."""
+    with net_runner(_build(family, model, cfg), runtime, threads, fp32_modules) as pair:
+        yield pair
+
+
+@contextlib.contextmanager
+def net_runner(net: nn.Module, runtime: str, threads: int = 1, fp32_modules: Sequence[str] = (),
+               ) -> Iterator[tuple[Callable[[], Any], dict[str, Any]]]:
+    """``(run, info)``: one batch-1 forward of generator ``net`` as deployed in ``runtime`` (PyTorch:
+    batch norms folded; ort-int8: quantized like the export, with ``fp32_modules`` kept fp32).
+    PyTorch's thread count is ``threads`` inside the block."""
     from slimface.nn.fold import inference_copy
 
     check_runtime(runtime)
-    net = _build(family, model, cfg)
+    net = net.eval()
     inputs = net.example_inputs(1)  # type: ignore[operator]
     if runtime == "torch":
         old = torch.get_num_threads()
@@ -710,27 +724,40 @@ def measure_subnet(family: Any, model: Mapping[str, Any], cfg: Mapping[str, int]
         return {"ms": _robust_ms(run, warmup, runs), **info}
 
 
+def _alternated(ref_run: Callable[[], Any], run: Callable[[], Any], runs: int, blocks: int,
+                ref_blocks: list[float]) -> float:
+    """Median over ``blocks`` of (``run``'s block median / ``ref_run``'s), the two alternated block by
+    block; appends ``ref_run``'s block medians to ``ref_blocks``."""
+    per: list[float] = []
+    for b in range(blocks):
+        r = _median_ms(ref_run, warmup=2 if b == 0 else 1, min_runs=runs, max_runs=runs, budget_s=0)
+        c = _median_ms(run, warmup=2 if b == 0 else 1, min_runs=runs, max_runs=runs, budget_s=0)
+        ref_blocks.append(r)
+        per.append(c / r)
+    return statistics.median(per)
+
+
 def measure_relative(family: Any, model: Mapping[str, Any], cfgs: Sequence[Mapping[str, int] | None],
                      reference: Mapping[str, int] | None, runtime: str, threads: int = 1, runs: int = 10,
                      blocks: int = 5, fp32_modules: Callable[[Mapping[str, int] | None], Sequence[str]] | None = None,
-                     ) -> tuple[list[float], float]:
+                     teacher: bool = False) -> tuple[list[float], float]:
     """Latency of each of ``cfgs`` relative to ``reference``, each pair alternated in ``blocks``
     blocks of ``runs`` calls (the median of the per-block ratios), and the reference's own latency
     (ms; the lowest block median). On a shared machine, load slows both sides of a pair alike, so
-    the ratios hold where absolute times swing by half."""
+    the ratios hold where absolute times swing by half. ``teacher``: one more ratio at the end, the
+    family's teacher at the model's size (normal convs, full width) against the same reference."""
     ratios: list[float] = []
     ref_blocks: list[float] = []
     keep = fp32_modules or (lambda c: ())
     with subnet_runner(family, model, reference, runtime, threads, keep(reference)) as (ref_run, _):
         for cfg in cfgs:
             with subnet_runner(family, model, cfg, runtime, threads, keep(cfg)) as (run, _):
-                per: list[float] = []
-                for b in range(blocks):
-                    r = _median_ms(ref_run, warmup=2 if b == 0 else 1, min_runs=runs, max_runs=runs, budget_s=0)
-                    c = _median_ms(run, warmup=2 if b == 0 else 1, min_runs=runs, max_runs=runs, budget_s=0)
-                    ref_blocks.append(r)
-                    per.append(c / r)
-                ratios.append(statistics.median(per))
+                ratios.append(_alternated(ref_run, run, runs, blocks, ref_blocks))
+        if teacher:
+            net = _family(family).build_generator(resolution=model["resolution"], channels=model["channels"],
+                                                  width_mult=model["width_mult"], separable=False)
+            with net_runner(net, runtime, threads) as (run, _):
+                ratios.append(_alternated(ref_run, run, max(2, runs // 4), blocks, ref_blocks))
     return ratios, min(ref_blocks) if ref_blocks else float("nan")
 
 
@@ -804,9 +831,12 @@ def fit_configs(space: Any, n: int, seed: int = 0) -> list[dict[str, int]]:
 def build_table(family: Any, resolution: int, channels: int = 3, width_mult: float = 1.0,
                 runtime: str = "torch", threads: int = 1, max_grid: int = 4, fit_subnets: int = 6,
                 seed: int = 0, progress: Callable[[str], None] | None = None,
-                separable: bool | str | Sequence[str] = True) -> LatencyTable:
-    """Time every site of ``family``'s student design space at this size in ``runtime`` (see the
-    module docstring) and fit the per-network overhead on ``fit_subnets`` whole sub-networks."""
+                separable: bool | str | Sequence[str] = True, max_kernel: int | None = None,
+                teacher: bool = True) -> LatencyTable:
+    """Time every site of ``family``'s student design space (conv types ``separable``, kernel cap
+    ``max_kernel``) at this size in ``runtime`` (see the module docstring), fit the per-network
+    overhead on ``fit_subnets`` whole sub-networks and, with ``teacher``, time the family's teacher
+    at this size too (``teacher_ms``: what a relative latency budget such as "10x" divides)."""
     from slimface.compress.space import ConfigSpace
     from slimface.nn.super_layers import conv_choices
 
@@ -821,6 +851,8 @@ def build_table(family: Any, resolution: int, channels: int = 3, width_mult: flo
              "width_mult": float(width_mult)}
     if separable is not True:  # a conv-type mix (student.separable); all separable is the default design
         model["separable"] = separable if isinstance(separable, (bool, str)) else sorted(separable)
+    if max_kernel is not None:
+        model["max_kernel"] = int(max_kernel)
     supernet = _build(fam, model, None)
     space = ConfigSpace.from_supernet(fam, supernet)
     layers = design_layers(supernet)
@@ -866,7 +898,14 @@ def build_table(family: Any, resolution: int, channels: int = 3, width_mult: flo
     points = []
     cfgs = fit_configs(space, fit_subnets, seed)
     # each fit sub-network alternated with the smallest one, so load on the machine cancels out
-    ratios, ref_ms = measure_relative(fam, model, cfgs, space.smallest(), runtime, threads) if cfgs else ([], 0.0)
+    if progress and teacher:
+        progress(f"  timing {len(cfgs)} whole sub-networks and the teacher, each alternated with the smallest")
+    ratios, ref_ms = (measure_relative(fam, model, cfgs, space.smallest(), runtime, threads, teacher=teacher)
+                      if cfgs or teacher else ([], 0.0))
+    if teacher:
+        table.teacher_ms = ratios.pop() * ref_ms
+        if progress:
+            progress(f"  teacher: {table.teacher_ms:.2f} ms")
     for cfg, ratio in zip(cfgs, ratios):
         measured = ratio * ref_ms
         s, el = lm.layer_sum(cfg), lm.melems(cfg)
@@ -879,13 +918,31 @@ def build_table(family: Any, resolution: int, channels: int = 3, width_mult: flo
     return table
 
 
+class MappedLatencyModel:
+    """Prices configs of one supernet with the :class:`LatencyModel` of the same design at another size
+    (the size a student is deployed at, e.g. 128x128 at full width, while the search runs on a small
+    preset): each config goes through a :class:`~slimface.compress.extract.SizeMap` first."""
+
+    def __init__(self, model: LatencyModel, size_map: Callable[[Mapping[str, int]], dict[str, int]]) -> None:
+        self.model, self.size_map = model, size_map
+        self.table = model.table
+
+    def __call__(self, cfg: Mapping[str, int] | None) -> float:
+        return self.model(self.size_map(cfg or {}))
+
+
 def search_latency_model(family: Any, supernet: nn.Module, runtime: str, threads: int = 1,
                          table_path: str | Path | None = None, cache_dir: str | Path | None = None,
-                         progress: Callable[[str], None] | None = None) -> LatencyModel:
+                         progress: Callable[[str], None] | None = None, size: tuple[int, float] | None = None,
+                         need_teacher: bool = False) -> LatencyModel | MappedLatencyModel:
     """The latency model a search prices ``supernet``'s candidates with: ``table_path`` if given, else
-    a table built for this supernet's size on this machine and kept in ``cache_dir`` (rebuilt when
-    it was made for another model, runtime, thread count or CPU). Under ``torch.distributed`` only
+    a table built on this machine and kept in ``cache_dir`` (rebuilt when it was made for another
+    model, runtime, thread count or CPU, or lacks the teacher's time that ``need_teacher`` asks for).
+    ``size`` (resolution, width multiplier): price each candidate as the same design at that size
+    (its widths keep their fractions), not at the supernet's own. Under ``torch.distributed`` only
     rank 0 times layers; every rank then reads the same table, so all price candidates alike."""
+    from slimface.compress.extract import SizeMap
+    from slimface.compress.space import ConfigSpace
     from slimface.train import distributed as D
 
     check_runtime(runtime)
@@ -894,31 +951,49 @@ def search_latency_model(family: Any, supernet: nn.Module, runtime: str, threads
     net: Any = supernet
     model = {"family": fam.name, "resolution": int(net.resolution), "channels": int(net.channels),
              "width_mult": float(net.width_mult), **_design(net)}
+    own_size = size is None or (int(size[0]), float(size[1])) == (model["resolution"], model["width_mult"])
+    target: nn.Module = supernet
+    if not own_size:
+        assert size is not None
+        model.update(resolution=int(size[0]), width_mult=float(size[1]))
+        target = _build(fam, model, None)
+
+    def priced(table: LatencyTable) -> LatencyModel | MappedLatencyModel:
+        lm = LatencyModel(table, target)
+        return lm if own_size else MappedLatencyModel(lm, SizeMap(supernet, target, ConfigSpace.from_supernet(fam, target)))
+
     if table_path is not None:
         table = LatencyTable.load(table_path)
         if table.runtime != runtime:
             raise ConfigError(f"latency table {table_path} is for runtime {table.runtime}, not {runtime}; "
                               "give a table of that runtime or drop search.latency_table")
-        return LatencyModel(table, supernet, layers=design_layers(supernet))
+        if need_teacher and table.teacher_ms is None:
+            raise ConfigError(f"latency table {table_path} has no teacher time for a relative budget; "
+                              "rebuild it with slimface latency-table or give search.latency in ms")
+        return priced(table)
     if cache_dir is None:
         raise ValueError("search_latency_model needs a table_path or a cache_dir")
-    path = Path(cache_dir) / f"latency_{runtime}_t{threads}.json"
+    tag = "" if own_size else f"_{model['resolution']}x{model['width_mult']:g}"
+    path = Path(cache_dir) / f"latency_{runtime}_t{threads}{tag}.json"
     if D.is_main():
         fresh = False
         if path.is_file():
             try:
                 old = LatencyTable.load(path)
                 fresh = (old.model == model and old.runtime == runtime and old.threads == threads
-                         and old.machine.get("cpu") == machine_info()["cpu"])
+                         and old.machine.get("cpu") == machine_info()["cpu"]
+                         and not (need_teacher and old.teacher_ms is None))
             except CheckpointError:
                 fresh = False
         if not fresh:
             if progress:
-                progress(f"  timing the {runtime} latency of every layer shape ({threads} thread(s)) for the search")
+                progress(f"  timing the {runtime} latency of every layer shape ({threads} thread(s)) at "
+                         f"{model['resolution']}² ×{model['width_mult']:g} for the search")
             build_table(fam, model["resolution"], model["channels"], model["width_mult"], runtime, threads,
-                        progress=progress, separable=model.get("separable", True)).save(path)
+                        progress=progress, separable=model.get("separable", True),
+                        max_kernel=model.get("max_kernel")).save(path)
     D.barrier()
-    return LatencyModel(LatencyTable.load(path), supernet)
+    return priced(LatencyTable.load(path))
 
 
 def slow_int8_nodes(student: nn.Module, onnx_path: str | Path, threads: int = 1,
@@ -929,4 +1004,5 @@ def slow_int8_nodes(student: nn.Module, onnx_path: str | Path, threads: int = 1,
     keep fp32 so that int8 pays (depthwise convs, typically)."""
     family = getattr(student, "family", "")
     model = search_latency_model(family, student, "ort-int8", threads, table_path, cache_dir, progress)
+    assert isinstance(model, LatencyModel)  # priced at the student's own size
     return fp32_node_names(onnx_path, model.fp32_layers(None), student)

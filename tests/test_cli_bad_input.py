@@ -228,7 +228,7 @@ CASES: list[tuple[str, list[str], str, tuple[str, ...]]] = [
     ("profile-width", ["profile", "tpgan", "--width-mult", "-1"], "--width-mult -1: must be in (0, 4]", ()),
     ("profile-model", ["profile", "stylegan"], "unknown model 'stylegan'", ()),
     ("bench-max-kernel", ["bench", "tpgan", "--resolution", "64", "--max-kernel", "4"],
-     "--max-kernel 4: must be an odd kernel size", ()),
+     "--max-kernel must be an odd kernel size (1, 3, 5...), got 4", ()),
     ("student-max-kernel", [*RUN, "--set", "student.max_kernel=2"], "student.max_kernel must be an odd", ()),
     ("model-corrupt-onnx", frontalize("{fx}/corrupt.onnx"), "not a loadable ONNX model", ()),
     ("model-random-file", frontalize("{fx}/random.bin"), "unknown model format .bin", ()),

@@ -52,7 +52,7 @@ def test_small_even_and_transposed_kernels_are_left_alone() -> None:
     net = torch.nn.Sequential(SuperConv2d(4, 4, 3), SuperConv2d(4, 4, 2, padding=0),
                               SuperConvTranspose2d(4, 4, 4, stride=2, padding=1))
     assert cap_kernels(net, 3) == []
-    with pytest.raises(ValueError, match="odd"):
+    with pytest.raises(ConfigError, match="odd"):
         cap_kernels(net, 4)
 
 

@@ -225,8 +225,9 @@ def cmd_latency_table(args: argparse.Namespace) -> int:
     check_runtime(args.runtime)
     check_arch_args(args.model, args.resolution, args.width_mult)
     out = Path(args.out or f"latency_{args.model}_{args.runtime}_{args.resolution}_w{args.width_mult:g}_t{args.threads}.json")
-    if args.max_kernel is not None and (args.max_kernel < 1 or args.max_kernel % 2 == 0):
-        raise ConfigError(f"--max-kernel {args.max_kernel}: must be an odd kernel size, e.g. 3")
+    from slimface.config import check_kernel_cap
+
+    check_kernel_cap(args.max_kernel, "--max-kernel")
     table = build_table(args.model, args.resolution, 3, args.width_mult, args.runtime, args.threads,
                         max_grid=args.grid, fit_subnets=args.fit_subnets, max_kernel=args.max_kernel,
                         progress=None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True)))

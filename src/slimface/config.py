@@ -210,4 +210,11 @@ def check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-__all__ = ["from_dict", "with_changes", "to_dict", "load_yaml", "load_config", "check", "typing"]
+def check_kernel_cap(value: int | None, name: str) -> None:
+    """A kernel cap (``student.max_kernel``, ``--max-kernel``) is None or an odd size: a capped kernel
+    is the centre of an odd one, so the output keeps its size and alignment."""
+    check(value is None or (value >= 1 and value % 2 == 1),
+          f"{name} must be an odd kernel size (1, 3, 5...), got {value}")
+
+
+__all__ = ["from_dict", "with_changes", "to_dict", "load_yaml", "load_config", "check", "check_kernel_cap", "typing"]

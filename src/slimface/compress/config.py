@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Optional, Union
 
-from slimface.config import check
+from slimface.config import check, check_kernel_cap
 from slimface.errors import ConfigError
 from slimface.nn.counts import format_count, parse_count
 from slimface.train.config import TrainConfig
@@ -139,8 +139,7 @@ class OFAConfig(DistillConfig):
                   f"student.separable {self.separable!r}: a pattern list needs at least one non-empty pattern "
                   "(use none for no separable conv)")
         check(0 <= self.separable_keep <= 1, f"student.separable_keep must be in [0, 1], got {self.separable_keep}")
-        check(self.max_kernel is None or (self.max_kernel >= 1 and self.max_kernel % 2 == 1),
-              f"student.max_kernel must be an odd kernel size (1, 3, 5...) or null, got {self.max_kernel}")
+        check_kernel_cap(self.max_kernel, "student.max_kernel")
         check(self.sensitivity_steps >= 0, f"student.sensitivity_steps must be >= 0, got {self.sensitivity_steps}")
         check(not (self.mobile_teacher and self.separable in ("none", "search")),
               f"student.mobile_teacher trains the student's fixed separable design at full width; with "

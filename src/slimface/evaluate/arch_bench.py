@@ -13,6 +13,7 @@ import torch
 
 from slimface.compress.extract import student_space
 from slimface.deploy.calibration import random_calibration
+from slimface.config import check_kernel_cap
 from slimface.errors import ConfigError, Int8RefusedError
 from slimface.evaluate.bench import RUNTIME_LABELS
 from slimface.families import build_generator, get_family
@@ -57,8 +58,7 @@ def build_pair(model: str, resolution: int, channels: int, width_mult: float,
     ``Generator.separable``, all separable by default; kernel cap ``max_kernel``: a run's
     ``Generator.max_kernel``)."""
     check_arch_args(model, resolution, width_mult)
-    if max_kernel is not None and (max_kernel < 1 or max_kernel % 2 == 0):
-        raise ConfigError(f"--max-kernel {max_kernel}: must be an odd kernel size, e.g. 3")
+    check_kernel_cap(max_kernel, "--max-kernel")
     teacher = build_generator(model, resolution, channels, width_mult, separable=False)
     if not student:
         return teacher, None, None

@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Literal, Mapping
 
 from torch import Tensor, nn
 
+from slimface.config import check_kernel_cap
 from slimface.nn.channels import Chans, ch, scale
 from slimface.nn.super_layers import (
     ConvChoice, SeparableConv2d, SuperBatchNorm2d, SuperConv2d, SuperConvTranspose2d, conv_choices,
@@ -190,8 +191,7 @@ def cap_kernels(model: nn.Module, max_kernel: int) -> list[str]:
     output size ("same" padding, any stride). The large kernels of the teachers' full-resolution
     layers (TP-GAN's 7x7 and 5x5) set most of a narrow student's MACs; a student design with small
     kernels frees that budget for width. Returns the names of the convs it shrank."""
-    if max_kernel < 1 or max_kernel % 2 == 0:
-        raise ValueError(f"max_kernel must be an odd number >= 1, got {max_kernel}")
+    check_kernel_cap(max_kernel, "max_kernel")
     shrunk = []
     for name, m in model.named_modules():
         if not isinstance(m, SuperConv2d):

@@ -764,23 +764,40 @@ def measure_relative(family: Any, model: Mapping[str, Any], cfgs: Sequence[Mappi
 def _fit(points: Sequence[tuple[float, float, float]]) -> tuple[float, float, float]:
     """``(overhead_ms, scale, ms_per_melem)`` of ``measured = overhead + scale * layer_sum +
     ms_per_melem * activation Melements`` by least squares over ``(layer_sum, melems, measured)``
-    points; a term whose coefficient comes out negative is dropped, and with fewer than 3 points
-    only the overhead is fitted (scale 1)."""
+    points. Of the models whose coefficients are all >= 0 (the three terms, or the overhead with one
+    of the other two), the one with the lowest leave-one-out error: the layer sum and the activation
+    volume grow together, so a fit may trade one against the other (a negative coefficient) or buy a
+    close fit with a negative overhead, and neither extrapolates to the smallest sub-networks. With
+    fewer than 3 points (or no such model) only the overhead is fitted (scale 1)."""
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     if len(pts) == 0:
         return 0.0, 1.0, 0.0
     sums, elems, meas = pts[:, 0], pts[:, 1], pts[:, 2]
-    if len(pts) >= 3:
-        for cols in ((0, 1, 2), (0, 2), (0, 1)):
-            if len(pts) < len(cols) + 1:
-                continue
-            feats = np.c_[np.ones_like(sums), sums, elems][:, cols]
-            if np.linalg.matrix_rank(feats) < len(cols):
-                continue
-            coef, *_ = np.linalg.lstsq(feats, meas, rcond=None)
-            full = dict(zip(cols, coef))
-            if full.get(1, 0.0) >= 0 and full.get(2, 0.0) >= 0:
-                return float(full[0]), float(full.get(1, 0.0)), float(full.get(2, 0.0))
+    feats_all = np.c_[np.ones_like(sums), sums, elems]
+
+    def solve(rows: np.ndarray, cols: tuple[int, ...]) -> np.ndarray | None:
+        feats = feats_all[rows][:, cols]
+        if np.linalg.matrix_rank(feats) < len(cols):
+            return None
+        coef, *_ = np.linalg.lstsq(feats, meas[rows], rcond=None)
+        return coef if (coef >= 0).all() else None
+
+    best: tuple[float, dict[int, float]] | None = None
+    everything = np.arange(len(pts))
+    for cols in ((0, 1, 2), (0, 1), (0, 2)):
+        if len(pts) < len(cols) + 1 or (coef := solve(everything, cols)) is None:
+            continue
+        errors = []
+        for i in everything:  # leave-one-out: fit without point i, predict it
+            c = solve(everything[everything != i], cols)
+            pred = float(feats_all[i, list(cols)] @ c) if c is not None else float("inf")
+            errors.append(abs(pred / meas[i] - 1) if meas[i] > 0 else float("inf"))
+        score = float(np.median(errors))
+        if best is None or score < best[0]:
+            best = (score, dict(zip(cols, map(float, coef))))
+    if best is not None:
+        full = best[1]
+        return full[0], full.get(1, 0.0), full.get(2, 0.0)
     return float(np.median(meas - sums)), 1.0, 0.0
 
 

@@ -150,8 +150,7 @@ def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
         if student.sampling == "budget":  # the supernet is then trained for one budget
             s["search.budget"] = c.search.budget
     elif kind == "search":
-        search = {k: v for k, v in to_dict(c.search).items()
-                  if not (k in SEARCH_DEFAULTS_OUT_OF_KEYS and v == SEARCH_DEFAULTS_OUT_OF_KEYS[k])}
+        search = _without_defaults(to_dict(c.search), SEARCH_DEFAULTS_OUT_OF_KEYS)
         s = {"search": search, "eval_batch_size": c.eval_batch_size, "seed": c.seed}
         if c.student_for(fam).seed:  # the compression seed (student.seed) also seeds the search
             s["student.seed"] = c.student_for(fam).seed
@@ -185,14 +184,18 @@ DESIGN_PREFIXES = ("separable", "max_kernel")
 SHIPPED_SWITCHES = ("mobile_pretrained", "supernet_pretrained")
 
 
+def _without_defaults(section: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``section`` minus the settings of ``defaults`` that stand at their default value."""
+    return {k: v for k, v in section.items() if not (k in defaults and v == defaults[k])}
+
+
 def _student_without_defaults(student: dict[str, Any]) -> dict[str, Any]:
     """A ``student`` section minus :data:`STUDENT_DEFAULTS_OUT_OF_KEYS` at their defaults, the
     :data:`SHIPPED_SWITCHES` and, while ``mobile_teacher`` is off, the mobile teacher's settings; any
     other value is a setting of the supernet, search and fine-tune."""
     mobile_off = not student.get("mobile_teacher")
-    return {k: v for k, v in student.items()
-            if not ((k in STUDENT_DEFAULTS_OUT_OF_KEYS and v == STUDENT_DEFAULTS_OUT_OF_KEYS[k])
-                    or k in SHIPPED_SWITCHES or (mobile_off and k in MOBILE_SETTINGS))}
+    return {k: v for k, v in _without_defaults(student, STUDENT_DEFAULTS_OUT_OF_KEYS).items()
+            if not (k in SHIPPED_SWITCHES or (mobile_off and k in MOBILE_SETTINGS))}
 
 
 def _without_conv_types(student: dict[str, Any], keep: str = "") -> dict[str, Any]:

@@ -271,3 +271,36 @@ def test_search_with_a_measured_table(torch_table: LatencyTable) -> None:
                  SearchConfig(method="evolution", population=8, generations=2), latency_fn=model, latency_budget_ms=budget_ms, resolution=RES)
     assert res.evaluated and all(r["latency_ms"] <= budget_ms for r in res.evaluated)
     assert res.best_latency_ms is not None and res.best_latency_ms <= budget_ms
+
+
+def test_int8_choice_is_made_at_the_deployment_size(tmp_path: Path) -> None:
+    """With ``size``, the int8/fp32 choice per conv comes from the table of the same design at that
+    size (where the student is deployed and timed), and names the small supernet's own modules, which
+    its export's ONNX nodes carry; the search prices each conv at its faster precision."""
+    from slimface.deploy.calibration import random_calibration
+    from slimface.deploy.latency_table import search_latency_model, slow_int8_modules
+    from slimface.deploy.onnx_export import export_onnx
+    from slimface.deploy.quantize import quantize_int8
+
+    table = build_table(TOY_FAMILY, RES, runtime="ort-int8", threads=1, max_grid=2, fit_subnets=0,
+                        width_mult=2.0, teacher=False)
+    for s in table.sites.values():  # certain verdict: depthwise int8 10x slower, the rest 10x faster
+        s.ms = [[(10.0 if s.site.op == "dwconv" else 0.1) * max(v, 1e-3) for v in row] for row in s.fp32_ms]
+    path = table.save(tmp_path / "t.json")
+    space, net = _space_and_net()
+    cfg = space.smallest()
+    keep = slow_int8_modules(TOY_FAMILY, net, cfg, table_path=path, size=(RES, 2.0))
+    dw = [n for n, m in net.named_modules() if getattr(m, "depthwise", False) is True]
+    assert keep and sorted(keep) == sorted(dw)
+    faster = search_latency_model(TOY_FAMILY, net, "ort-int8", table_path=path, size=(RES, 2.0),
+                                  int8_where_faster=True)
+    plain = search_latency_model(TOY_FAMILY, net, "ort-int8", table_path=path, size=(RES, 2.0))
+    assert faster(cfg) < plain(cfg)
+
+    sub = _build_gen(RES, 3, 1.0, separable=True, sub=cfg).eval()
+    onnx_path = export_onnx(sub, sub.example_inputs(), tmp_path / "s.onnx")
+    nodes = fp32_node_names(onnx_path, keep, sub)
+    assert len(nodes) == len(keep)
+    rep = quantize_int8(onnx_path, tmp_path / "s.int8.onnx", random_calibration(sub.example_inputs(), 4),
+                        nodes_to_exclude=nodes, guard=False)
+    assert rep.fp32_nodes == nodes

@@ -257,3 +257,60 @@ def test_search_priced_at_the_deployment_size(tiny_run, tmp_path: Path) -> None:
     assert f"the teacher's {table['teacher_ms']:.2f} ms in torch / 1000" in proc.stdout  # the table was reused
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and "below the smallest sub-network's predicted" in err[0]
+
+
+def test_int8_searched_student_keeps_fp32_the_convs_int8_slows(tiny_run, tmp_path: Path) -> None:
+    """`search.runtime: ort-int8` with `deploy.int8_nodes: faster`: the search prices each conv at its
+    faster precision in the table of the deployment size, the export keeps the others fp32 in its int8
+    model (by module in the export's record, by node in the model), the evaluation scores that model,
+    and benchmarks/int8_student.py times it against the MACs-searched student with the same convs fp32.
+    The table is made certain (depthwise int8 10x slower, the rest 10x faster) so the test does not
+    depend on this CPU's kernels."""
+    import shutil
+
+    work, out, _ = tiny_run
+    run = tmp_path / "int8"
+    shutil.copytree(out, run)
+    table = tmp_path / "int8_table.json"
+    proc = slimface("latency-table", "tpgan", "--runtime", "ort-int8", "--resolution", "64", "--width-mult",
+                    "0.125", "--grid", "2", "--fit-subnets", "0", "--out", str(table), "--quiet", cwd=work, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    t = json.loads(table.read_text())
+    for site in t["sites"].values():
+        site["ms"] = [[(10.0 if site["op"] == "dwconv" else 0.1) * max(v, 1e-3) for v in row] for row in site["fp32_ms"]]
+    table.write_text(json.dumps(t))
+    proc = slimface("run", "--config", str(TINY), "--out", str(run), "--set", f"data.root={work / 'data'}",
+                    "--set", "search.latency=1000ms", "--set", "search.runtime=ort-int8",
+                    "--set", "search.latency_size=64x0.125", "--set", f"search.latency_table={table}",
+                    "--set", "deploy.int8_nodes=faster", "--only", "search", "export", "evaluate", "--no-progress",
+                    cwd=work, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads((run / "tpgan" / "search" / "result.json").read_text())["runtime"] == "ort-int8"
+    kept = json.loads((run / "stages" / "export.tpgan.json").read_text())["outputs"]["int8_fp32_modules"]
+    assert kept and all(m.endswith("depthwise") for m in kept), kept
+    from slimface.deploy.latency_table import fp32_node_names
+    from slimface.deploy.runtime import load_frontalizer
+    from slimface.export_format import load_export
+
+    exp = run / "tpgan" / "export"
+    nodes = fp32_node_names(exp / "model.onnx", kept, load_export(exp))
+    assert len(nodes) == len(kept)  # every kept module is a node of the exported model
+    ev = json.loads((run / "evaluate" / "results.json").read_text())
+    scored = ev["models"].get("tpgan compressed (ONNX int8)")
+    if (exp / "model.int8.onnx").is_file():  # quantized with exactly those nodes fp32, and scored
+        assert json.loads(load_frontalizer(exp / "model.int8.onnx").metadata["slimface.int8_fp32_nodes"]) == nodes
+        rank1_int8 = scored["rank1_by"][ev["primary_judge"]]["avg"]
+    else:  # or refused by the guard on this CPU: then said, and not scored
+        assert (exp / "model.int8.onnx.refused").is_file() and scored is None and ev["int8_refused"]["tpgan"]
+        rank1_int8 = None
+
+    bench = REPO / "benchmarks" / "int8_student.py"
+    res_path = tmp_path / "int8_student.json"
+    proc = subprocess.run([sys.executable, str(bench), "--fp32-run", str(out), "--int8-run", str(run), "--size",
+                           "64x0.125", "--runs", "2", "--warmup", "0", "--out", str(res_path)],
+                          capture_output=True, text=True, cwd=work, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    res = json.loads(res_path.read_text())
+    assert res["int8_ops"]["fp32_nodes"] == len(kept)  # the same convs fp32 at the timed size
+    assert res["int8_student"]["rank1_int8"] == (None if rank1_int8 is None else pytest.approx(rank1_int8))
+    assert res["int8_vs_macs_fp32"] > 0 and "| int8-searched, ORT int8 |" in proc.stdout

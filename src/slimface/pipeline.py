@@ -19,7 +19,7 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -661,7 +661,8 @@ class Pipeline:
             factor = sc.latency_factor()
             latency_fn = search_latency_model(family, supernet, sc.runtime, self.cfg.bench.threads or 1,
                                               sc.latency_table, out, _say, size=sc.latency_at(),
-                                              need_teacher=factor is not None)
+                                              need_teacher=factor is not None,
+                                              int8_where_faster=self.cfg.deploy.int8_nodes == "faster")
             teacher_ms = latency_fn.table.teacher_ms
             latency_ms = parse_latency(sc.latency) if factor is None else float(teacher_ms or 0.0) / factor
             if factor is not None:
@@ -741,10 +742,21 @@ class Pipeline:
         path = save_export(student, out)
         info: dict[str, Any] = {"export": str(path), "config": space.encode(cfg)}
         if self.cfg.deploy.onnx:
-            info.update(self._deploy(student, out))
+            fp32_modules: list[str] = []
+            if self.cfg.deploy.int8 and self.cfg.deploy.int8_nodes == "faster":
+                # int8 only where the measured table says it pays, at the size the search priced
+                # (the deployment size): the int8 model checked here is the one timed there
+                from slimface.deploy.latency_table import slow_int8_modules
+
+                sc = self.cfg.search
+                fp32_modules = slow_int8_modules(family, supernet, cfg, self.cfg.bench.threads or 1,
+                                                 sc.latency_table if sc.runtime == "ort-int8" else None,
+                                                 self.family_dir(family) / "search", _say, size=sc.latency_at())
+                info["int8_fp32_modules"] = fp32_modules
+            info.update(self._deploy(student, out, fp32_modules))
         return info
 
-    def _deploy(self, student: nn.Module, out: Path) -> dict[str, Any]:
+    def _deploy(self, student: nn.Module, out: Path, fp32_modules: Sequence[str] = ()) -> dict[str, Any]:
         from slimface.deploy.onnx_export import export_onnx
         from slimface.deploy.runtime import check_onnx
 
@@ -759,14 +771,9 @@ class Pipeline:
             n = self.cfg.deploy.calibration_batches
             step = max(1, len(self.data.train_pairs) // max(n, 1))
             calib = calibration_from_batches(self.batches(self.data.train_pairs[::step], 1, n), limit=n)
-            keep_fp32: list[str] = []
-            if self.cfg.deploy.int8_nodes == "faster":  # int8 only where the measured table says it pays
-                from slimface.deploy.latency_table import slow_int8_nodes
+            from slimface.deploy.latency_table import fp32_node_names
 
-                sc = self.cfg.search
-                keep_fp32 = slow_int8_nodes(student, onnx_path, self.cfg.bench.threads or 1,
-                                            sc.latency_table if sc.runtime == "ort-int8" else None,
-                                            self.family_dir(student.family) / "search", _say)
+            keep_fp32 = fp32_node_names(onnx_path, fp32_modules, student) if fp32_modules else []
             try:
                 report = quantize_int8(onnx_path, out / "model.int8.onnx", calib, nodes_to_exclude=keep_fp32,
                                        recognizer=self.recognizer)  # identity checked too, not pixels alone

@@ -154,6 +154,8 @@ def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
         s = {"search": search, "eval_batch_size": c.eval_batch_size, "seed": c.seed}
         if c.student_for(fam).seed:  # the compression seed (student.seed) also seeds the search
             s["student.seed"] = c.student_for(fam).seed
+        if c.search.latency and c.search.runtime == "ort-int8" and c.deploy.int8_nodes != "all":
+            s["deploy.int8_nodes"] = c.deploy.int8_nodes  # prices each conv at its faster precision
         for key, value in _without_conv_types(_student_without_defaults(to_dict(c.student_for(fam)))).items():
             if key.startswith(DESIGN_PREFIXES):  # the design searched (the defaults stay out)
                 s[f"student.{key}"] = value

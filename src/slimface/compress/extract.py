@@ -81,15 +81,16 @@ class SizeMap:
         return out
 
 
-def scale_config_to_full(model: str, code: str, resolution: int, channels: int, width_mult: float) -> str:
-    """Map a config found at a small preset onto the full-size (128, width 1.0) design space
-    (:class:`SizeMap`). Conv types (a config of ``student.separable: search``) are left out: the
+def scale_config_to_full(model: str, code: str, resolution: int, channels: int, width_mult: float,
+                         size: tuple[int, float] = (128, 1.0)) -> str:
+    """Map a config found at a small preset onto the full-size (128, width 1.0) design space, or the
+    design at another ``size`` (resolution, width multiplier) (:class:`SizeMap`). Conv types (a config of ``student.separable: search``) are left out: the
     full-size student takes the run's export's ``separable``."""
     small_net, small_space = student_space(model, resolution, channels, width_mult)
     if len(str(code).split("_")) != len(small_space.groups):  # widths then conv types: the widths count
         small_net, small_space = student_space(model, resolution, channels, width_mult, SEARCH)
     cfg = width_part(small_space.decode(code))
-    full_net, full_space = student_space(model, 128, 3, 1.0)
+    full_net, full_space = student_space(model, int(size[0]), channels, float(size[1]))
     return full_space.encode(SizeMap(small_net, full_net, full_space)(cfg))
 
 

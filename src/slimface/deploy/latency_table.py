@@ -58,7 +58,7 @@ __all__ = [
     "search_latency_model",
     "MappedLatencyModel",
     "net_runner",
-    "slow_int8_nodes",
+    "slow_int8_modules",
     "conv_nodes_by_module",
     "fp32_node_names",
 ]
@@ -947,17 +947,25 @@ class MappedLatencyModel:
     def __call__(self, cfg: Mapping[str, int] | None) -> float:
         return self.model(self.size_map(cfg or {}))
 
+    def fp32_layers(self, cfg: Mapping[str, int] | None, margin: float = 1.0) -> list[str]:
+        """:meth:`LatencyModel.fp32_layers` at the mapped size: the int8 choice is made where the student
+        is deployed (module names are the same at every size of one design)."""
+        return self.model.fp32_layers(self.size_map(cfg or {}), margin)
+
 
 def search_latency_model(family: Any, supernet: nn.Module, runtime: str, threads: int = 1,
                          table_path: str | Path | None = None, cache_dir: str | Path | None = None,
                          progress: Callable[[str], None] | None = None, size: tuple[int, float] | None = None,
-                         need_teacher: bool = False) -> LatencyModel | MappedLatencyModel:
+                         need_teacher: bool = False, int8_where_faster: bool = False,
+                         ) -> LatencyModel | MappedLatencyModel:
     """The latency model a search prices ``supernet``'s candidates with: ``table_path`` if given, else
     a table built on this machine and kept in ``cache_dir`` (rebuilt when it was made for another
     model, runtime, thread count or CPU, or lacks the teacher's time that ``need_teacher`` asks for).
     ``size`` (resolution, width multiplier): price each candidate as the same design at that size
     (its widths keep their fractions), not at the supernet's own. Under ``torch.distributed`` only
-    rank 0 times layers; every rank then reads the same table, so all price candidates alike."""
+    rank 0 times layers; every rank then reads the same table, so all price candidates alike.
+    ``int8_where_faster`` (ort-int8): each conv priced at the faster of int8 and fp32, as deployed with
+    ``deploy.int8_nodes: faster``."""
     from slimface.compress.extract import SizeMap
     from slimface.compress.space import ConfigSpace
     from slimface.train import distributed as D
@@ -976,7 +984,7 @@ def search_latency_model(family: Any, supernet: nn.Module, runtime: str, threads
         target = _build(fam, model, None)
 
     def priced(table: LatencyTable) -> LatencyModel | MappedLatencyModel:
-        lm = LatencyModel(table, target)
+        lm = LatencyModel(table, target, int8_where_faster=int8_where_faster)
         return lm if own_size else MappedLatencyModel(lm, SizeMap(supernet, target, ConfigSpace.from_supernet(fam, target)))
 
     if table_path is not None:
@@ -1013,13 +1021,15 @@ def search_latency_model(family: Any, supernet: nn.Module, runtime: str, threads
     return priced(LatencyTable.load(path))
 
 
-def slow_int8_nodes(student: nn.Module, onnx_path: str | Path, threads: int = 1,
-                    table_path: str | Path | None = None, cache_dir: str | Path | None = None,
-                    progress: Callable[[str], None] | None = None) -> list[str]:
-    """The Conv nodes of ``student``'s ONNX export (``onnx_path``) whose int8 time in the ort-int8
-    latency table is not below their fp32 time: what ``quantize_int8(nodes_to_exclude=...)`` should
-    keep fp32 so that int8 pays (depthwise convs, typically)."""
-    family = getattr(student, "family", "")
-    model = search_latency_model(family, student, "ort-int8", threads, table_path, cache_dir, progress)
-    assert isinstance(model, LatencyModel)  # priced at the student's own size
-    return fp32_node_names(onnx_path, model.fp32_layers(None), student)
+def slow_int8_modules(family: Any, supernet: nn.Module, cfg: Mapping[str, int] | None, threads: int = 1,
+                      table_path: str | Path | None = None, cache_dir: str | Path | None = None,
+                      progress: Callable[[str], None] | None = None,
+                      size: tuple[int, float] | None = None) -> list[str]:
+    """The convs (``supernet`` module names) of sub-network ``cfg`` whose int8 time in the ort-int8
+    latency table is not below their fp32 time, at ``size`` (the deployment size the search priced,
+    default the supernet's own): what ``quantize_int8(nodes_to_exclude=...)`` should keep fp32 so that
+    int8 pays (depthwise convs, typically). Map them to a student export's nodes with
+    :func:`fp32_node_names`; the same names hold for the design at any size."""
+    model = search_latency_model(family, supernet, "ort-int8", threads, table_path, cache_dir, progress,
+                                 size=size, int8_where_faster=True)
+    return model.fp32_layers(cfg)

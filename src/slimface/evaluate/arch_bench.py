@@ -76,7 +76,8 @@ def bench_report(model: str, resolution: int = 128, width_mult: float = 1.0, stu
                  warmup: int = 100, runs: int = 100, threads: int | None = None,
                  device: str = "cpu", runtimes: bool = False, n_calibration: int = 8,
                  fold_bn: bool = True, separable: bool | Sequence[str] = True,
-                 torch_mode: str = "eager", max_kernel: int | None = None) -> dict[str, Any]:
+                 torch_mode: str = "eager", max_kernel: int | None = None,
+                 int8_fp32_modules: Sequence[str] = ()) -> dict[str, Any]:
     """Latency/peak memory of teacher vs student at batch 1 (random weights; eval mode; batch norms
     folded into their convs unless ``fold_bn`` is False; both run in ``torch_mode``, see
     :mod:`slimface.deploy.torch_modes`).
@@ -84,7 +85,8 @@ def bench_report(model: str, resolution: int = 128, width_mult: float = 1.0, stu
     ``runtimes``: also compare the *student* under PyTorch fp32 / ONNX Runtime fp32 / ONNX Runtime
     int8 and the teacher under PyTorch fp32 / ONNX Runtime fp32, all in one interleaved run (see
     :func:`student_runtimes_report`), stored under ``report["runtimes"]`` with the teacher/student
-    ``ratios`` of that run. Every entry has p50/p90 latencies; ``machine`` (CPU name and int8
+    ``ratios`` of that run; ``int8_fp32_modules``: the student's convs kept fp32 in int8, as its run's
+    export chose them). Every entry has p50/p90 latencies; ``machine`` (CPU name and int8
     features), ``versions`` and ``threads`` say where they were measured.
     """
     from slimface.deploy.torch_modes import check_mode
@@ -106,7 +108,8 @@ def bench_report(model: str, resolution: int = 128, width_mult: float = 1.0, stu
         report[key] = {"params": count_params(net), "macs": count_macs(net, inputs)}
     if runtimes:  # the student under each runtime, the teacher under PyTorch and ONNX Runtime, one run
         report["runtimes"] = student_runtimes_report(stud, inputs, warmup=warmup, runs=runs, threads=threads,
-                                                     n_calibration=n_calibration, fold_bn=fold_bn, teacher=teacher)
+                                                     n_calibration=n_calibration, fold_bn=fold_bn, teacher=teacher,
+                                                     int8_fp32_modules=int8_fp32_modules)
     from slimface.deploy.latency_table import library_versions, machine_info
 
     report["machine"], report["versions"] = machine_info(), library_versions()
@@ -117,7 +120,8 @@ def bench_report(model: str, resolution: int = 128, width_mult: float = 1.0, stu
 def student_runtimes_report(student: torch.nn.Module, example_inputs: tuple, warmup: int = 100, runs: int = 100,
                             threads: int | None = None, calibration: list[dict[str, Any]] | None = None,
                             n_calibration: int = 8, quantize_kwargs: dict[str, Any] | None = None,
-                            fold_bn: bool = True, teacher: torch.nn.Module | None = None) -> dict[str, Any]:
+                            fold_bn: bool = True, teacher: torch.nn.Module | None = None,
+                            int8_fp32_modules: Sequence[str] = ()) -> dict[str, Any]:
     """One student under PyTorch fp32, ONNX Runtime fp32 and ONNX Runtime int8, timed in one process.
 
     The student is exported with :func:`~slimface.deploy.onnx_export.export_onnx` into a temporary
@@ -133,6 +137,7 @@ def student_runtimes_report(student: torch.nn.Module, example_inputs: tuple, war
     PyTorch on ``example_inputs``), ``int8_max_abs_diff_vs_pytorch`` / ``int8_mean_abs_diff_vs_pytorch``
     (ORT int8 vs PyTorch on ``example_inputs``), ``int8`` (the quantization report: output diffs vs ORT fp32 on the calibration inputs,
     op types run in int8 / left in fp32) and ``calibration`` (how many feeds, where from).
+    ``int8_fp32_modules``: module names of ``student`` whose convs int8 keeps fp32 (``nodes_to_exclude``).
     With ``teacher``, the teacher is exported too and timed under PyTorch fp32 and ONNX Runtime fp32 in
     the same interleaved run (labels :data:`TEACHER_LABELS`), and ``ratios`` holds the teacher/student
     speed-ups of that run (:func:`~slimface.evaluate.bench.runtime_ratios`).
@@ -157,8 +162,13 @@ def student_runtimes_report(student: torch.nn.Module, example_inputs: tuple, war
         fp32_path = export_onnx(student, inputs, Path(tmp) / "student.onnx")
         out["onnx_max_abs_diff"] = check_onnx(student, fp32_path, inputs)
         onnx = {RUNTIME_LABELS[1]: load_frontalizer(fp32_path, threads=threads)}
+        qkw = dict(quantize_kwargs or {})
+        if int8_fp32_modules:
+            from slimface.deploy.latency_table import fp32_node_names
+
+            qkw["nodes_to_exclude"] = fp32_node_names(fp32_path, int8_fp32_modules, student)
         try:
-            rep = quantize_int8(fp32_path, Path(tmp) / "student.int8.onnx", calib, **(quantize_kwargs or {}))
+            rep = quantize_int8(fp32_path, Path(tmp) / "student.int8.onnx", calib, **qkw)
         except Int8RefusedError as e:  # int8 refused on this CPU: time the other runtimes, say why
             info = {"refused": str(e)}
             out["int8_refused"] = str(e)

@@ -282,12 +282,14 @@ def test_int8_searched_student_keeps_fp32_the_convs_int8_slows(tiny_run, tmp_pat
     proc = slimface("run", "--config", str(TINY), "--out", str(run), "--set", f"data.root={work / 'data'}",
                     "--set", "search.latency=1000ms", "--set", "search.runtime=ort-int8",
                     "--set", "search.latency_size=64x0.125", "--set", f"search.latency_table={table}",
-                    "--set", "deploy.int8_nodes=faster", "--only", "search", "export", "evaluate", "--no-progress",
+                    "--set", "deploy.int8_nodes=faster", "--set", "deploy.int8_fp32=[decoder.s128.out]",
+                    "--only", "search", "export", "evaluate", "--no-progress",
                     cwd=work, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert json.loads((run / "tpgan" / "search" / "result.json").read_text())["runtime"] == "ort-int8"
     kept = json.loads((run / "stages" / "export.tpgan.json").read_text())["outputs"]["int8_fp32_modules"]
-    assert kept and all(m.endswith("depthwise") for m in kept), kept
+    assert "decoder.s128.out" in kept, kept  # by pattern (deploy.int8_fp32) ...
+    assert len(kept) > 1 and all(m.endswith("depthwise") for m in kept if m != "decoder.s128.out")  # ... and by the table
     from slimface.deploy.latency_table import fp32_node_names
     from slimface.deploy.runtime import load_frontalizer
     from slimface.export_format import load_export
@@ -295,6 +297,14 @@ def test_int8_searched_student_keeps_fp32_the_convs_int8_slows(tiny_run, tmp_pat
     exp = run / "tpgan" / "export"
     nodes = fp32_node_names(exp / "model.onnx", kept, load_export(exp))
     assert len(nodes) == len(kept)  # every kept module is a node of the exported model
+    from slimface.config import load_config
+    from slimface.errors import ConfigError
+    from slimface.pipeline import Pipeline
+    from slimface.pipeline_config import PipelineConfig
+
+    typo = load_config(PipelineConfig, TINY, {"out_dir": str(run), "deploy": {"int8_fp32": ["decoder.s128.outt"]}})
+    with pytest.raises(ConfigError, match="deploy.int8_fp32 pattern 'decoder.s128.outt' matches no conv"):
+        Pipeline(typo, progress=False)._int8_fp32_nodes(load_export(exp), exp / "model.onnx", [])
     ev = json.loads((run / "evaluate" / "results.json").read_text())
     scored = ev["models"].get("tpgan compressed (ONNX int8)")
     if (exp / "model.int8.onnx").is_file():  # quantized with exactly those nodes fp32, and scored

@@ -752,7 +752,6 @@ class Pipeline:
                 fp32_modules = slow_int8_modules(family, supernet, cfg, self.cfg.bench.threads or 1,
                                                  sc.latency_table if sc.runtime == "ort-int8" else None,
                                                  self.family_dir(family) / "search", _say, size=sc.latency_at())
-                info["int8_fp32_modules"] = fp32_modules
             info.update(self._deploy(student, out, fp32_modules))
         return info
 
@@ -771,9 +770,10 @@ class Pipeline:
             n = self.cfg.deploy.calibration_batches
             step = max(1, len(self.data.train_pairs) // max(n, 1))
             calib = calibration_from_batches(self.batches(self.data.train_pairs[::step], 1, n), limit=n)
-            from slimface.deploy.latency_table import fp32_node_names
-
-            keep_fp32 = fp32_node_names(onnx_path, fp32_modules, student) if fp32_modules else []
+            keep_fp32: list[str] = []
+            if fp32_modules or self.cfg.deploy.int8_fp32:  # by module name; recorded for the full-size bench
+                modules, keep_fp32 = self._int8_fp32_nodes(student, onnx_path, fp32_modules)
+                info["int8_fp32_modules"] = modules
             try:
                 report = quantize_int8(onnx_path, out / "model.int8.onnx", calib, nodes_to_exclude=keep_fp32,
                                        recognizer=self.recognizer)  # identity checked too, not pixels alone
@@ -784,6 +784,24 @@ class Pipeline:
                 info["int8"] = str(out / "model.int8.onnx")
                 info["int8_report"] = report.as_dict()
         return info
+
+    def _int8_fp32_nodes(self, student: nn.Module, onnx_path: Path, fp32_modules: Sequence[str],
+                         ) -> tuple[list[str], list[str]]:
+        """(module names, ONNX node names) of the convs int8 keeps fp32: ``fp32_modules`` and those
+        matching ``deploy.int8_fp32``; a pattern that matches no conv is a one-line error."""
+        import fnmatch
+
+        from slimface.deploy.latency_table import conv_nodes_by_module
+
+        convs = conv_nodes_by_module(onnx_path, student)
+        patterns = self.cfg.deploy.int8_fp32
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(m, pattern) for m in convs):
+                raise ConfigError(f"deploy.int8_fp32 pattern {pattern!r} matches no conv of the {student.family} "
+                                  f"student (names like {next(reversed(convs), '?')!r}); fix the pattern")
+        wanted = set(fp32_modules)
+        modules = [m for m in convs if m in wanted or any(fnmatch.fnmatchcase(m, p) for p in patterns)]
+        return modules, [convs[m] for m in modules]
 
     def context(self) -> "RunContext":
         """What the evaluate, bench and report stages read of this run (they never see the Pipeline)."""

@@ -826,6 +826,8 @@ class Pipeline:
             data=lambda: self.data, pair_dataset=self.pair_dataset, batches=self.batches,
             teacher=self.teacher_generator, recognizer=lambda: self.recognizer, judges=lambda: self.judges,
             provenance=provenance, mobile_teacher=self._mobile_generator,
+            int8_fp32_modules=lambda fam: list(((stage_keys.read_marker(self.out, f"export.{fam}") or {})
+                                                .get("outputs") or {}).get("int8_fp32_modules") or []),
         )
 
     def _mobile_generator(self, family: str) -> nn.Module | None:

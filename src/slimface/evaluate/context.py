@@ -52,6 +52,8 @@ class RunContext:
     provenance: Callable[[], tuple[dict[str, Any], list[str], set[str]]]
     # the family's mobile teacher (student.mobile_teacher), None when the run has none
     mobile_teacher: Callable[[str], Optional["nn.Module"]] = lambda family: None
+    # the student's convs its export kept fp32 in int8 (deploy.int8_nodes / int8_fp32), by module name
+    int8_fp32_modules: Callable[[str], list[str]] = lambda family: []
 
     def family_dir(self, family: str) -> Path:
         return self.out / family

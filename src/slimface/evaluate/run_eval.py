@@ -71,14 +71,6 @@ def _frontalizers(ctx: RunContext, refused: dict[str, str] | None = None) -> dic
     return models
 
 
-def _int8_fp32_modules(ctx: RunContext, fam: str) -> list[str]:
-    """The convs the run's export kept fp32 in int8 (``deploy.int8_nodes: faster``), by module name."""
-    from slimface import stage_keys
-
-    marker = stage_keys.read_marker(ctx.out, f"export.{fam}") or {}
-    return list((marker.get("outputs") or {}).get("int8_fp32_modules") or [])
-
-
 #: the loss recognizer's name in results: its rank-1 is reported, marked as seen in training
 LOSS_RECOGNIZER = "loss recognizer"
 
@@ -304,7 +296,7 @@ def bench_run(ctx: RunContext) -> dict[str, Any]:
                                 runs=b.full_size_runs, threads=b.threads, runtimes=True,
                                 separable=getattr(student, "separable", True),  # the run's design
                                 max_kernel=getattr(student, "max_kernel", None),
-                                int8_fp32_modules=_int8_fp32_modules(ctx, fam))  # as the export chose them
+                                int8_fp32_modules=ctx.int8_fp32_modules(fam))  # as the export chose them
             entry["full_size"] = full
         results[fam] = entry
         rs = entry["run_size"]

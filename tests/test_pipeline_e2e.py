@@ -282,28 +282,34 @@ def test_int8_searched_student_keeps_fp32_the_convs_int8_slows(tiny_run, tmp_pat
     proc = slimface("run", "--config", str(TINY), "--out", str(run), "--set", f"data.root={work / 'data'}",
                     "--set", "search.latency=1000ms", "--set", "search.runtime=ort-int8",
                     "--set", "search.latency_size=64x0.125", "--set", f"search.latency_table={table}",
-                    "--set", "deploy.int8_nodes=faster", "--set", "deploy.int8_fp32=[decoder.s128.out]",
+                    "--set", "deploy.int8_nodes=faster", "--set", "deploy.int8_fp32=[decoder.s128.*]",
                     "--only", "search", "export", "evaluate", "--no-progress",
                     cwd=work, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert json.loads((run / "tpgan" / "search" / "result.json").read_text())["runtime"] == "ort-int8"
     kept = json.loads((run / "stages" / "export.tpgan.json").read_text())["outputs"]["int8_fp32_modules"]
-    assert "decoder.s128.out" in kept, kept  # by pattern (deploy.int8_fp32) ...
-    assert len(kept) > 1 and all(m.endswith("depthwise") for m in kept if m != "decoder.s128.out")  # ... and by the table
-    from slimface.deploy.latency_table import fp32_node_names
+    assert kept[-1] == "decoder.s128.*" and len(kept) > 1, kept  # the pattern (deploy.int8_fp32) ...
+    assert all(m.endswith("depthwise") for m in kept[:-1])  # ... after the convs the table finds slower in int8
+    import onnx
+
+    from slimface.deploy.latency_table import fp32_nodes
     from slimface.deploy.runtime import load_frontalizer
     from slimface.export_format import load_export
 
     exp = run / "tpgan" / "export"
-    nodes = fp32_node_names(exp / "model.onnx", kept, load_export(exp))
-    assert len(nodes) == len(kept)  # every kept module is a node of the exported model
+    nodes = fp32_nodes(exp / "model.onnx", load_export(exp), kept)
+    ops = {n.name: n.op_type for n in onnx.load(str(exp / "model.onnx")).graph.node}
+    named = [m for m in kept[:-1] if not m.startswith("decoder.s128.")]
+    assert sum(ops[n] == "Conv" for n in nodes if not n.startswith("/decoder/s128/")) == len(named)  # each conv
+    s128 = [n for n in ops if n.startswith("/decoder/s128/")]
+    assert set(s128) <= set(nodes) and {"Add", "Concat"} & {ops[n] for n in s128}  # the stage's every op
     from slimface.config import load_config
     from slimface.errors import ConfigError
     from slimface.pipeline import Pipeline
     from slimface.pipeline_config import PipelineConfig
 
     typo = load_config(PipelineConfig, TINY, {"out_dir": str(run), "deploy": {"int8_fp32": ["decoder.s128.outt"]}})
-    with pytest.raises(ConfigError, match="deploy.int8_fp32 pattern 'decoder.s128.outt' matches no conv"):
+    with pytest.raises(ConfigError, match="deploy.int8_fp32 pattern .decoder.s128.outt. names no module"):
         Pipeline(typo, progress=False)._int8_fp32_nodes(load_export(exp), exp / "model.onnx", [])
     ev = json.loads((run / "evaluate" / "results.json").read_text())
     scored = ev["models"].get("tpgan compressed (ONNX int8)")
@@ -321,6 +327,6 @@ def test_int8_searched_student_keeps_fp32_the_convs_int8_slows(tiny_run, tmp_pat
                           capture_output=True, text=True, cwd=work, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     res = json.loads(res_path.read_text())
-    assert res["int8_ops"]["fp32_nodes"] == len(kept)  # the same convs fp32 at the timed size
+    assert res["int8_ops"]["fp32_nodes"] == len(nodes)  # the same nodes fp32 at the timed size
     assert res["int8_student"]["rank1_int8"] == (None if rank1_int8 is None else pytest.approx(rank1_int8))
     assert res["int8_vs_macs_fp32"] > 0 and "| int8-searched, ORT int8 |" in proc.stdout

@@ -787,21 +787,19 @@ class Pipeline:
 
     def _int8_fp32_nodes(self, student: nn.Module, onnx_path: Path, fp32_modules: Sequence[str],
                          ) -> tuple[list[str], list[str]]:
-        """(module names, ONNX node names) of the convs int8 keeps fp32: ``fp32_modules`` and those
-        matching ``deploy.int8_fp32``; a pattern that matches no conv is a one-line error."""
-        import fnmatch
+        """(module patterns, ONNX node names) int8 keeps fp32: the convs ``fp32_modules`` and the
+        ``deploy.int8_fp32`` patterns; a pattern that names no node is a one-line error."""
+        import onnx
 
-        from slimface.deploy.latency_table import conv_nodes_by_module
+        from slimface.deploy.latency_table import fp32_nodes, module_matches, onnx_node_module
 
-        convs = conv_nodes_by_module(onnx_path, student)
-        patterns = self.cfg.deploy.int8_fp32
-        for pattern in patterns:
-            if not any(fnmatch.fnmatchcase(m, pattern) for m in convs):
-                raise ConfigError(f"deploy.int8_fp32 pattern {pattern!r} matches no conv of the {student.family} "
-                                  f"student (names like {next(reversed(convs), '?')!r}); fix the pattern")
-        wanted = set(fp32_modules)
-        modules = [m for m in convs if m in wanted or any(fnmatch.fnmatchcase(m, p) for p in patterns)]
-        return modules, [convs[m] for m in modules]
+        scopes = [onnx_node_module(n.name) for n in onnx.load(str(onnx_path)).graph.node]
+        for pattern in self.cfg.deploy.int8_fp32:
+            if not any(module_matches(m, [pattern]) for m in scopes):
+                raise ConfigError(f"deploy.int8_fp32 pattern {pattern!r} names no module of the {student.family} "
+                                  f"student (names like {scopes[-1]!r}); fix the pattern")
+        patterns = [*fp32_modules, *self.cfg.deploy.int8_fp32]
+        return patterns, fp32_nodes(onnx_path, student, patterns)
 
     def context(self) -> "RunContext":
         """What the evaluate, bench and report stages read of this run (they never see the Pipeline)."""

@@ -130,8 +130,9 @@ class DeploySettings:
     int8: bool = True
     calibration_batches: int = 8
     int8_nodes: Literal["all", "faster"] = "all"  # faster: convs stay fp32 where the ort-int8 latency table says int8 is slower
-    # fnmatch patterns of the student's conv modules kept fp32 in int8 (e.g. "decoder.s128.*", the
-    # full-resolution output stage, where 8-bit activations cost most of int8's error)
+    # fnmatch patterns of the student's modules kept fp32 in int8, convs and element-wise ops alike
+    # (e.g. "decoder.s128.*": the full-resolution output stage, where 8-bit activations of the
+    # additions and concatenations cost most of int8's error)
     int8_fp32: list[str] = field(default_factory=list)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import fnmatch
 import itertools
 import json
 import math
@@ -61,6 +62,8 @@ __all__ = [
     "slow_int8_modules",
     "conv_nodes_by_module",
     "fp32_node_names",
+    "fp32_nodes",
+    "module_matches",
 ]
 
 RUNTIMES = ("torch", "ort", "ort-int8")
@@ -663,6 +666,31 @@ def fp32_node_names(onnx_path: str | Path, modules: Sequence[str], net: nn.Modul
     return [pairs[m] for m in modules if m in pairs]
 
 
+def module_matches(module: str, patterns: Sequence[str]) -> bool:
+    """Whether ``module`` (or a node in its scope) is named by one of the fnmatch ``patterns``; a
+    pattern ending in ``.*`` names the module itself too (``decoder.s128.*`` covers the stage's own
+    Concat, whose scope is ``decoder.s128``)."""
+    return any(fnmatch.fnmatchcase(module, p) or fnmatch.fnmatchcase(module + ".", p) for p in patterns)
+
+
+def fp32_nodes(onnx_path: str | Path, net: nn.Module, patterns: Sequence[str]) -> list[str]:
+    """The ONNX nodes of ``net``'s export at ``onnx_path`` that int8 keeps fp32 for ``patterns``
+    (fnmatch over module names; an exact name is a pattern too): each named conv, paired with its node
+    by :func:`conv_nodes_by_module`, and every node whose scope (:func:`onnx_node_module`) is named, so
+    ``decoder.s128.*`` keeps that stage's element-wise ops fp32 as well as its convs."""
+    import onnx
+
+    if not patterns:
+        return []
+    out = [node for m, node in conv_nodes_by_module(onnx_path, net).items() if module_matches(m, patterns)]
+    seen = set(out)
+    for node in onnx.load(str(onnx_path)).graph.node:
+        if node.name not in seen and module_matches(onnx_node_module(node.name), patterns):
+            out.append(node.name)
+            seen.add(node.name)
+    return out
+
+
 @contextlib.contextmanager
 def subnet_runner(family: Any, model: Mapping[str, Any], cfg: Mapping[str, int] | None, runtime: str,
                   threads: int = 1, fp32_modules: Sequence[str] = (),
@@ -703,7 +731,7 @@ def net_runner(net: nn.Module, runtime: str, threads: int = 1, fp32_modules: Seq
         kw: dict[str, Any] = {}
         info: dict[str, Any] = {}
         if runtime == "ort-int8":
-            nodes = fp32_node_names(path, fp32_modules, net) if fp32_modules else []
+            nodes = fp32_nodes(path, net, fp32_modules)
             rep = quantize_int8(path, Path(tmp) / "net.int8.onnx", random_calibration(inputs, 4),
                                 nodes_to_exclude=nodes, guard=False)
             path = rep.path

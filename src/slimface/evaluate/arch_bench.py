@@ -137,7 +137,8 @@ def student_runtimes_report(student: torch.nn.Module, example_inputs: tuple, war
     PyTorch on ``example_inputs``), ``int8_max_abs_diff_vs_pytorch`` / ``int8_mean_abs_diff_vs_pytorch``
     (ORT int8 vs PyTorch on ``example_inputs``), ``int8`` (the quantization report: output diffs vs ORT fp32 on the calibration inputs,
     op types run in int8 / left in fp32) and ``calibration`` (how many feeds, where from).
-    ``int8_fp32_modules``: module names of ``student`` whose convs int8 keeps fp32 (``nodes_to_exclude``).
+    ``int8_fp32_modules``: module names or fnmatch patterns of ``student`` that int8 keeps fp32
+    (:func:`~slimface.deploy.latency_table.fp32_nodes`).
     With ``teacher``, the teacher is exported too and timed under PyTorch fp32 and ONNX Runtime fp32 in
     the same interleaved run (labels :data:`TEACHER_LABELS`), and ``ratios`` holds the teacher/student
     speed-ups of that run (:func:`~slimface.evaluate.bench.runtime_ratios`).
@@ -164,9 +165,9 @@ def student_runtimes_report(student: torch.nn.Module, example_inputs: tuple, war
         onnx = {RUNTIME_LABELS[1]: load_frontalizer(fp32_path, threads=threads)}
         qkw = dict(quantize_kwargs or {})
         if int8_fp32_modules:
-            from slimface.deploy.latency_table import fp32_node_names
+            from slimface.deploy.latency_table import fp32_nodes
 
-            qkw["nodes_to_exclude"] = fp32_node_names(fp32_path, int8_fp32_modules, student)
+            qkw["nodes_to_exclude"] = fp32_nodes(fp32_path, student, int8_fp32_modules)
         try:
             rep = quantize_int8(fp32_path, Path(tmp) / "student.int8.onnx", calib, **qkw)
         except Int8RefusedError as e:  # int8 refused on this CPU: time the other runtimes, say why

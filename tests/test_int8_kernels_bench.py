@@ -40,3 +40,28 @@ def test_chain_graph_equals_the_torch_conv_chain(tmp_path: Path, depthwise: bool
     assert out.shape == (1, 8, 12, 12)
     np.testing.assert_allclose(out, y.numpy(), atol=1e-5)
     assert sum(n.op_type == "Conv" for n in model.graph.node) == 4
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
+
+
+def test_dense_students_keep_the_asked_fraction_of_every_width(tmp_path: Path) -> None:
+    """benchmarks/int8_dense_students.py: a dense student at fraction f holds every width group at the
+    allowed width nearest f of its full width (all of it at 1.0); a fraction outside (0, 1] is refused."""
+    from slimface.compress.extract import student_space
+    from slimface.nn.super_layers import width_groups
+
+    bench = _script("int8_dense_students")
+    supernet, space = student_space("tpgan", 128, 3, 1.0, separable=False)
+    full = width_groups(supernet)
+    assert bench.dense_config(1.0) == {g: max(ch) if g in full else ch[0] for g, ch in space.choices.items()}
+    cfg = bench.dense_config(0.3)
+    for g, ch in space.choices.items():
+        if g in full:
+            assert abs(cfg[g] - 0.3 * full[g]) == min(abs(c - 0.3 * full[g]) for c in ch)
+    with pytest.raises(SystemExit, match="--fractions"):
+        bench.main(["--from-run", str(tmp_path), "--fractions", "0"])

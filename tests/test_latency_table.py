@@ -17,7 +17,7 @@ from slimface.deploy.latency_table import (
     LatencyTable,
     build_table,
     design_layers,
-    fp32_node_names,
+    fp32_nodes,
     onnx_node_module,
     parse_latency,
 )
@@ -195,7 +195,7 @@ def test_int8_node_selection_keeps_the_listed_nodes_fp32(tmp_path: Path) -> None
 
     sub = _build_gen(RES, 3, 1.0, separable=True, sub=cfg).eval()
     path = export_onnx(sub, sub.example_inputs(), tmp_path / "s.onnx")
-    nodes = fp32_node_names(path, keep, sub)
+    nodes = fp32_nodes(path, sub, keep)
     assert len(nodes) == len(keep)
     rep = quantize_int8(path, tmp_path / "s.int8.onnx", random_calibration(sub.example_inputs(), 4),
                         nodes_to_exclude=nodes)
@@ -299,7 +299,7 @@ def test_int8_choice_is_made_at_the_deployment_size(tmp_path: Path) -> None:
 
     sub = _build_gen(RES, 3, 1.0, separable=True, sub=cfg).eval()
     onnx_path = export_onnx(sub, sub.example_inputs(), tmp_path / "s.onnx")
-    nodes = fp32_node_names(onnx_path, keep, sub)
+    nodes = fp32_nodes(onnx_path, sub, keep)
     assert len(nodes) == len(keep)
     rep = quantize_int8(onnx_path, tmp_path / "s.int8.onnx", random_calibration(sub.example_inputs(), 4),
                         nodes_to_exclude=nodes, guard=False)

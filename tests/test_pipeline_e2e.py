@@ -330,3 +330,12 @@ def test_int8_searched_student_keeps_fp32_the_convs_int8_slows(tiny_run, tmp_pat
     assert res["int8_ops"]["fp32_nodes"] == len(nodes)  # the same nodes fp32 at the timed size
     assert res["int8_student"]["rank1_int8"] == (None if rank1_int8 is None else pytest.approx(rank1_int8))
     assert res["int8_vs_macs_fp32"] > 0 and "| int8-searched, ORT int8 |" in proc.stdout
+
+    # benchmarks/int8_scopes.py quantizes the same export with the stage kept fp32, node for node
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "int8_scopes.py"), "--config", str(TINY),
+                           "--run", str(run), "--set", f"data.root={work / 'data'}", "--scope", "decoder.s128.*",
+                           "--out", str(tmp_path / "scopes.json")], capture_output=True, text=True, cwd=work, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "scopes.json").read_text())["rows"]
+    assert [r["fp32"] for r in rows] == [[], ["decoder.s128.*"]] and [r["fp32_nodes"] for r in rows] == [0, len(s128)]
+    assert all(0 < r["psnr_db"] < 200 for r in rows) and "| decoder.s128.* |" in proc.stdout

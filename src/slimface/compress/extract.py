@@ -83,9 +83,10 @@ class SizeMap:
 
 def scale_config_to_full(model: str, code: str, resolution: int, channels: int, width_mult: float,
                          size: tuple[int, float] = (128, 1.0)) -> str:
-    """Map a config found at a small preset onto the full-size (128, width 1.0) design space, or the
-    design at another ``size`` (resolution, width multiplier) (:class:`SizeMap`). Conv types (a config of ``student.separable: search``) are left out: the
-    full-size student takes the run's export's ``separable``."""
+    """Map a config found at a small preset onto the full-size (128, width 1.0) design space, or onto
+    the design at another ``size`` (resolution, width multiplier) (:class:`SizeMap`). Conv types (a
+    config of ``student.separable: search``) are left out: the mapped student takes the run's
+    export's ``separable``."""
     small_net, small_space = student_space(model, resolution, channels, width_mult)
     if len(str(code).split("_")) != len(small_space.groups):  # widths then conv types: the widths count
         small_net, small_space = student_space(model, resolution, channels, width_mult, SEARCH)

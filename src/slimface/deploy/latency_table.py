@@ -61,7 +61,6 @@ __all__ = [
     "net_runner",
     "slow_int8_modules",
     "conv_nodes_by_module",
-    "fp32_node_names",
     "fp32_nodes",
     "module_matches",
 ]
@@ -660,12 +659,6 @@ def conv_nodes_by_module(onnx_path: str | Path, net: nn.Module) -> dict[str, str
     return out
 
 
-def fp32_node_names(onnx_path: str | Path, modules: Sequence[str], net: nn.Module) -> list[str]:
-    """The ONNX Conv nodes of ``net``'s export at ``onnx_path`` that the named modules became."""
-    pairs = conv_nodes_by_module(onnx_path, net)
-    return [pairs[m] for m in modules if m in pairs]
-
-
 def module_matches(module: str, patterns: Sequence[str]) -> bool:
     """Whether ``module`` (or a node in its scope) is named by one of the fnmatch ``patterns``; a
     pattern ending in ``.*`` names the module itself too (``decoder.s128.*`` covers the stage's own
@@ -1057,7 +1050,7 @@ def slow_int8_modules(family: Any, supernet: nn.Module, cfg: Mapping[str, int] |
     latency table is not below their fp32 time, at ``size`` (the deployment size the search priced,
     default the supernet's own): what ``quantize_int8(nodes_to_exclude=...)`` should keep fp32 so that
     int8 pays (depthwise convs, typically). Map them to a student export's nodes with
-    :func:`fp32_node_names`; the same names hold for the design at any size."""
+    :func:`fp32_nodes`; the same names hold for the design at any size."""
     model = search_latency_model(family, supernet, "ort-int8", threads, table_path, cache_dir, progress,
                                  size=size, int8_where_faster=True)
     return model.fp32_layers(cfg)

@@ -85,8 +85,8 @@ def bench_report(model: str, resolution: int = 128, width_mult: float = 1.0, stu
     ``runtimes``: also compare the *student* under PyTorch fp32 / ONNX Runtime fp32 / ONNX Runtime
     int8 and the teacher under PyTorch fp32 / ONNX Runtime fp32, all in one interleaved run (see
     :func:`student_runtimes_report`), stored under ``report["runtimes"]`` with the teacher/student
-    ``ratios`` of that run; ``int8_fp32_modules``: the student's convs kept fp32 in int8, as its run's
-    export chose them). Every entry has p50/p90 latencies; ``machine`` (CPU name and int8
+    ``ratios`` of that run; ``int8_fp32_modules``: the student's modules (names or patterns) kept fp32
+    in int8, as its run's export chose them). Every entry has p50/p90 latencies; ``machine`` (CPU name and int8
     features), ``versions`` and ``threads`` say where they were measured.
     """
     from slimface.deploy.torch_modes import check_mode

@@ -52,7 +52,7 @@ class RunContext:
     provenance: Callable[[], tuple[dict[str, Any], list[str], set[str]]]
     # the family's mobile teacher (student.mobile_teacher), None when the run has none
     mobile_teacher: Callable[[str], Optional["nn.Module"]] = lambda family: None
-    # the student's convs its export kept fp32 in int8 (deploy.int8_nodes / int8_fp32), by module name
+    # the student's modules (names or patterns) its export kept fp32 in int8 (deploy.int8_nodes / int8_fp32)
     int8_fp32_modules: Callable[[str], list[str]] = lambda family: []
 
     def family_dir(self, family: str) -> Path:

@@ -50,10 +50,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from slimface.compress.extract import scale_config_to_full
     from slimface.deploy.latency_table import library_versions, machine_info, net_runner
     from slimface.errors import ConfigError
-    from slimface.evaluate.arch_bench import build_pair
+    from slimface.evaluate.arch_bench import build_pair, run_student
     from slimface.evaluate.bench import benchmark_callables
     from slimface.families.registry import build_generator
     from slimface.nn.profile import count_macs
@@ -61,13 +60,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     fam = args.family
     if not all(0 < f <= 1 for f in args.fractions):
         raise ConfigError(f"--fractions {args.fractions}: each must be in (0, 1]")
-    try:
-        result = json.loads((args.from_run / fam / "search" / "result.json").read_text())
-        arch = json.loads((args.from_run / fam / "export" / "arch.json").read_text())["arch"]
-    except FileNotFoundError as e:
-        raise ConfigError(f"{args.from_run}: {e.filename} is missing; finish the run first") from None
-    code = scale_config_to_full(fam, result["config"], arch["resolution"], arch["channels"], arch["width_mult"])
-    teacher, separable, _ = build_pair(fam, 128, 3, 1.0, code, arch.get("separable", True), arch.get("max_kernel"))
+    code, design = run_student(args.from_run, fam)
+    teacher, separable, _ = build_pair(fam, 128, 3, 1.0, code, design["separable"], design["max_kernel"])
     assert separable is not None
     inputs = teacher.example_inputs()
     t_macs = count_macs(teacher, inputs)

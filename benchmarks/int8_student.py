@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from slimface.compress.extract import scale_config_to_full
 from slimface.errors import ConfigError
 
 
@@ -27,14 +26,14 @@ def student_of(run: Path, family: str, size: tuple[int, float] = (128, 1.0)) -> 
     """A finished run's searched student mapped to ``size``: config, design, fp32 modules, rank-1."""
     from slimface import stage_keys
 
+    from slimface.evaluate.arch_bench import run_student
+
+    code, design = run_student(run, family, size)
     try:
         result = json.loads((run / family / "search" / "result.json").read_text())
-        arch = json.loads((run / family / "export" / "arch.json").read_text())["arch"]
         ev = json.loads((run / "evaluate" / "results.json").read_text())
     except FileNotFoundError as e:
         raise ConfigError(f"{run}: {e.filename} is missing; finish the run (slimface run --out {run}) first") from None
-    code = scale_config_to_full(family, result["config"], arch["resolution"], arch["channels"], arch["width_mult"],
-                                size)
     marker = stage_keys.read_marker(run, f"export.{family}") or {}
     judge = ev["primary_judge"]
     models = ev["models"]
@@ -43,8 +42,7 @@ def student_of(run: Path, family: str, size: tuple[int, float] = (128, 1.0)) -> 
         m = models.get(name)
         return None if m is None else float(m["rank1_by"][judge]["avg"])
 
-    return {"run": str(run), "config": code, "separable": arch.get("separable", True),
-            "max_kernel": arch.get("max_kernel"), "search_runtime": result.get("runtime"),
+    return {"run": str(run), "config": code, **design, "search_runtime": result.get("runtime"),
             "latency_size": result.get("latency_size"),
             "fp32_modules": list((marker.get("outputs") or {}).get("int8_fp32_modules") or []),
             "judge": judge, "rank1_fp32": rank1(f"{family} compressed"),

@@ -7,6 +7,7 @@ students can be measured here with random weights -- the paper's Table 3/4 setti
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -70,6 +71,24 @@ def build_pair(model: str, resolution: int, channels: int, width_mult: float,
     static = build_generator(model, resolution, channels, width_mult, separable=separable, sub=cfg,
                              max_kernel=max_kernel)
     return teacher, static, space.encode(cfg)
+
+
+def run_student(run: Path, model: str, size: tuple[int, float] = (128, 1.0)) -> tuple[str, dict[str, Any]]:
+    """A finished run's searched student mapped to ``size`` (default full size): its config string and
+    its exported design (``separable``, ``max_kernel``), as :func:`build_pair` takes them; a run
+    without a search result or export is a one-line ConfigError."""
+    import json
+
+    from slimface.compress.extract import scale_config_to_full
+
+    try:
+        result = json.loads((run / model / "search" / "result.json").read_text())
+        arch = json.loads((run / model / "export" / "arch.json").read_text())["arch"]
+    except FileNotFoundError as e:
+        raise ConfigError(f"{run}: {e.filename} is missing; finish the run (slimface run --out {run}) first") from None
+    code = scale_config_to_full(model, result["config"], arch["resolution"], arch["channels"], arch["width_mult"],
+                                size)
+    return code, {"separable": arch.get("separable", True), "max_kernel": arch.get("max_kernel")}
 
 
 def bench_report(model: str, resolution: int = 128, width_mult: float = 1.0, student: str | None = "smallest",

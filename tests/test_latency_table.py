@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -192,6 +193,10 @@ def test_int8_node_selection_keeps_the_listed_nodes_fp32(tmp_path: Path) -> None
     dw = [n for n, m in net.named_modules() if getattr(m, "depthwise", False) is True]
     assert sorted(keep) == sorted(dw) and keep
     assert model.layer_sum(cfg) < LatencyModel(table, net).layer_sum(cfg)  # the cheaper choice per layer
+    tied = copy.deepcopy(table)  # a grid extrapolated below zero reads 0 ms in both
+    for s in tied.sites.values():
+        s.ms, s.fp32_ms = [[0.0] * len(r) for r in s.ms], [[0.0] * len(r) for r in s.ms]
+    assert LatencyModel(tied, net, int8_where_faster=True).fp32_layers(cfg) == []  # no evidence: stays int8
 
     sub = _build_gen(RES, 3, 1.0, separable=True, sub=cfg).eval()
     path = export_onnx(sub, sub.example_inputs(), tmp_path / "s.onnx")

@@ -291,7 +291,7 @@ def test_int8_searched_student_keeps_fp32_the_convs_int8_slows(tiny_run, tmp_pat
     assert json.loads((run / "tpgan" / "search" / "result.json").read_text())["runtime"] == "ort-int8"
     kept = json.loads((run / "stages" / "export.tpgan.json").read_text())["outputs"]["int8_fp32_modules"]
     assert kept[-1] == "decoder.s128.*" and len(kept) > 1, kept  # the pattern (deploy.int8_fp32) ...
-    assert all(m.endswith("depthwise") for m in kept[:-1])  # ... after the convs the table finds slower in int8
+    assert all(m.endswith("depthwise") for m in kept[:-1]), kept  # ... after the convs the table finds slower in int8
     import onnx
 
     from slimface.deploy.latency_table import fp32_nodes

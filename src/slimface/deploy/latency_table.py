@@ -558,11 +558,12 @@ class LatencyModel:
         return t.overhead_ms + t.scale * self.layer_sum(cfg) + t.ms_per_melem * self.melems(cfg)
 
     def fp32_layers(self, cfg: Mapping[str, int] | None, margin: float = 1.0) -> list[str]:
-        """Names of the convs whose int8 time is not below ``margin`` x their fp32 time (ort-int8)."""
+        """Names of the convs whose int8 time is above ``margin`` x their fp32 time (ort-int8). A tie
+        stays int8: both times read 0 where a noisy grid extrapolates below zero, which says nothing."""
         if self.table.runtime != "ort-int8":
             return []
         return [r["name"] for r in self.per_layer(cfg)
-                if r["site"].startswith(("conv", "dwconv")) and r["ms"] >= margin * r["fp32_ms"]]
+                if r["site"].startswith(("conv", "dwconv")) and r["ms"] > margin * r["fp32_ms"]]
 
 
 # ----------------------------------------------------------------------------- whole sub-networks
@@ -1047,7 +1048,7 @@ def slow_int8_modules(family: Any, supernet: nn.Module, cfg: Mapping[str, int] |
                       progress: Callable[[str], None] | None = None,
                       size: tuple[int, float] | None = None) -> list[str]:
     """The convs (``supernet`` module names) of sub-network ``cfg`` whose int8 time in the ort-int8
-    latency table is not below their fp32 time, at ``size`` (the deployment size the search priced,
+    latency table is above their fp32 time, at ``size`` (the deployment size the search priced,
     default the supernet's own): what ``quantize_int8(nodes_to_exclude=...)`` should keep fp32 so that
     int8 pays (depthwise convs, typically). Map them to a student export's nodes with
     :func:`fp32_nodes`; the same names hold for the design at any size."""

@@ -176,11 +176,12 @@ def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
 MOBILE_SETTINGS = ("mobile_teacher", "mobile_steps", "mobile_gap", "mobile_eval_every")
 #: ``student`` settings left out of every key at these values (their defaults, what every run
 #: before them did): earlier runs keep their keys
-STUDENT_DEFAULTS_OUT_OF_KEYS = {"seed": 0, "identity_lowpass": False, "max_kernel": None}
+STUDENT_DEFAULTS_OUT_OF_KEYS = {"seed": 0, "identity_lowpass": False, "max_kernel": None, "channel_multiple": None}
 #: ``search`` settings left out of the search key at these values (what every run before them did)
 SEARCH_DEFAULTS_OUT_OF_KEYS = {"latency_size": "run"}
-#: ``student`` settings that make the student's design (which convs split, which kernels capped)
-DESIGN_PREFIXES = ("separable", "max_kernel")
+#: ``student`` settings that make the student's design (which convs split, which kernels capped, which
+#: widths are choices)
+DESIGN_PREFIXES = ("separable", "max_kernel", "channel_multiple")
 #: ``student`` switches to shipped networks: out of every key, since the stage that installs the file
 #: keys on its checksum instead (:func:`_with_shipped`) and the stages after it on its content
 SHIPPED_SWITCHES = ("mobile_pretrained", "supernet_pretrained")

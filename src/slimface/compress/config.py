@@ -85,6 +85,10 @@ class OFAConfig(DistillConfig):
     (the centre of the teacher's kernel; slimface.models.blocks.cap_kernels). TP-GAN's 7x7 and 5x5
     full-resolution layers cost most of a narrow student's MACs whatever its widths, so at a tight
     budget they leave the search little room; None keeps the family's kernels.
+    Width steps (``channel_multiple``): every prunable group's choices are the multiples of this many
+    channels in its allowed range (None: the family's ``StudentSpec.multiple``). A narrow preset's
+    groups are 16-32 channels wide, so steps of 8 stop a dense student at half of some widths; steps
+    of 4 reach the quarter widths at which dense convs fit a 10x budget.
     Sensitivity (``sensitivity``; also run when ``separable: auto`` needs it): every convertible conv
     made separable alone and every prunable group shrunk alone, each scored after BN recalibration and
     a fixed ``sensitivity_steps``-step fine-tune (slimface.compress.sensitivity).
@@ -117,6 +121,7 @@ class OFAConfig(DistillConfig):
     separable: Union[str, list[str]] = "all"  # all | none | auto | search | [fnmatch patterns]
     separable_keep: float = 0.25  # auto: the share of convertible convs kept normal
     max_kernel: Optional[int] = None  # cap on the student's odd conv kernels (3, 5...); None: the family's
+    channel_multiple: Optional[int] = None  # width choices in steps of this many channels; None: the family's
     sensitivity: bool = False  # run the sensitivity stage (also run when separable is auto)
     sensitivity_steps: int = 10  # the fixed fine-tune of every sensitivity variant (0: BN recalibration only)
     mobile_teacher: bool = False  # train the student design at full width first; distil the supernet from it
@@ -140,6 +145,11 @@ class OFAConfig(DistillConfig):
                   "(use none for no separable conv)")
         check(0 <= self.separable_keep <= 1, f"student.separable_keep must be in [0, 1], got {self.separable_keep}")
         check_kernel_cap(self.max_kernel, "student.max_kernel")
+        check(self.channel_multiple is None or self.channel_multiple >= 1,
+              f"student.channel_multiple must be a positive channel count or null, got {self.channel_multiple}")
+        check(self.channel_multiple is None or not self.supernet_pretrained,
+              "student.channel_multiple changes the width choices the shipped supernet was trained on; "
+              "set student.supernet_pretrained=false to train one for them")
         check(self.sensitivity_steps >= 0, f"student.sensitivity_steps must be >= 0, got {self.sensitivity_steps}")
         check(not (self.mobile_teacher and self.separable in ("none", "search")),
               f"student.mobile_teacher trains the student's fixed separable design at full width; with "

@@ -61,8 +61,9 @@ class ConfigSpace:
 
     @classmethod
     def from_supernet(cls, family: Family, supernet: nn.Module) -> "ConfigSpace":
-        """The space a family's StudentSpec allows on this supernet's width groups; a ``prunable``
-        pattern that matches no group is a ConfigError (group names follow the module names)."""
+        """The space a family's StudentSpec allows on this supernet's width groups, in steps of the
+        supernet's ``channel_multiple`` when it has one; a ``prunable`` pattern that matches no group
+        is a ConfigError (group names follow the module names)."""
         groups = width_groups(unwrap(supernet))
         spec = family.student_spec
         unmatched = spec.unmatched(groups)
@@ -72,7 +73,7 @@ class ConfigSpace:
                 f"(groups are named after modules, e.g. {', '.join(sorted(groups)[:4])}); fix StudentSpec.prunable"
             )
         types = {conv_key(name): [SEPARABLE, NORMAL] for name in conv_choices(unwrap(supernet))}
-        return cls({**spec.choices(groups), **types})
+        return cls({**spec.choices(groups, getattr(unwrap(supernet), "channel_multiple", None)), **types})
 
     # ---------------------------------------------------------------- encoding
     def encode(self, cfg: Mapping[str, int]) -> str:

@@ -592,16 +592,19 @@ def _build(family: Any, model: Mapping[str, Any], cfg: Mapping[str, int] | None)
         if not isinstance(separable, bool):
             net.separable = set_conv_types(net, separable)
     net.cap_kernels(model.get("max_kernel"))
+    net.channel_multiple = model.get("channel_multiple")
     return net.eval()
 
 
 def _design(net: Any) -> dict[str, Any]:
-    """The conv types and kernel cap of a student generator for a table's ``model`` (each left out
-    at its default -- all separable, no cap -- so tables made before them stay valid)."""
+    """The conv types, kernel cap and width step of a student generator for a table's ``model`` (each
+    left out at its default -- all separable, no cap, the family's step -- so tables made before them
+    stay valid)."""
     separable = getattr(net, "separable", True)
     out: dict[str, Any] = {} if separable is True else {"separable": separable}
-    if getattr(net, "max_kernel", None) is not None:
-        out["max_kernel"] = net.max_kernel
+    for key in ("max_kernel", "channel_multiple"):
+        if getattr(net, key, None) is not None:
+            out[key] = getattr(net, key)
     return out
 
 
@@ -871,9 +874,9 @@ def build_table(family: Any, resolution: int, channels: int = 3, width_mult: flo
                 runtime: str = "torch", threads: int = 1, max_grid: int = 4, fit_subnets: int = 6,
                 seed: int = 0, progress: Callable[[str], None] | None = None,
                 separable: bool | str | Sequence[str] = True, max_kernel: int | None = None,
-                teacher: bool = True) -> LatencyTable:
+                teacher: bool = True, channel_multiple: int | None = None) -> LatencyTable:
     """Time every site of ``family``'s student design space (conv types ``separable``, kernel cap
-    ``max_kernel``) at this size in ``runtime`` (see the module docstring), fit the per-network
+    ``max_kernel``, width step ``channel_multiple``) at this size in ``runtime`` (see the module docstring), fit the per-network
     overhead on ``fit_subnets`` whole sub-networks and, with ``teacher``, time the family's teacher
     at this size too (``teacher_ms``: what a relative latency budget such as "10x" divides)."""
     from slimface.compress.space import ConfigSpace
@@ -892,6 +895,8 @@ def build_table(family: Any, resolution: int, channels: int = 3, width_mult: flo
         model["separable"] = separable if isinstance(separable, (bool, str)) else sorted(separable)
     if max_kernel is not None:
         model["max_kernel"] = int(max_kernel)
+    if channel_multiple is not None:
+        model["channel_multiple"] = int(channel_multiple)
     supernet = _build(fam, model, None)
     space = ConfigSpace.from_supernet(fam, supernet)
     layers = design_layers(supernet)
@@ -1038,7 +1043,7 @@ def search_latency_model(family: Any, supernet: nn.Module, runtime: str, threads
                          f"{model['resolution']}² ×{model['width_mult']:g} for the search")
             build_table(fam, model["resolution"], model["channels"], model["width_mult"], runtime, threads,
                         progress=progress, separable=model.get("separable", True),
-                        max_kernel=model.get("max_kernel")).save(path)
+                        max_kernel=model.get("max_kernel"), channel_multiple=model.get("channel_multiple")).save(path)
     D.barrier()
     return priced(LatencyTable.load(path))
 

@@ -35,6 +35,7 @@ class Generator(nn.Module):
 
     family: str = ""
     max_kernel: int | None = None
+    channel_multiple: int | None = None  # a supernet's width step (student.channel_multiple); None: the family's
 
     def __init__(self, resolution: int, channels: int, width_mult: float, separable: bool | str | list[str],
                  sub: Mapping[str, int] | None) -> None:

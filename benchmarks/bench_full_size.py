@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from slimface.compress.extract import scale_config_to_full
-from slimface.evaluate.arch_bench import bench_report
+from slimface.errors import SlimfaceError
+from slimface.evaluate.arch_bench import bench_report, run_student
 from slimface.nn.counts import format_count
 
 
@@ -27,12 +28,7 @@ def student_for(model: str, args: argparse.Namespace) -> tuple[str, dict[str, An
     """The full-size student's config and design (conv types, kernel cap): ``--student`` and
     ``--max-kernel``, or with ``--from-run`` the run's searched config and exported design."""
     if args.from_run:
-        run = Path(args.from_run)
-        result = json.loads((run / model / "search" / "result.json").read_text())
-        arch = json.loads((run / model / "export" / "arch.json").read_text())["arch"]
-        code = scale_config_to_full(model, result["config"], arch["resolution"], arch["channels"],
-                                    arch["width_mult"])
-        return code, {"separable": arch.get("separable", True), "max_kernel": arch.get("max_kernel")}
+        return run_student(Path(args.from_run), model)
     return args.student, {"max_kernel": args.max_kernel}
 
 
@@ -50,7 +46,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="how PyTorch runs both models; several modes give one row each")
     p.add_argument("--out", type=Path, default=Path("bench_full_size.json"))
     args = p.parse_args(argv)
+    try:
+        return run(args)
+    except SlimfaceError as e:  # a run folder without a search or export: one line, exit 1
+        sys.exit(f"error: {e}")
 
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
     rows = ["| model | PyTorch mode | teacher params / MACs | student params / MACs | teacher ms | student ms "
             "| speedup (p50) | teacher MB | student MB | memory reduction |", "|---|---|---|---|---|---|---|---|---|---|"]

@@ -65,3 +65,16 @@ def test_dense_students_keep_the_asked_fraction_of_every_width(tmp_path: Path) -
             assert abs(cfg[g] - 0.3 * full[g]) == min(abs(c - 0.3 * full[g]) for c in ch)
     with pytest.raises(SystemExit, match="--fractions"):
         bench.main(["--from-run", str(tmp_path), "--fractions", "0"])
+
+
+@pytest.mark.parametrize("name,args", [
+    ("bench_full_size", ["--models", "tpgan", "--from-run", "{run}"]),
+    ("int8_dense_students", ["--from-run", "{run}"]),
+])
+def test_a_benchmark_on_an_unfinished_run_says_so_in_one_line(tmp_path: Path, name: str, args: list[str],
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A run folder without a search result is a one-line error naming the missing file, not a traceback."""
+    with pytest.raises(SystemExit) as exc:
+        _script(name).main([a.format(run=tmp_path) for a in args] + ["--out", str(tmp_path / "o.json")])
+    assert "result.json is missing; finish the run" in str(exc.value) and "\n" not in str(exc.value)
+    assert not (tmp_path / "o.json").exists()

@@ -75,3 +75,21 @@ def test_a_latency_table_records_the_step_and_times_its_choices() -> None:
     assert min(min(s.cin) for s in table.sites.values() if s.site.op == "conv") == 2
     space = ConfigSpace.from_supernet(get_family("tpgan"), lt._build("tpgan", table.model, None))
     assert min(min(v) for v in space.choices.values()) == 2
+
+
+def test_a_config_of_the_finer_space_maps_to_full_size_with_its_step() -> None:
+    """The search's config string is encoded in the run's space: mapping it to full size (benchmarks,
+    the bench stage) needs the step the search result records, and a fine width keeps its fraction."""
+    from slimface.compress.extract import scale_config_to_full, student_space
+
+    net, fine = student_space("tpgan", 64, 3, 0.25, False, channel_multiple=4)
+    cfg = fine.smallest()
+    code = fine.encode(cfg)
+    with pytest.raises(ConfigError, match="not allowed"):
+        scale_config_to_full("tpgan", code, 64, 3, 0.25)  # read in the family's coarser space
+    full_net, full = student_space("tpgan", 128, 3, 1.0)
+    mapped = full.decode(scale_config_to_full("tpgan", code, 64, 3, 0.25, channel_multiple=4))
+    coarse_smallest = student_space("tpgan", 64, 3, 0.25, False)[1].smallest()
+    coarse = full.decode(scale_config_to_full("tpgan", fine.encode(coarse_smallest), 64, 3, 0.25, channel_multiple=4))
+    assert sum(mapped.values()) < sum(coarse.values())  # quarter widths map below the half widths
+

@@ -679,6 +679,8 @@ class Pipeline:
                  "every candidate is evaluated again")
         info = {"config": space.encode(result.best_cfg), "metric": result.best_metric, "macs": result.best_macs,
                 "params": result.best_params, "budget_macs": budget, "evaluated": len(result.evaluated)}
+        if getattr(supernet, "channel_multiple", None) is not None:  # the step the config string is encoded in
+            info["channel_multiple"] = supernet.channel_multiple
         if latency_ms is not None:
             info.update(latency_ms=result.best_latency_ms, latency_budget_ms=latency_ms, runtime=sc.runtime,
                         latency_size=sc.latency_size, teacher_latency_ms=teacher_ms)

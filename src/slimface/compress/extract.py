@@ -44,10 +44,13 @@ def extract_subnet(family: Family | str, supernet: nn.Module, cfg: Mapping[str, 
 
 
 def student_space(model: str, resolution: int, channels: int, width_mult: float,
-                  separable: bool | str | Sequence[str] = True) -> tuple[Generator, ConfigSpace]:
+                  separable: bool | str | Sequence[str] = True,
+                  channel_multiple: int | None = None) -> tuple[Generator, ConfigSpace]:
     """The family's supernet at this size (conv types ``separable``: all by default, ``"search"``
-    for searched types) and its student design space (from its declarative spec)."""
+    for searched types) and its student design space (from its declarative spec, in width steps of
+    ``channel_multiple`` channels when given)."""
     supernet = build_generator(model, resolution, channels, width_mult, separable=separable)
+    supernet.channel_multiple = channel_multiple
     return supernet, ConfigSpace.from_supernet(get_family(model), supernet)
 
 
@@ -82,14 +85,15 @@ class SizeMap:
 
 
 def scale_config_to_full(model: str, code: str, resolution: int, channels: int, width_mult: float,
-                         size: tuple[int, float] = (128, 1.0)) -> str:
-    """Map a config found at a small preset onto the full-size (128, width 1.0) design space, or onto
-    the design at another ``size`` (resolution, width multiplier) (:class:`SizeMap`). Conv types (a
+                         size: tuple[int, float] = (128, 1.0), channel_multiple: int | None = None) -> str:
+    """Map a config found at a small preset (in width steps of ``channel_multiple``, the run's
+    ``student.channel_multiple``) onto the full-size (128, width 1.0) design space, or onto the
+    design at another ``size`` (resolution, width multiplier) (:class:`SizeMap`). Conv types (a
     config of ``student.separable: search``) are left out: the mapped student takes the run's
     export's ``separable``."""
-    small_net, small_space = student_space(model, resolution, channels, width_mult)
+    small_net, small_space = student_space(model, resolution, channels, width_mult, channel_multiple=channel_multiple)
     if len(str(code).split("_")) != len(small_space.groups):  # widths then conv types: the widths count
-        small_net, small_space = student_space(model, resolution, channels, width_mult, SEARCH)
+        small_net, small_space = student_space(model, resolution, channels, width_mult, SEARCH, channel_multiple)
     cfg = width_part(small_space.decode(code))
     full_net, full_space = student_space(model, int(size[0]), channels, float(size[1]))
     return full_space.encode(SizeMap(small_net, full_net, full_space)(cfg))

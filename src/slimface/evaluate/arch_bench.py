@@ -87,7 +87,7 @@ def run_student(run: Path, model: str, size: tuple[int, float] = (128, 1.0)) -> 
     except FileNotFoundError as e:
         raise ConfigError(f"{run}: {e.filename} is missing; finish the run (slimface run --out {run}) first") from None
     code = scale_config_to_full(model, result["config"], arch["resolution"], arch["channels"], arch["width_mult"],
-                                size)
+                                size, result.get("channel_multiple"))
     return code, {"separable": arch.get("separable", True), "max_kernel": arch.get("max_kernel")}
 
 

@@ -288,8 +288,9 @@ def bench_run(ctx: RunContext) -> dict[str, Any]:
         entry["runtimes"] = benchmark_runtimes(student, inputs, onnx, warmup=b.warmup, runs=b.runs,
                                                threads=b.threads)
         if b.full_size:
-            code = json.loads((ctx.family_dir(fam) / "search" / "result.json").read_text())["config"]
-            full_cfg = scale_config_to_full(fam, code, ctx.resolution, ctx.channels, ctx.teacher_widths[fam])
+            found = json.loads((ctx.family_dir(fam) / "search" / "result.json").read_text())
+            full_cfg = scale_config_to_full(fam, found["config"], ctx.resolution, ctx.channels, ctx.teacher_widths[fam],
+                                            channel_multiple=found.get("channel_multiple"))
             # ... plus the deployment runtimes of that full-size student (PyTorch fp32 / ORT fp32 /
             # ORT int8, random weights, calibrated on random inputs): under entry["full_size"]["runtimes"]
             full = bench_report(fam, 128, 1.0, student=full_cfg, warmup=b.full_size_warmup,

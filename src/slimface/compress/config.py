@@ -88,7 +88,7 @@ class OFAConfig(DistillConfig):
     Width steps (``channel_multiple``): every prunable group's choices are the multiples of this many
     channels in its allowed range (None: the family's ``StudentSpec.multiple``). A narrow preset's
     groups are 16-32 channels wide, so steps of 8 stop a dense student at half of some widths; steps
-    of 4 reach the quarter widths at which dense convs fit a 10x budget.
+    of 4 reach quarter widths, where dense convs (with ``max_kernel: 3``) fit a 10x budget.
     Sensitivity (``sensitivity``; also run when ``separable: auto`` needs it): every convertible conv
     made separable alone and every prunable group shrunk alone, each scored after BN recalibration and
     a fixed ``sensitivity_steps``-step fine-tune (slimface.compress.sensitivity).

@@ -876,9 +876,10 @@ def build_table(family: Any, resolution: int, channels: int = 3, width_mult: flo
                 separable: bool | str | Sequence[str] = True, max_kernel: int | None = None,
                 teacher: bool = True, channel_multiple: int | None = None) -> LatencyTable:
     """Time every site of ``family``'s student design space (conv types ``separable``, kernel cap
-    ``max_kernel``, width step ``channel_multiple``) at this size in ``runtime`` (see the module docstring), fit the per-network
-    overhead on ``fit_subnets`` whole sub-networks and, with ``teacher``, time the family's teacher
-    at this size too (``teacher_ms``: what a relative latency budget such as "10x" divides)."""
+    ``max_kernel``, width step ``channel_multiple``) at this size in ``runtime`` (see the module
+    docstring), fit the per-network overhead on ``fit_subnets`` whole sub-networks and, with
+    ``teacher``, time the family's teacher at this size too (``teacher_ms``: what a relative latency
+    budget such as "10x" divides)."""
     from slimface.compress.space import ConfigSpace
     from slimface.nn.super_layers import conv_choices
 

@@ -277,9 +277,10 @@ def test_int8_searched_student_keeps_fp32_the_convs_int8_slows(tiny_run, tmp_pat
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     t = json.loads(table.read_text())
     t["runtime"] = "ort-int8"
-    for site in t["sites"].values():
-        site["fp32_ms"] = site["ms"]
-        site["ms"] = [[(10.0 if site["op"] == "dwconv" else 0.1) * max(v, 1e-3) for v in row] for row in site["fp32_ms"]]
+    for site in t["sites"].values():  # flat per site, so every lookup (past the grid too) gives the same verdict
+        base = max(sum(map(sum, site["ms"])) / sum(map(len, site["ms"])), 1e-3)
+        site["fp32_ms"] = [[base] * len(row) for row in site["ms"]]
+        site["ms"] = [[(10.0 if site["op"] == "dwconv" else 0.1) * base] * len(row) for row in site["ms"]]
     table.write_text(json.dumps(t))
     proc = slimface("run", "--config", str(TINY), "--out", str(run), "--set", f"data.root={work / 'data'}",
                     "--set", "search.latency=1000ms", "--set", "search.runtime=ort-int8",

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from slimface.errors import SlimfaceError
+from slimface.errors import run_or_exit
 from slimface.evaluate.arch_bench import bench_report, run_student
 from slimface.nn.counts import format_count
 
@@ -46,10 +45,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="how PyTorch runs both models; several modes give one row each")
     p.add_argument("--out", type=Path, default=Path("bench_full_size.json"))
     args = p.parse_args(argv)
-    try:
-        return run(args)
-    except SlimfaceError as e:  # a run folder without a search or export: one line, exit 1
-        sys.exit(f"error: {e}")
+    return run_or_exit(lambda: run(args))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from slimface.errors import SlimfaceError
+from slimface.errors import run_or_exit
 
 
 def dense_config(fraction: float, model: str = "tpgan") -> dict[str, int]:
@@ -43,10 +42,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--out", type=Path, default=Path("int8_dense_students.json"))
     args = p.parse_args(argv)
-    try:
-        return run(args)
-    except SlimfaceError as e:
-        sys.exit(f"error: {e}")
+    return run_or_exit(lambda: run(args))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from slimface.errors import SlimfaceError
+from slimface.errors import run_or_exit
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -30,10 +29,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="the run's --set overrides")
     p.add_argument("--out", type=Path, default=Path("int8_scopes.json"))
     args = p.parse_args(argv)
-    try:
-        return run(args)
-    except SlimfaceError as e:
-        sys.exit(f"error: {e}")
+    return run_or_exit(lambda: run(args))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -15,25 +15,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from slimface.errors import ConfigError
+from slimface.errors import ConfigError, run_or_exit
 
 
 def student_of(run: Path, family: str, size: tuple[int, float] = (128, 1.0)) -> dict[str, Any]:
     """A finished run's searched student mapped to ``size``: config, design, fp32 modules, rank-1."""
     from slimface import stage_keys
 
-    from slimface.evaluate.arch_bench import run_student
+    from slimface.evaluate.arch_bench import read_run_json, run_student
 
     code, design = run_student(run, family, size)
-    try:
-        result = json.loads((run / family / "search" / "result.json").read_text())
-        ev = json.loads((run / "evaluate" / "results.json").read_text())
-    except FileNotFoundError as e:
-        raise ConfigError(f"{run}: {e.filename} is missing; finish the run (slimface run --out {run}) first") from None
+    result = read_run_json(run, family, "search", "result.json")
+    ev = read_run_json(run, "evaluate", "results.json")
     marker = stage_keys.read_marker(run, f"export.{family}") or {}
     judge = ev["primary_judge"]
     models = ev["models"]
@@ -62,10 +58,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--teacher", action="store_true", help="time the teacher in ONNX Runtime fp32 too")
     p.add_argument("--out", type=Path, default=Path("int8_student.json"))
     args = p.parse_args(argv)
-    try:
-        return run(args)
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
+    return run_or_exit(lambda: run(args))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

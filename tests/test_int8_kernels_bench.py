@@ -70,6 +70,7 @@ def test_dense_students_keep_the_asked_fraction_of_every_width(tmp_path: Path) -
 @pytest.mark.parametrize("name,args", [
     ("bench_full_size", ["--models", "tpgan", "--from-run", "{run}"]),
     ("int8_dense_students", ["--from-run", "{run}"]),
+    ("int8_student", ["--fp32-run", "{run}", "--int8-run", "{run}"]),
 ])
 def test_a_benchmark_on_an_unfinished_run_says_so_in_one_line(tmp_path: Path, name: str, args: list[str],
                                                               capsys: pytest.CaptureFixture[str]) -> None:

@@ -73,19 +73,26 @@ def build_pair(model: str, resolution: int, channels: int, width_mult: float,
     return teacher, static, space.encode(cfg)
 
 
+def read_run_json(run: Path, *parts: str) -> dict[str, Any]:
+    """A JSON file a finished run wrote (``run/parts...``); a missing one is a one-line ConfigError
+    that says to finish the run."""
+    import json
+
+    path = run.joinpath(*parts)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{run}: {path} is missing; finish the run (slimface run --out {run}) first") from None
+
+
 def run_student(run: Path, model: str, size: tuple[int, float] = (128, 1.0)) -> tuple[str, dict[str, Any]]:
     """A finished run's searched student mapped to ``size`` (default full size): its config string and
     its exported design (``separable``, ``max_kernel``), as :func:`build_pair` takes them; a run
     without a search result or export is a one-line ConfigError."""
-    import json
-
     from slimface.compress.extract import scale_config_to_full
 
-    try:
-        result = json.loads((run / model / "search" / "result.json").read_text())
-        arch = json.loads((run / model / "export" / "arch.json").read_text())["arch"]
-    except FileNotFoundError as e:
-        raise ConfigError(f"{run}: {e.filename} is missing; finish the run (slimface run --out {run}) first") from None
+    result = read_run_json(run, model, "search", "result.json")
+    arch = read_run_json(run, model, "export", "arch.json")["arch"]
     code = scale_config_to_full(model, result["config"], arch["resolution"], arch["channels"], arch["width_mult"],
                                 size, result.get("channel_multiple"))
     return code, {"separable": arch.get("separable", True), "max_kernel": arch.get("max_kernel")}

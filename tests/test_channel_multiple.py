@@ -28,8 +28,8 @@ def test_the_step_sets_every_prunable_groups_choices() -> None:
     fam = get_family("tpgan")
     net = build_supernet("tpgan", setting="none", **SIZE)
     coarse = ConfigSpace.from_supernet(fam, net)
-    net.channel_multiple = 4
-    fine = ConfigSpace.from_supernet(fam, net)
+    fine = ConfigSpace.from_supernet(fam, build_supernet("tpgan", setting="none", channel_multiple=4, **SIZE))
+    assert build_supernet("tpgan", setting="all", channel_multiple=4, **SIZE).channel_multiple == 4  # separable path too
     assert fine.groups == coarse.groups
     for g in fine.groups:
         full = coarse.choices[g][-1]
@@ -65,9 +65,9 @@ def test_the_pipeline_builds_its_supernet_with_the_step(tmp_path: Path) -> None:
 def test_a_latency_table_records_the_step_and_times_its_choices() -> None:
     """The table's design names the step (a cached table of another step is rebuilt), and the grid
     reaches the finer space's smallest widths instead of extrapolating below them."""
-    net = build_supernet("tpgan", setting="none", resolution=64, channels=3, width_mult=0.0625)
-    assert "channel_multiple" not in lt._design(net)
-    net.channel_multiple = 2
+    assert "channel_multiple" not in lt._design(build_supernet("tpgan", setting="none", resolution=64, channels=3,
+                                                               width_mult=0.0625))
+    net = build_supernet("tpgan", setting="none", resolution=64, channels=3, width_mult=0.0625, channel_multiple=2)
     assert lt._design(net) == {"separable": False, "channel_multiple": 2}
     table = lt.build_table("tpgan", 64, 3, 0.0625, "ort", max_grid=2, fit_subnets=0, separable=False,
                            channel_multiple=2, teacher=False)

@@ -454,8 +454,7 @@ class Pipeline:
         if s.separable == "auto":
             table = read_table(self.family_dir(family) / "sensitivity" / "sensitivity.json", family)
         supernet = build_supernet(family, d.resolution, d.channels, self.cfg.teacher(family).width_mult,
-                                  s.separable, table, s.separable_keep, s.max_kernel)
-        supernet.channel_multiple = s.channel_multiple
+                                  s.separable, table, s.separable_keep, s.max_kernel, s.channel_multiple)
         return supernet.to(self.device)
 
     def stage_sensitivity(self, family: str) -> dict[str, Any]:

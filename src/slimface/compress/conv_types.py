@@ -119,16 +119,16 @@ def select_separable(model: nn.Module, setting: SeparableSetting, family: str = 
 
 def build_supernet(family: str, resolution: int, channels: int, width_mult: float,
                    setting: SeparableSetting = "all", table: Mapping[str, Any] | None = None,
-                   keep: float = 0.25, max_kernel: int | None = None) -> Generator:
+                   keep: float = 0.25, max_kernel: int | None = None,
+                   channel_multiple: int | None = None) -> Generator:
     """The student supernet of ``family`` with the conv types ``setting`` picks (built all-separable
     once, then the convs left normal are swapped; ``all`` is exactly the family's student;
-    ``search`` makes every convertible conv a choice of both types) and its kernels capped at
-    ``max_kernel`` (None: the family's)."""
-    if setting == "none":
-        return build_generator(family, resolution, channels, width_mult, separable=False, max_kernel=max_kernel)
-    if setting == SEARCH:
-        return build_generator(family, resolution, channels, width_mult, separable=SEARCH, max_kernel=max_kernel)
-    net = build_generator(family, resolution, channels, width_mult, separable=True)
+    ``search`` makes every convertible conv a choice of both types), its kernels capped at
+    ``max_kernel`` (None: the family's) and its width choices in steps of ``channel_multiple``."""
+    if setting in ("none", SEARCH):
+        return build_generator(family, resolution, channels, width_mult, separable=SEARCH if setting == SEARCH else False,
+                               max_kernel=max_kernel, channel_multiple=channel_multiple)
+    net = build_generator(family, resolution, channels, width_mult, separable=True, channel_multiple=channel_multiple)
     chosen = select_separable(net, setting, family, table, keep)
     if chosen is not True:
         net.separable = set_conv_types(net, chosen or [])

@@ -49,8 +49,8 @@ def student_space(model: str, resolution: int, channels: int, width_mult: float,
     """The family's supernet at this size (conv types ``separable``: all by default, ``"search"``
     for searched types) and its student design space (from its declarative spec, in width steps of
     ``channel_multiple`` channels when given)."""
-    supernet = build_generator(model, resolution, channels, width_mult, separable=separable)
-    supernet.channel_multiple = channel_multiple
+    supernet = build_generator(model, resolution, channels, width_mult, separable=separable,
+                               channel_multiple=channel_multiple)
     return supernet, ConfigSpace.from_supernet(get_family(model), supernet)
 
 

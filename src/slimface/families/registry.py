@@ -42,7 +42,7 @@ def family_names() -> list[str]:
 
 def build_generator(name: str, resolution: int = 128, channels: int = 3, width_mult: float = 1.0,
                     separable: bool | str | Sequence[str] = False, sub: Mapping[str, int] | None = None,
-                    max_kernel: int | None = None) -> "Generator":
+                    max_kernel: int | None = None, channel_multiple: int | None = None) -> "Generator":
     """Build a generator; ``separable``/``sub`` give the student supernet / a static sub-network.
 
     ``separable``: True splits every convertible conv (the family's student), False none (the
@@ -51,7 +51,8 @@ def build_generator(name: str, resolution: int = 128, channels: int = 3, width_m
     family needs to know about conv-type mixes. ``"search"`` makes every convertible conv a choice
     of both types (:func:`slimface.models.blocks.make_conv_choices`: the supernet of
     ``student.separable: search``). ``max_kernel`` caps every larger odd conv kernel
-    (:func:`slimface.models.blocks.cap_kernels`: ``student.max_kernel``)."""
+    (:func:`slimface.models.blocks.cap_kernels`: ``student.max_kernel``); ``channel_multiple`` is a
+    supernet's width step (``student.channel_multiple``), which its design space reads."""
     if resolution not in (64, 128):
         raise ConfigError(f"resolution must be 64 or 128, got {resolution}")
     search = separable == "search"
@@ -68,6 +69,7 @@ def build_generator(name: str, resolution: int = 128, channels: int = 3, width_m
 
         gen.separable = set_conv_types(gen, list(separable))  # type: ignore[arg-type]
     gen.cap_kernels(max_kernel)
+    gen.channel_multiple = channel_multiple
     return gen
 
 

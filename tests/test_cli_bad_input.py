@@ -218,6 +218,7 @@ CASES: list[tuple[str, list[str], str, tuple[str, ...]]] = [
     ("latency-factor", [*SEARCH, "--latency", "0.5x"], "a factor of the teacher's latency must be above 1", ()),
     ("latency-malformed", [*SEARCH, "--latency", "soon"], "search.latency must be a duration like 15ms or a factor", ()),
     ("latency-size", [*SEARCH, "--latency", "10x", "--latency-size", "96x1"], "search.latency_size '96x1' is unknown", ()),
+    ("search-threads", [*SEARCH, "--set", "search.threads=0"], "search.threads must be a thread count >= 1", ()),
     # --- checkpoints of another architecture / resolution / format
     ("ckpt-other-family", teacher_ckpt("{fx}/crgan.safetensors"), "they belong to another architecture", ()),
     ("ckpt-other-width", teacher_ckpt("{fx}/tpgan_w0125.safetensors"), "another architecture, width or resolution", ()),

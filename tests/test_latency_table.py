@@ -73,6 +73,19 @@ def test_the_table_times_the_teacher_for_relative_budgets(torch_table: LatencyTa
     assert SearchConfig(latency_size="64x0.5").latency_at() == (64, 0.5)
 
 
+def test_the_search_key_names_its_table_threads_only_off_the_default() -> None:
+    """search.threads (the threads its latency table is timed on) is a search setting: a table of
+    other threads prices other candidates, so the search re-runs; at 1 it stays out of the key."""
+    from slimface.config import load_config
+    from slimface.pipeline_config import PipelineConfig
+    from slimface.stage_keys import own_settings
+
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    one, two = (own_settings(load_config(PipelineConfig, tiny, {"search": {"latency": "10x", "threads": t}}),
+                             "search.tpgan") for t in (1, 2))
+    assert "threads" not in one["search"] and two["search"]["threads"] == 2
+
+
 def test_candidates_priced_at_another_size(tmp_path: Path) -> None:
     """search.latency_size: a config of the small supernet is priced as the same design at another size
     (its widths keep their fractions), from a table of that size cached under its own name, rebuilt

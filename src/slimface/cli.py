@@ -78,6 +78,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         args.set = list(args.set or []) + [f"search.runtime={args.runtime}"]
     if args.latency_size:
         args.set = list(args.set or []) + [f"search.latency_size={args.latency_size}"]
+    if args.threads:
+        args.set = list(args.set or []) + [f"search.threads={args.threads}"]
     return _run_pipeline(args, ["search"], force=True)
 
 
@@ -307,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--runtime", choices=["torch", "ort", "ort-int8"], help="runtime of --latency (default ort)")
     s.add_argument("--latency-size", help="price candidates at this size: run (default), full (128x128, official "
                                           "widths: where a small preset's student is deployed) or e.g. 128x0.5")
+    s.add_argument("--threads", type=int, help="threads the latency table is timed on: the deployment's (default 1)")
     s.set_defaults(func=cmd_search)
 
     sn = sub.add_parser("sensitivity", help="score each single change of the teacher (one conv made separable, "

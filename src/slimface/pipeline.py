@@ -659,7 +659,7 @@ class Pipeline:
             from slimface.deploy.latency_table import parse_latency, search_latency_model
 
             factor = sc.latency_factor()
-            latency_fn = search_latency_model(family, supernet, sc.runtime, self.cfg.bench.threads or 1,
+            latency_fn = search_latency_model(family, supernet, sc.runtime, sc.threads,
                                               sc.latency_table, out, _say, size=sc.latency_at(),
                                               need_teacher=factor is not None,
                                               int8_where_faster=self.cfg.deploy.int8_nodes == "faster")
@@ -751,7 +751,7 @@ class Pipeline:
                 from slimface.deploy.latency_table import slow_int8_modules
 
                 sc = self.cfg.search
-                fp32_modules = slow_int8_modules(family, supernet, cfg, self.cfg.bench.threads or 1,
+                fp32_modules = slow_int8_modules(family, supernet, cfg, sc.threads,
                                                  sc.latency_table if sc.runtime == "ort-int8" else None,
                                                  self.family_dir(family) / "search", _say, size=sc.latency_at())
             info.update(self._deploy(student, out, fp32_modules))

@@ -178,7 +178,7 @@ MOBILE_SETTINGS = ("mobile_teacher", "mobile_steps", "mobile_gap", "mobile_eval_
 #: before them did): earlier runs keep their keys
 STUDENT_DEFAULTS_OUT_OF_KEYS = {"seed": 0, "identity_lowpass": False, "max_kernel": None, "channel_multiple": None}
 #: ``search`` settings left out of the search key at these values (what every run before them did)
-SEARCH_DEFAULTS_OUT_OF_KEYS = {"latency_size": "run"}
+SEARCH_DEFAULTS_OUT_OF_KEYS = {"latency_size": "run", "threads": 1}
 #: ``student`` settings that make the student's design (which convs split, which kernels capped, which
 #: widths are choices)
 DESIGN_PREFIXES = ("separable", "max_kernel", "channel_multiple")

@@ -275,6 +275,9 @@ class SearchConfig:
     # the size candidates are priced at: "run" (the supernet's own), "full" (128x128 at the family's
     # official widths, where a small preset's student is deployed) or "RESOLUTIONxWIDTH" ("64x0.5")
     latency_size: str = "run"
+    # the threads the latency table is timed on: the thread count the student will be deployed with
+    # (also where deploy.int8_nodes: faster reads which convs int8 slows down)
+    threads: int = 1
 
     def latency_at(self) -> tuple[int, float] | None:
         """(resolution, width multiplier) of ``latency_size``; None for the run's own size."""
@@ -303,6 +306,7 @@ class SearchConfig:
               f"search.latency_size {self.latency_size!r} is unknown; use run, full or RESOLUTIONxWIDTH like 128x1.0")
         check(self.latency_at() is None or 0 < self.latency_at()[1] <= 4,  # type: ignore[index]
               f"search.latency_size {self.latency_size!r}: the width must be in (0, 4]")
+        check(self.threads >= 1, f"search.threads must be a thread count >= 1, got {self.threads}")
         check(self.population >= 2, f"search.population must be at least 2, got {self.population}")
         check(self.generations >= 0, f"search.generations must be >= 0, got {self.generations}")
         check(0 < self.parent_ratio <= 1, f"search.parent_ratio must be in (0, 1], got {self.parent_ratio}")

@@ -217,6 +217,7 @@ CASES: list[tuple[str, list[str], str, tuple[str, ...]]] = [
     ("budget-factor", [*SEARCH, "--budget", "0.5x"], "a reduction factor must be above 1", ()),
     ("latency-factor", [*SEARCH, "--latency", "0.5x"], "a factor of the teacher's latency must be above 1", ()),
     ("latency-malformed", [*SEARCH, "--latency", "soon"], "search.latency must be a duration like 15ms or a factor", ()),
+    ("latency-zero", [*SEARCH, "--latency", "0ms"], "search.latency '0ms' must be a positive duration", ()),
     ("latency-size", [*SEARCH, "--latency", "10x", "--latency-size", "96x1"], "search.latency_size '96x1' is unknown", ()),
     ("search-threads", [*SEARCH, "--set", "search.threads=0"], "search.threads must be a thread count >= 1", ()),
     # --- checkpoints of another architecture / resolution / format

@@ -10,6 +10,7 @@ torch): a run config loads, and every mistake in it is reported, before any heav
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Optional, Union
@@ -252,6 +253,26 @@ class Budget(str):
         return f"{format_count(macs)} ({self} of the teacher)" if self.factor is not None else format_count(macs)
 
 
+def parse_latency(text: str | float | int) -> float:
+    """'15ms' / '0.015s' / '15' (ms) -> milliseconds; raises ConfigError otherwise."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text)
+    else:
+        s = str(text).strip().lower().replace(" ", "")
+        scale = 1.0
+        for suffix, mult in (("ms", 1.0), ("us", 1e-3), ("s", 1000.0)):
+            if s.endswith(suffix):
+                s, scale = s[: -len(suffix)], mult
+                break
+        try:
+            value = float(s) * scale
+        except ValueError:
+            raise ConfigError(f"latency {text!r} is not a duration; use e.g. 15ms or 0.015s") from None
+    if not value > 0 or not math.isfinite(value):
+        raise ConfigError(f"latency {text!r} must be a positive duration, e.g. 15ms")
+    return value
+
+
 @dataclass
 class SearchConfig:
     """The search stage (``search:``): the budget, the evolutionary search (reference defaults:
@@ -301,6 +322,11 @@ class SearchConfig:
               f"got {self.latency!r}")
         check(self.latency_factor() is None or self.latency_factor() > 1,  # type: ignore[operator]
               f"search.latency {self.latency!r}: a factor of the teacher's latency must be above 1, e.g. 10x")
+        if self.latency is not None and self.latency_factor() is None:
+            try:
+                parse_latency(self.latency)
+            except ConfigError as e:
+                raise ConfigError(f"search.{e}") from None
         check(self.latency_size in ("run", "full")
               or bool(re.fullmatch(r"(64|128)x[0-9]*\.?[0-9]+", self.latency_size.lower())),
               f"search.latency_size {self.latency_size!r} is unknown; use run, full or RESOLUTIONxWIDTH like 128x1.0")
@@ -315,4 +341,5 @@ class SearchConfig:
         check(self.val_batches >= 1 and self.bn_batches >= 1, "search.val_batches and bn_batches must be >= 1")
 
 
-__all__ = ["Budget", "DistillConfig", "FinetuneConfig", "GanMode", "OFAConfig", "SEPARABLE_CHOICES", "SearchConfig"]
+__all__ = ["Budget", "DistillConfig", "FinetuneConfig", "GanMode", "OFAConfig", "SEPARABLE_CHOICES", "SearchConfig",
+           "parse_latency"]

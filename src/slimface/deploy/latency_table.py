@@ -26,7 +26,6 @@ import datetime as _dt
 import fnmatch
 import itertools
 import json
-import math
 import platform
 import statistics
 import tempfile
@@ -41,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimface.compress.config import parse_latency
 from slimface.errors import CheckpointError, ConfigError
 
 __all__ = [
@@ -67,26 +67,6 @@ __all__ = [
 
 RUNTIMES = ("torch", "ort", "ort-int8")
 SCHEMA = "slimface.latency_table/1"
-
-
-def parse_latency(text: str | float | int) -> float:
-    """'15ms' / '0.015s' / '15' (ms) -> milliseconds; raises ConfigError otherwise."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        value = float(text)
-    else:
-        s = str(text).strip().lower().replace(" ", "")
-        scale = 1.0
-        for suffix, mult in (("ms", 1.0), ("us", 1e-3), ("s", 1000.0)):
-            if s.endswith(suffix):
-                s, scale = s[: -len(suffix)], mult
-                break
-        try:
-            value = float(s) * scale
-        except ValueError:
-            raise ConfigError(f"latency {text!r} is not a duration; use e.g. 15ms or 0.015s") from None
-    if not value > 0 or not math.isfinite(value):
-        raise ConfigError(f"latency {text!r} must be a positive duration, e.g. 15ms")
-    return value
 
 
 def check_runtime(runtime: str) -> str:

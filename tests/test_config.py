@@ -60,6 +60,20 @@ def test_load_yaml_file_and_overrides(tmp_path: Path) -> None:
     assert cfg.steps == 4 and cfg.inner.lr == 0.5
 
 
+def test_an_inline_section_changes_only_the_keys_it_names(tmp_path: Path) -> None:
+    """``--set 'inner={betas: [0, 0.9]}'`` keeps the file's ``inner.lr``; lists and scalars replace."""
+    p = tmp_path / "c.yaml"
+    p.write_text("steps: 4\ninner:\n  lr: 0.1\n  betas: [0.5, 0.9, 0.99]\n")
+    cfg = load_config(Outer, p, {"inner": {"betas": [0.0, 0.9]}})
+    assert cfg.inner.lr == 0.1 and cfg.inner.betas == [0.0, 0.9] and cfg.steps == 4
+    quick = Path(__file__).resolve().parents[1] / "configs" / "quick.yaml"
+    from slimface.pipeline_config import PipelineConfig
+
+    q = load_config(PipelineConfig, quick, {"teachers": {"tpgan": {"finetune": {"train": {"steps": 5}}}}})
+    assert q.finetune_for("tpgan").train.steps == 5 and q.finetune_for("tpgan").train.lr == 2e-4
+    assert q.teacher("tpgan").pretrained and q.student_for("tpgan").supernet_pretrained  # the rest of the section
+
+
 def test_missing_and_broken_yaml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(Outer, tmp_path / "nope.yaml")

@@ -81,7 +81,7 @@ def test_the_search_key_names_its_table_threads_only_off_the_default() -> None:
     from slimface.stage_keys import own_settings
 
     tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
-    one, two = (own_settings(load_config(PipelineConfig, tiny, {"search": {"latency": "10x", "threads": t}}),
+    one, two = (own_settings(load_config(PipelineConfig, tiny, {"search.latency": "10x", "search.threads": t}),
                              "search.tpgan") for t in (1, 2))
     assert "threads" not in one["search"] and two["search"]["threads"] == 2
 

@@ -192,15 +192,24 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _merged(old: Any, new: Any) -> Any:
+    """``new`` over ``old``: mappings merge key by key (recursively), anything else replaces."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return {**old, **{k: _merged(old.get(k), v) for k, v in new.items()}}
+    return new
+
+
 def load_config(cls: type[T], path: str | Path, overrides: dict[str, Any] | None = None) -> T:
-    """Load ``cls`` from a YAML file, with optional dotted-key overrides (``{"train.steps": 5}``)."""
+    """Load ``cls`` from a YAML file, with optional dotted-key overrides (``{"train.steps": 5}``). A
+    mapping value merges into the file's section (``{"train": {"steps": 5}}`` keeps the file's
+    ``train.lr``), so a section given inline changes only the keys it names."""
     data = load_yaml(path)
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = value
+        node[leaf] = _merged(node.get(leaf), value)
     return from_dict(cls, data, where=str(Path(path).name))
 
 

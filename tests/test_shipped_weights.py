@@ -30,7 +30,7 @@ from slimface import shipped, shipped_pack
 from slimface import stage_keys as K
 from slimface.config import load_config
 from slimface.data.synth import SynthConfig, data_fingerprint, render_dataset
-from slimface.errors import CheckpointError
+from slimface.errors import CheckpointError, ConfigError
 from slimface.pipeline_config import PipelineConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -193,6 +193,38 @@ def test_pretrained_false_trains_the_teacher(runs: dict) -> None:
     teacher = runs["out"] / "tpgan" / "teacher"
     assert list((teacher / "checkpoints").glob("ckpt_*.pt"))
     assert "origin" not in K.read_marker(runs["out"], "teacher.tpgan")["outputs"]
+
+
+def test_init_shipped_continues_training_from_the_shipped_networks(runs: dict, tmp_path: Path) -> None:
+    """teachers.<f>.init_shipped: the run's teacher trains, starting from the verified shipped generator
+    and discriminator (at a vanishing lr its parameters stay the shipped ones; trained from scratch
+    they do not); the key names the files' content, and the report says where training started."""
+    from safetensors.torch import load_file
+
+    shipped_gen = load_file(str(runs["weights"] / "tpgan.generator.safetensors"))
+    sets = [*runs["data"], "--set", f"weights={runs['weights']}", "--set", "recognizer.pretrained=true",
+            "--set", "judge.pretrained=true", "--set", "judge.dlib=false", "--set", "teachers.tpgan.train.steps=2",
+            "--set", "teachers.tpgan.train.lr=1e-12", "--no-progress"]
+    far = {}
+    for name, init in (("init", "true"), ("scratch", "false")):
+        out = tmp_path / name
+        log = _ok(slimface("run", "--config", str(TINY), "--out", str(out), *sets, "--set",
+                           f"teachers.tpgan.init_shipped={init}", "--only", "data", "recognizer", "judge", "teacher",
+                           "report", cwd=runs["work"]))
+        assert "step 2/2" in log and ("starts from shipped" in log) == (init == "true")
+        gen = load_file(str(out / "tpgan" / "teacher" / "generator.safetensors"))
+        params = [k for k in shipped_gen if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+        far[name] = max(float((gen[k] - shipped_gen[k]).abs().max()) for k in params)
+    assert far["init"] < 1e-6 < far["scratch"], far
+    marker = K.read_marker(tmp_path / "init", "teacher.tpgan")
+    manifest = json.loads((runs["weights"] / "manifest.json").read_text())
+    assert marker["settings"]["teachers.tpgan"]["init_shipped"].startswith(
+        manifest["files"]["tpgan.generator.safetensors"]["sha256"][:16])
+    assert marker["outputs"]["init"]["teacher generator"]["file"].endswith("tpgan.generator.safetensors")
+    report = (tmp_path / "init" / "report" / "report.md").read_text()
+    assert f"trained in this run from shipped `{runs['weights'] / 'tpgan.generator.safetensors'}`" in report
+    with pytest.raises(ConfigError, match="init_shipped trains from the shipped weights; it excludes pretrained"):
+        _cfg(runs, **{"teachers.tpgan.init_shipped": True})
 
 
 def test_a_changed_byte_is_refused(runs: dict, tmp_path: Path) -> None:

@@ -422,6 +422,14 @@ class Pipeline:
         gen = fam.build_generator(resolution=d.resolution, channels=d.channels, width_mult=t.width_mult,
                                   separable=False, sub=None)
         disc = fam.build_discriminator(resolution=d.resolution, channels=d.channels, width_mult=t.width_mult)
+        init: dict[str, Any] = {}
+        if t.init_shipped:  # continued pretraining: start from the verified shipped networks
+            from slimface.shipped import verified
+
+            for slot, module, record in verified(self, f"teacher.{family}"):
+                (gen if slot.part == "generator" else disc).load_state_dict(module.state_dict())
+                init[slot.role] = record
+                _say(f"  {slot.label}: starts from shipped {record['file']} (sha256 {record['sha256'][:12]}), verified")
         gen, disc = gen.to(self.device), disc.to(self.device)
         task = fam.make_teacher_task(gen, disc, recognizer=self.recognizer,
                                      num_subjects=len(self.data.subject_labels), loss=t.loss, lr=t.train.lr,
@@ -430,7 +438,7 @@ class Pipeline:
         metrics = Trainer(task, self.pair_dataset(self.data.train_pairs), self.train_config(t.train, out, 2)).fit()
         save_weights(gen, out / "generator.safetensors")
         save_weights(disc, out / "discriminator.safetensors")
-        return {"final": metrics}
+        return {"final": metrics, **({"init": init} if init else {})}
 
     def _teacher_disc(self, family: str) -> nn.Module:
         from slimface.families import get_family

@@ -111,6 +111,9 @@ class TeacherSettings:
     # instead of training: the shipped generator + discriminator in ``weights`` (slimface.shipped);
     # --set teachers.<family>.pretrained=false trains the teacher in this run
     pretrained: bool = False
+    # train this run's teacher *from* the shipped generator + discriminator (verified as pretrained
+    # checks them) for train.steps more steps: pretraining continued without its checkpoints
+    init_shipped: bool = False
     # the family's loss weights: a mapping in the file, loaded into the family's ``loss_config``
     # dataclass by PipelineConfig.validate (unknown keys and wrong types fail at load time)
     loss: Any = field(default_factory=dict)
@@ -193,6 +196,9 @@ class PipelineConfig:
         for name in [*self.teachers, *(f for f in self.families if f not in self.teachers)]:
             t = self.teachers.setdefault(name, TeacherSettings())
             _check_width(t.width_mult, f"teachers.{name}.width_mult")
+            check(not (t.init_shipped and (t.pretrained or t.checkpoint)),
+                  f"teachers.{name}.init_shipped trains from the shipped weights; it excludes pretrained (which "
+                  f"loads them without training) and checkpoint: set those to false/null")
             check(0 <= t.lr_decay_steps <= t.train.steps,
                   f"teachers.{name}.lr_decay_steps must lie in [0, train.steps = {t.train.steps}], "
                   f"got {t.lr_decay_steps}")

@@ -359,6 +359,12 @@ def stage_key_part(cfg: Any, stage: str) -> str | None:
     slots = slots_of(stage)
     if not slots or not slots[0].switched_on(cfg):
         return None
+    return files_digest(cfg, stage)
+
+
+def files_digest(cfg: Any, stage: str) -> str:
+    """The manifest's sha256 of each shipped file of ``stage`` (16 hex digits each, joined by ``+``)."""
+    slots = slots_of(stage)
     weights = Path(getattr(cfg, "weights", "weights"))
     try:
         files = json.loads((weights / MANIFEST).read_text()).get("files") or {}
@@ -367,23 +373,33 @@ def stage_key_part(cfg: Any, stage: str) -> str | None:
     return "+".join(str((files.get(s.file) or {}).get("sha256", "missing"))[:16] for s in slots)
 
 
-def install(pipe: "Pipeline", stage: str, say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Verify the shipped files of ``stage`` against this run's config and write them (fp32) where the
-    stage would have written its own; returns the stage's outputs (``origin: shipped``)."""
-    from slimface.train.checkpoint import save_weights
-
+def verified(pipe: "Pipeline", stage: str) -> list[tuple[Slot, "nn.Module", dict[str, Any]]]:
+    """Each shipped network of ``stage``, checked against this run's config (data, architecture,
+    checksum) and loaded (fp32): its slot, the network and its record (file, sha256, dtype)."""
     weights = Path(pipe.cfg.weights)
     manifest = read_manifest(weights)
-    files: dict[str, Any] = {}
+    out = []
     for slot in slots_of(stage):
         entry = manifest_entry(manifest, slot, weights)
         module = check_against(pipe, entry, slot, str(weights / slot.file))
         state, sha = load_file_checked(weights, entry, slot)
         module.load_state_dict(state)
+        out.append((slot, module, {"file": str(weights / slot.file), "sha256": sha, "dtype": entry.get("dtype")}))
+    return out
+
+
+def install(pipe: "Pipeline", stage: str, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Verify the shipped files of ``stage`` against this run's config and write them (fp32) where the
+    stage would have written its own; returns the stage's outputs (``origin: shipped``)."""
+    from slimface.train.checkpoint import save_weights
+
+    files: dict[str, Any] = {}
+    for slot, module, record in verified(pipe, stage):
         save_weights(module, slot.run_path(pipe.out))
-        files[slot.role] = {"file": str(weights / slot.file), "sha256": sha, "dtype": entry.get("dtype")}
-        say(f"[{stage}] {slot.label}: shipped {weights / slot.file} (sha256 {sha[:12]}, "
-            f"{entry.get('dtype', 'float32')}), verified; not trained in this run")
+        files[slot.role] = record
+        say(f"[{stage}] {slot.label}: shipped {record['file']} (sha256 {record['sha256'][:12]}, "
+            f"{record['dtype'] or 'float32'}), verified; not trained in this run")
+    weights = Path(pipe.cfg.weights)
     return {"origin": "shipped", "manifest": str(weights / MANIFEST), "manifest_sha256": manifest_digest(weights),
             "files": files}
 
@@ -399,7 +415,9 @@ def origin_text(outputs: Mapping[str, Any] | None, trained_file: str | None, kin
                 f"sha256 `{str(outputs.get('manifest_sha256'))[:12]}`)")
     if outputs.get("source"):
         return f"given file `{outputs['source']}`"
-    return "trained in this run" + (f": `{trained_file}`" if trained_file else "")
+    start = ((outputs.get("init") or {}).get(f"{kind} generator") or {}).get("file")
+    return ("trained in this run" + (f" from shipped `{start}`" if start else "")
+            + (f": `{trained_file}`" if trained_file else ""))
 
 
 # ----------------------------------------------------------------------------------------- pack

@@ -124,6 +124,10 @@ def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
             teacher.pop(recipe, None)
         if not teacher.get("lr_decay_steps"):  # constant lr, the default: older runs keep their keys
             teacher.pop("lr_decay_steps", None)
+        if teacher.pop("init_shipped", False):  # the start is the shipped files' content
+            from slimface.shipped import files_digest
+
+            teacher["init_shipped"] = files_digest(c, stage)
         s = {f"teachers.{fam}": teacher, "seed": c.seed}
     elif kind == "sensitivity":
         student = _without_conv_types(_student_without_defaults(to_dict(c.student_for(fam))), "auto")
@@ -658,7 +662,7 @@ def provenance(out: str | Path, families: Sequence[str]) -> dict[str, dict[str, 
 
 
 def _origin(outputs: dict[str, Any]) -> dict[str, Any]:
-    return {k: outputs[k] for k in ("origin", "manifest", "manifest_sha256", "files", "source") if k in outputs}
+    return {k: outputs[k] for k in ("origin", "manifest", "manifest_sha256", "files", "source", "init") if k in outputs}
 
 
 def output_paths_exist(marker: dict[str, Any], out: str | Path) -> list[str]:

@@ -299,6 +299,32 @@ def test_output_distillation_term_matches_l1_to_the_teacher_image() -> None:
     assert "teacher" not in without
 
 
+def test_the_identity_term_matches_the_truth_or_the_teachers_output() -> None:
+    """student.identity_target: the recognizer features of the ground truth (default) or of the
+    teacher's image; the teacher target without a teacher image is a one-line ConfigError."""
+    torch.manual_seed(0)
+    fake, target, t_out = (torch.rand(2, 3, 8, 8) for _ in range(3))
+
+    class Recognizer(nn.Module):
+        def embed(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean(dim=(2, 3))
+
+    def id_term(target_kind: str, teacher_out: torch.Tensor | None) -> float:
+        cfg = DistillConfig(recon_weight=0.0, gan_weight=0.0, distill_weight=0.0, identity_weight=1.0,
+                            identity_target=target_kind)
+        cfg.validate()
+        loss = DistillLoss(cfg, conditional=True, recognizer=Recognizer())
+        return loss.generator_loss(None, fake, fake, target, None, None, teacher_out)[1]["id"]
+
+    emb = Recognizer().embed
+    assert id_term("truth", t_out) == pytest.approx(float((emb(fake) - emb(target)).abs().mean()))
+    assert id_term("teacher", t_out) == pytest.approx(float((emb(fake) - emb(t_out)).abs().mean()))
+    with pytest.raises(ConfigError, match="identity_target: teacher needs the teacher's output"):
+        id_term("teacher", None)
+    with pytest.raises(ConfigError, match="student.identity_target 'frontal'"):
+        DistillConfig(identity_target="frontal").validate()  # type: ignore[arg-type]
+
+
 def test_budget_sampling_trains_sub_networks_under_a_mac_target() -> None:
     """sampling='budget': every step's sub-network fits the budget (conv MACs), the targets vary,
     and a budget below the smallest sub-network is a one-line ConfigError."""

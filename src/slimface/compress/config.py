@@ -44,6 +44,10 @@ class DistillConfig:
     gan_weight: float = 1.0
     identity_weight: float = 0.0
     identity_lowpass: bool = False  # the identity term reads both images through a binomial low-pass
+    # whose recognizer features the identity term matches: the ground-truth frontal ("truth"), or the
+    # teacher's output ("teacher": the student imitates the identity the teacher keeps, which it can
+    # reach, instead of chasing what the loss recognizer alone separates)
+    identity_target: Literal["truth", "teacher"] = "truth"
     gan_mode: Optional[GanMode] = None  # None: the family's own (bce; wgan-gp for crgan)
     gp_weight: float = 10.0
 
@@ -51,6 +55,8 @@ class DistillConfig:
         for name in ("recon_weight", "teacher_weight", "distill_weight", "gan_weight", "identity_weight", "gp_weight"):
             v = getattr(self, name)
             check(v >= 0, f"student.{name} must be >= 0, got {v}")
+        check(self.identity_target in ("truth", "teacher"),
+              f"student.identity_target {self.identity_target!r}: use 'truth' or 'teacher'")
         check(self.gan_mode in (None, "bce", "wgan-gp"), f"student.gan_mode {self.gan_mode!r}: use 'bce' or 'wgan-gp'")
 
 

@@ -227,7 +227,10 @@ class DistillLoss:
             parts["distill"] = distill_loss(mapped, teacher_feats)
         if c.identity_weight > 0:
             assert self.recognizer is not None
-            parts["id"] = L.identity_loss(self.recognizer.embed, fake, target, c.identity_lowpass)  # type: ignore[operator]
+            ref = target if c.identity_target == "truth" else teacher_out
+            if ref is None:
+                raise ConfigError("student.identity_target: teacher needs the teacher's output; this stage has no teacher")
+            parts["id"] = L.identity_loss(self.recognizer.embed, fake, ref, c.identity_lowpass)  # type: ignore[operator]
         weights = {"recon": c.recon_weight, "teacher": c.teacher_weight, "gan_g": c.gan_weight,
                    "distill": c.distill_weight, "id": c.identity_weight}
         total = sum(weights[k] * v for k, v in parts.items())

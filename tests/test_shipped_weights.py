@@ -323,6 +323,7 @@ def test_stage_keys_ignore_the_off_switches(runs: dict) -> None:
     for stage in ("recognizer", "judge", "teacher.tpgan", "evaluate"):
         text = json.dumps(K.own_settings(off, stage))
         assert "pretrained" not in text and '"weights"' not in text  # keys of older runs do not change
+        assert "init_shipped" not in text
     on = _cfg(runs)
     teacher = K.own_settings(on, "teacher.tpgan")
     assert "train" not in teacher["teachers.tpgan"] and teacher["pretrained"].count("+") == 1

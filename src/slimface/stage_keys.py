@@ -235,8 +235,9 @@ def _without_run_fields(obj: Any, parent: str = "") -> Any:
 
 
 def _without_off_switches(obj: Any, top: bool = True) -> Any:
-    """``obj`` minus ``pretrained: false``, ``init_shipped: false`` and the top-level ``weights`` folder: settings that change
-    nothing while no stage uses shipped weights stay out of every key (older runs keep their keys)."""
+    """``obj`` minus ``pretrained: false``, ``init_shipped: false`` and the top-level ``weights``
+    folder: settings that change nothing while no stage uses shipped weights stay out of every key
+    (older runs keep their keys)."""
     if isinstance(obj, dict):
         return {k: _without_off_switches(v, False) for k, v in obj.items()
                 if not (k in ("pretrained", "init_shipped") and v is False) and not (top and k == "weights")}

@@ -124,7 +124,7 @@ def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
             teacher.pop(recipe, None)
         if not teacher.get("lr_decay_steps"):  # constant lr, the default: older runs keep their keys
             teacher.pop("lr_decay_steps", None)
-        if teacher.get("init_shipped"):  # keyed by the shipped files. content; false goes with the off switches
+        if teacher.get("init_shipped"):  # keyed by the shipped files' content; false goes with the off switches
             from slimface.shipped import files_digest
 
             teacher["init_shipped"] = files_digest(c, stage)

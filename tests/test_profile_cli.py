@@ -59,6 +59,21 @@ def test_bench_report_protocol_fields() -> None:
     assert r["teacher_counts"]["macs"] > r["student_counts"]["macs"]
 
 
+def test_bench_report_batch_repeats_the_input_and_counts_macs_per_image() -> None:
+    one = bench_report("crgan", resolution=64, width_mult=0.125, student="smallest", warmup=0, runs=1, threads=1)
+    four = bench_report("crgan", resolution=64, width_mult=0.125, student="smallest", warmup=0, runs=1, threads=1,
+                        batch=4)
+    assert (one["batch"], four["batch"]) == (1, 4)
+    assert four["teacher_counts"] == one["teacher_counts"] and four["student_counts"] == one["student_counts"]
+    for key in ("teacher", "student"):  # four images' activations live at once
+        assert four[key]["activation_peak_mb"] > 2 * one[key]["activation_peak_mb"]
+
+
+def test_bench_cli_refuses_a_batch_below_one(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "crgan", "--resolution", "64", "--width-mult", "0.125", "--batch", "0"]) == 2
+    assert "--batch 0" in capsys.readouterr().err
+
+
 def test_bench_refuses_a_gpu_that_is_not_there() -> None:
     import torch
 
@@ -128,7 +143,27 @@ def test_bench_cli_runtimes_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert "runtimes" not in json.loads(capsys.readouterr().out)
 
 
-def test_bench_runtimes_refuses_a_gpu_device(capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_runtimes_on_a_missing_gpu_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
     assert main(["bench", "crgan", "--resolution", "64", "--runtimes", "--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "--runtimes" in err and len(err.splitlines()) == 1
+    assert "no GPU" in err and len(err.splitlines()) == 1
+
+
+def test_ort_providers_prefer_tensorrt_then_cuda_and_refuse_a_cpu_only_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime as ort
+
+    from slimface.deploy.runtime import ort_providers
+
+    assert ort_providers("cpu") == ["CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "TensorrtExecutionProvider", "CPUExecutionProvider"])
+    assert ort_providers("cuda") == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert ort_providers("cuda:1") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(ConfigError, match="onnxruntime-gpu"):
+        ort_providers("cuda")

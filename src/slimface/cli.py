@@ -190,13 +190,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.model, resolution=args.resolution, width_mult=args.width_mult, student=args.student,
         warmup=args.warmup, runs=args.runs, threads=args.threads, device=args.device,
         runtimes=args.runtimes, fold_bn=not args.no_fold_bn, torch_mode=args.torch_mode,
-        max_kernel=args.max_kernel,
+        max_kernel=args.max_kernel, batch=args.batch,
     )
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         t, s = report["teacher"], report.get("student")
-        print(f"PyTorch {report['torch_mode']}, {report['threads']} thread(s), {report['machine'].get('cpu')}")
+        print(f"PyTorch {report['torch_mode']}, batch {report['batch']}, {report['threads']} thread(s), "
+              f"{report['device']}, {report['machine'].get('cpu')}")
         print(f"teacher  {t['latency_ms']:.2f} ms  {t['peak_memory_mb']:.1f} MB")
         if s:
             print(f"student  {s['latency_ms']:.2f} ms  {s['peak_memory_mb']:.1f} MB")
@@ -360,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_profile)
 
-    b = sub.add_parser("bench", help="latency and peak memory, teacher vs student, batch 1")
+    b = sub.add_parser("bench", help="latency and peak memory, teacher vs student (batch 1 unless --batch)")
     b.add_argument("model", help="tpgan, crgan or pim")
     b.add_argument("--resolution", type=int, default=128, choices=[64, 128])
     b.add_argument("--width-mult", type=float, default=1.0)
@@ -369,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, default=100)
     b.add_argument("--runs", type=int, default=100)
     b.add_argument("--threads", type=int)
-    b.add_argument("--device", default="cpu")
+    b.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N where a GPU is present")
+    b.add_argument("--batch", type=int, default=1, help="images per call (default 1, the paper's protocol)")
     b.add_argument("--runtimes", action="store_true",
                    help="also time the student under PyTorch fp32, ONNX Runtime fp32 and ONNX Runtime int8 "
                         "(exported and quantized in a temporary directory)")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimface.errors import CheckpointError, DataError, Int8RefusedError
+from slimface.errors import CheckpointError, ConfigError, DataError, Int8RefusedError
 
 __all__ = [
     "Frontalizer",
@@ -333,6 +333,26 @@ register_format(  # the export's weights file (or its arch.json) given instead o
 )
 
 
+#: ONNX Runtime's GPU execution providers, preferred first (TensorRT builds engines, CUDA runs the graph as is)
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def ort_providers(device: str = "cpu") -> list[str]:
+    """ONNX Runtime providers for ``device``: the CPU one, or the GPU ones this ONNX Runtime build has
+    (then the CPU one, for the nodes they do not take); a GPU asked of a CPU-only build is a one-line
+    ConfigError."""
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    import onnxruntime as ort
+
+    have = ort.get_available_providers()
+    gpu = [p for p in GPU_PROVIDERS if p in have]
+    if not gpu:
+        raise ConfigError(f"device {device}: this ONNX Runtime has no GPU execution provider (it has "
+                          f"{', '.join(have)}); pip install onnxruntime-gpu, or time ONNX Runtime on the CPU")
+    return [*gpu, "CPUExecutionProvider"]
+
+
 def load_frontalizer(path: str | Path, device: str = "cpu", threads: int | None = None) -> Frontalizer:
     """Load an exported generator from ``path`` (see module docstring for the formats)."""
     path = Path(path)
@@ -357,7 +377,7 @@ def load_frontalizer(path: str | Path, device: str = "cpu", threads: int | None 
         raise CheckpointError(f"{path} is a directory that no registered export format recognises")
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        return OnnxFrontalizer(path, threads=threads)
+        return OnnxFrontalizer(path, threads=threads, providers=ort_providers(device))
     if suffix in (".pt", ".pth", ".ts", ".torchscript"):
         return _load_torchscript(path, device)
     if suffix == ".safetensors":

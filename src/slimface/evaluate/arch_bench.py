@@ -8,7 +8,7 @@ students can be measured here with random weights -- the paper's Table 3/4 setti
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -73,6 +73,13 @@ def build_pair(model: str, resolution: int, channels: int, width_mult: float,
     return teacher, static, space.encode(cfg)
 
 
+def batched(example_inputs: tuple, batch: int) -> tuple:
+    """``example_inputs`` (batch 1) repeated to ``batch`` rows: the same image ``batch`` times."""
+    if batch < 1:
+        raise ConfigError(f"--batch {batch}: use a batch size >= 1")
+    return tuple(t.repeat(batch, *([1] * (t.dim() - 1))) for t in example_inputs)
+
+
 def read_run_json(run: Path, *parts: str) -> dict[str, Any]:
     """A JSON file a finished run wrote (``run/parts...``); a missing one is a one-line ConfigError
     that says to finish the run."""
@@ -103,8 +110,9 @@ def bench_report(model: str, resolution: int = 128, width_mult: float = 1.0, stu
                  device: str = "cpu", runtimes: bool = False, n_calibration: int = 8,
                  fold_bn: bool = True, separable: bool | Sequence[str] = True,
                  torch_mode: str = "eager", max_kernel: int | None = None,
-                 int8_fp32_modules: Sequence[str] = ()) -> dict[str, Any]:
-    """Latency/peak memory of teacher vs student at batch 1 (random weights; eval mode; batch norms
+                 int8_fp32_modules: Sequence[str] = (), batch: int = 1) -> dict[str, Any]:
+    """Latency/peak memory of teacher vs student at ``batch`` (1: the paper's Table 4; 16: a served
+    batch, where a GPU fills up) on random weights (eval mode; batch norms
     folded into their convs unless ``fold_bn`` is False; both run in ``torch_mode``, see
     :mod:`slimface.deploy.torch_modes`).
 
@@ -119,23 +127,22 @@ def bench_report(model: str, resolution: int = 128, width_mult: float = 1.0, stu
     from slimface.evaluate.bench import benchmark_teacher_student
 
     check_mode(torch_mode)
-    if runtimes and device != "cpu":
-        raise ConfigError(f"--runtimes times ONNX Runtime on the CPU; drop --device {device} (or --runtimes)")
     teacher, stud, code = build_pair(model, resolution, 3, width_mult, student or "smallest", separable, max_kernel)
     assert stud is not None
     if device != "cpu" and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: no GPU is available here; use --device cpu")
     teacher.eval(), stud.eval()
-    inputs = teacher.example_inputs()
+    one = teacher.example_inputs()
+    inputs = batched(one, batch)
     report = benchmark_teacher_student(teacher, stud, inputs, warmup=warmup, runs=runs, threads=threads,
                                        device=device, fold_bn=fold_bn, torch_mode=torch_mode)
     report.update({"model": model, "resolution": resolution, "width_mult": width_mult, "student_config": code})
     for key, net in (("teacher_counts", teacher), ("student_counts", stud)):
-        report[key] = {"params": count_params(net), "macs": count_macs(net, inputs)}
+        report[key] = {"params": count_params(net), "macs": count_macs(net, one)}  # per image
     if runtimes:  # the student under each runtime, the teacher under PyTorch and ONNX Runtime, one run
         report["runtimes"] = student_runtimes_report(stud, inputs, warmup=warmup, runs=runs, threads=threads,
                                                      n_calibration=n_calibration, fold_bn=fold_bn, teacher=teacher,
-                                                     int8_fp32_modules=int8_fp32_modules)
+                                                     int8_fp32_modules=int8_fp32_modules, device=device)
     from slimface.deploy.latency_table import library_versions, machine_info
 
     report["machine"], report["versions"] = machine_info(), library_versions()
@@ -143,11 +150,27 @@ def bench_report(model: str, resolution: int = 128, width_mult: float = 1.0, stu
     return report
 
 
+def _torch_runtime(model: torch.nn.Module, inputs: tuple, device: str) -> Callable[..., Any]:
+    """``model`` as a timed runtime beside the ONNX sessions: its inputs placed on ``device`` once, each
+    call ending with a device synchronisation on a GPU (the host arrays it is handed are ignored)."""
+    dev = torch.device(device)
+    model = model.to(dev)
+    on_dev = tuple(t.to(dev) for t in inputs)
+
+    def call(_xn: Any, _lmn: Any) -> Any:
+        y = model(*on_dev)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return y
+
+    return call
+
+
 def student_runtimes_report(student: torch.nn.Module, example_inputs: tuple, warmup: int = 100, runs: int = 100,
                             threads: int | None = None, calibration: list[dict[str, Any]] | None = None,
                             n_calibration: int = 8, quantize_kwargs: dict[str, Any] | None = None,
                             fold_bn: bool = True, teacher: torch.nn.Module | None = None,
-                            int8_fp32_modules: Sequence[str] = ()) -> dict[str, Any]:
+                            int8_fp32_modules: Sequence[str] = (), device: str = "cpu") -> dict[str, Any]:
     """One student under PyTorch fp32, ONNX Runtime fp32 and ONNX Runtime int8, timed in one process.
 
     The student is exported with :func:`~slimface.deploy.onnx_export.export_onnx` into a temporary
@@ -165,6 +188,9 @@ def student_runtimes_report(student: torch.nn.Module, example_inputs: tuple, war
     op types run in int8 / left in fp32) and ``calibration`` (how many feeds, where from).
     ``int8_fp32_modules``: module names or fnmatch patterns of ``student`` that int8 keeps fp32
     (:func:`~slimface.deploy.latency_table.fp32_nodes`).
+    On a GPU ``device``: PyTorch runs there and ONNX Runtime fp32 on its GPU providers
+    (:func:`~slimface.deploy.runtime.ort_providers`: TensorRT, CUDA); int8 is a CPU deployment here
+    (its kernels and guard are the CPU's), so it is left out and ``int8_refused`` says so.
     With ``teacher``, the teacher is exported too and timed under PyTorch fp32 and ONNX Runtime fp32 in
     the same interleaved run (labels :data:`TEACHER_LABELS`), and ``ratios`` holds the teacher/student
     speed-ups of that run (:func:`~slimface.evaluate.bench.runtime_ratios`).
@@ -188,13 +214,15 @@ def student_runtimes_report(student: torch.nn.Module, example_inputs: tuple, war
     with tempfile.TemporaryDirectory(prefix="slimface-runtimes-") as tmp:
         fp32_path = export_onnx(student, inputs, Path(tmp) / "student.onnx")
         out["onnx_max_abs_diff"] = check_onnx(student, fp32_path, inputs)
-        onnx = {RUNTIME_LABELS[1]: load_frontalizer(fp32_path, threads=threads)}
+        onnx = {RUNTIME_LABELS[1]: load_frontalizer(fp32_path, device, threads=threads)}
         qkw = dict(quantize_kwargs or {})
         if int8_fp32_modules:
             from slimface.deploy.latency_table import fp32_nodes
 
             qkw["nodes_to_exclude"] = fp32_nodes(fp32_path, student, int8_fp32_modules)
         try:
+            if device != "cpu":
+                raise Int8RefusedError(f"ONNX Runtime int8 is timed on the CPU only; bench it without --device {device}")
             rep = quantize_int8(fp32_path, Path(tmp) / "student.int8.onnx", calib, **qkw)
         except Int8RefusedError as e:  # int8 refused on this CPU: time the other runtimes, say why
             info = {"refused": str(e)}
@@ -214,11 +242,10 @@ def student_runtimes_report(student: torch.nn.Module, example_inputs: tuple, war
             teacher = teacher.eval().cpu()
             t_path = export_onnx(teacher, inputs, Path(tmp) / "teacher.onnx")
             t_copy, _ = inference_copy(teacher, inputs, fold_bn)
-            onnx[TEACHER_LABELS[0]] = lambda xn, lmn, m=t_copy: m(
-                torch.from_numpy(xn), None if lmn is None else torch.from_numpy(lmn))
-            onnx[TEACHER_LABELS[1]] = load_frontalizer(t_path, threads=threads)
+            onnx[TEACHER_LABELS[0]] = _torch_runtime(t_copy, inputs, device)
+            onnx[TEACHER_LABELS[1]] = load_frontalizer(t_path, device, threads=threads)
         timed = benchmark_runtimes(student, inputs, onnx, warmup=warmup, runs=runs, threads=threads,
-                                   fold_bn=fold_bn)
+                                   fold_bn=fold_bn, device=device)
         del onnx  # release the sessions before the temporary files go
     out.update({label: timed[label] for label in RUNTIME_LABELS + TEACHER_LABELS if label in timed})
     out["ratios"] = runtime_ratios(timed)

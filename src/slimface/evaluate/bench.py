@@ -299,21 +299,34 @@ def benchmark_runtimes(
     runs: int = 100,
     threads: int | None = None,
     fold_bn: bool = True,
+    device: str = "cpu",
 ) -> dict[str, dict[str, Any]]:
     """The student under PyTorch fp32 (label ``RUNTIME_LABELS[0]``; batch norms folded, see
     :func:`inference_copy`) and under each loaded ONNX
     frontalizer of ``onnx`` (label -> ``runtime(image, landmarks)``, e.g. from
-    :func:`slimface.deploy.runtime.load_frontalizer`), timed interleaved on the CPU with
+    :func:`slimface.deploy.runtime.load_frontalizer`), timed interleaved with
     :func:`benchmark_callables`; every entry also gets ``speedup_vs_pytorch`` (mean and
-    ``_median``)."""
+    ``_median``). On a GPU ``device`` the PyTorch student runs there and each of its calls ends with a
+    device synchronisation; the ONNX callables take host arrays and return host arrays, as a deployed
+    session does, so one wall clock times them all."""
     import numpy as np
 
+    dev = torch.device(device)
     x = example_inputs[0].cpu()
     lm = example_inputs[1].cpu() if len(example_inputs) > 1 else None
     xn = np.ascontiguousarray(x.numpy())
     lmn = None if lm is None else np.ascontiguousarray(lm.numpy())
     student, folded = inference_copy(student, tuple(t.cpu() for t in example_inputs), fold_bn)
-    fns: dict[str, Callable[[], Any]] = {RUNTIME_LABELS[0]: lambda: student(x, lm)}
+    student = student.to(dev)
+    xd, lmd = x.to(dev), None if lm is None else lm.to(dev)
+
+    def torch_call() -> Any:
+        y = student(xd, lmd)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return y
+
+    fns: dict[str, Callable[[], Any]] = {RUNTIME_LABELS[0]: torch_call}
     for label, runtime in onnx.items():
         fns[label] = lambda r=runtime: r(xn, lmn)
     timed = benchmark_callables(fns, warmup=warmup, runs=runs, threads=threads, block=RUNTIME_BLOCK)
@@ -321,6 +334,7 @@ def benchmark_runtimes(
     for entry in timed.values():
         entry["speedup_vs_pytorch"] = base["latency_ms"] / entry["latency_ms"]
         entry["speedup_vs_pytorch_median"] = base["latency_median_ms"] / entry["latency_median_ms"]
+        entry["device"] = str(dev)
     base["folded_batchnorms"] = folded
     return timed
 

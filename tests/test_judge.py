@@ -171,3 +171,32 @@ def test_judge_learns_extra_identities_that_are_never_test_identities(tmp_path) 
     plain = load_config(PipelineConfig, tiny, {**over, "judge.extra_identities": 0, "judge.grad_clip": 0.0})
     assert not {"extra_identities", "grad_clip"} & set(K.own_settings(plain, "judge")["judge"])
     assert K.own_settings(plain, "judge") != K.own_settings(cfg, "judge")
+
+
+def test_loss_recognizer_learns_extra_identities_apart_from_the_judges(tmp_path) -> None:
+    """recognizer.extra_identities from recognizer.extra_offset: ids after the judge's range, so the two
+    networks share no training face; an overlapping range is refused when the config loads."""
+    from pathlib import Path
+
+    from slimface import stage_keys as K
+    from slimface.config import load_config
+    from slimface.data.loaders import load_dataset
+    from slimface.errors import ConfigError
+    from slimface.pipeline import Pipeline, PipelineConfig
+
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    over = {"out_dir": str(tmp_path / "run"), "data.root": str(tmp_path / "data"), "recognizer.train.steps": 2,
+            "judge.extra_identities": 3, "recognizer.extra_identities": 2, "recognizer.extra_offset": 3}
+    cfg = load_config(PipelineConfig, tiny, over)
+    p = Pipeline(cfg, progress=False)
+    p.stage_data()
+    info = p.stage_recognizer()
+    own = p.data.recognition_records(cfg.recognizer.max_abs_yaw, cfg.recognizer.identities)
+    assert info["identities"] == len({r.subject for r in own}) + 2
+    extra_root = next((tmp_path / "data").glob("*_extra2_y30_o3"))
+    assert {r.subject for r in load_dataset("synth", extra_root)} == {"020", "021"}  # the judge's: 017..019
+    assert "extra_offset" in K.own_settings(cfg, "recognizer")["recognizer"]
+    plain = load_config(PipelineConfig, tiny, {"out_dir": str(tmp_path / "run")})
+    assert not {"extra_identities", "extra_offset", "grad_clip"} & set(K.own_settings(plain, "recognizer")["recognizer"])
+    with pytest.raises(ConfigError, match="recognizer.extra_offset >= 3"):
+        load_config(PipelineConfig, tiny, {**over, "recognizer.extra_offset": 2})

@@ -226,3 +226,8 @@ def test_extra_identities_are_new_near_frontal_faces_of_the_same_generator(tiny:
     assert len(_rows(render_identities(TINY, 1, 15, root, progress=False, workers=1))) == 1 * 3 * 2
     with pytest.raises(ConfigError, match="beyond the 3-digit"):
         render_identities(TINY, 997, 15, tmp_path / "x", progress=False)
+    # an offset skips ids (another recognizer's range): the same pixels those ids render anywhere
+    shifted = render_identities(TINY, 1, 15, tmp_path / "shifted", progress=False, workers=1, offset=1)
+    assert {r["subject"] for r in _rows(shifted)} == {"005"}
+    assert json.loads((shifted / "dataset.json").read_text())["subject_ids"] == [5, 5]
+    assert all((full / "images" / name).read_bytes() == data for name, data in _files(shifted).items())

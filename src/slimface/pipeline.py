@@ -268,24 +268,24 @@ class Pipeline:
 
     def _recognition_records(self, settings: "RecognizerSettings | JudgeSettings") -> list:
         records = self.data.recognition_records(settings.max_abs_yaw, settings.identities)
-        extra = getattr(settings, "extra_identities", 0)
-        if extra:
-            records += self._extra_identity_records(extra, settings.max_abs_yaw)
+        if settings.extra_identities:
+            records += self._extra_identity_records(settings)
         return records
 
-    def _extra_identity_records(self, count: int, max_abs_yaw: int) -> list:
-        """Near-frontal images of ``count`` synth identities beyond the dataset's subjects (rendered
-        once next to the dataset): more faces for the judge, none of them a test identity."""
+    def _extra_identity_records(self, settings: "RecognizerSettings | JudgeSettings") -> list:
+        """Near-frontal images of synth identities beyond the dataset's subjects (rendered once next
+        to the dataset): more faces for a recognizer, none of them a test identity."""
         from slimface.data.loaders import load_dataset
         from slimface.data.synth import render_identities
 
         d = self.cfg.data
+        count, offset, yaw = settings.extra_identities, settings.extra_offset, settings.max_abs_yaw
         if d.kind != "synth":
-            raise ConfigError(f"judge.extra_identities {count}: extra identities are rendered by the built-in "
+            raise ConfigError(f"extra_identities {count}: extra identities are rendered by the built-in "
                               "data only; set it to 0 for a dataset on disk")
         root = self._dataset_root()
-        root = root.with_name(f"{root.name}_extra{count}_y{max_abs_yaw}")
-        render_identities(d.synth, count, max_abs_yaw, root, progress=self.progress)
+        root = root.with_name(f"{root.name}_extra{count}_y{yaw}" + (f"_o{offset}" if offset else ""))
+        render_identities(d.synth, count, yaw, root, progress=self.progress, offset=offset)
         return list(load_dataset("synth", root, policy=d.policy))
 
     def _build_recognizer(self, settings: "RecognizerSettings | JudgeSettings") -> nn.Module:
@@ -294,7 +294,7 @@ class Pipeline:
 
         # counted without rendering the extra identities: a shipped judge needs only its shape
         dataset_ids = {r.subject for r in self.data.recognition_records(settings.max_abs_yaw, settings.identities)}
-        num_classes = len(dataset_ids) + getattr(settings, "extra_identities", 0)
+        num_classes = len(dataset_ids) + settings.extra_identities
         return build_recognizer(settings.variant, input_size=self.cfg.data.resolution,
                                 width_mult=settings.width_mult, num_classes=num_classes,
                                 channels=self.cfg.data.channels)
@@ -313,8 +313,8 @@ class Pipeline:
         d = self.cfg.data
         ds = ImageDataset(records, d.resolution, d.channels, subject_labels(records), cache=d.cache_images,
                           policy=d.policy)
-        clip = getattr(settings, "grad_clip", 0.0)  # a judge's setting; the loss recognizer trains unclipped
-        task = RecognizerTask(model, lr=settings.train.lr, total_steps=settings.train.steps, grad_clip=clip or None)
+        task = RecognizerTask(model, lr=settings.train.lr, total_steps=settings.train.steps,
+                              grad_clip=settings.grad_clip or None)
         metrics = Trainer(task, ds, self.train_config(settings.train, out, seed_offset)).fit()
         save_weights(model, out / weights_name)
         return {"final": metrics, "identities": len(ds.subject_to_label), "images": len(records)}

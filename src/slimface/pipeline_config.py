@@ -57,6 +57,17 @@ class DataSettings:
 Identities = Literal["all", "first_half", "second_half", "even", "odd"]
 
 
+def _check_extras(s: "RecognizerSettings | JudgeSettings", where: str) -> None:
+    check(s.extra_identities >= 0, f"{where}.extra_identities {s.extra_identities} must be >= 0")
+    check(s.extra_offset >= 0, f"{where}.extra_offset {s.extra_offset} must be >= 0")
+    check(s.grad_clip >= 0, f"{where}.grad_clip {s.grad_clip} must be >= 0 (0: off)")
+
+
+def extra_range(s: "RecognizerSettings | JudgeSettings") -> range:
+    """Which extra identities (0 = the first id after the dataset's subjects) a recognizer learns."""
+    return range(s.extra_offset, s.extra_offset + s.extra_identities)
+
+
 @dataclass
 class RecognizerSettings:
     """The *loss recognizer*: identity losses, PIM's joint recognizer, distillation, search metric."""
@@ -65,12 +76,19 @@ class RecognizerSettings:
     width_mult: float = 0.25
     max_abs_yaw: int = 30  # trained on near-frontal faces only, like public recognizers
     identities: Identities = "all"
+    # built-in data only: also learn this many identities the dataset never contains, as the judge does
+    # (see JudgeSettings), the ones from ``extra_offset`` on: a range apart from the judge's, so the two
+    # networks share no training face
+    extra_identities: int = 0
+    extra_offset: int = 0
+    grad_clip: float = 0.0  # clip the gradient norm at this value (0: off)
     checkpoint: Optional[Path] = None  # instead of training: slimface .safetensors, or an official LightCNN file
     pretrained: bool = False  # instead of training: the shipped recognizer in ``weights`` (slimface.shipped)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=600, batch_size=64, lr=1e-3))
 
     def validate(self) -> None:
         _check_width(self.width_mult, "recognizer.width_mult")
+        _check_extras(self, "recognizer")
 
 
 @dataclass
@@ -86,6 +104,7 @@ class JudgeSettings:
     # after its last subject, near-frontal): a recognizer generalises to unseen faces with the number
     # of identities it learnt, and none of these is a test identity (public LightCNNs learn ~80k people)
     extra_identities: int = 0
+    extra_offset: int = 0  # the first extra identity (0: right after the dataset's subjects)
     # clip the gradient norm at this value (0: off): many classes from scratch at lr 1e-3 can spike
     grad_clip: float = 0.0
     seed: int = 1  # its own initialisation and batch order, apart from the loss recognizer's
@@ -97,8 +116,7 @@ class JudgeSettings:
 
     def validate(self) -> None:
         _check_width(self.width_mult, "judge.width_mult")
-        check(self.extra_identities >= 0, f"judge.extra_identities {self.extra_identities} must be >= 0")
-        check(self.grad_clip >= 0, f"judge.grad_clip {self.grad_clip} must be >= 0 (0: off)")
+        _check_extras(self, "judge")
         check(self.dlib_probes_per_group >= 0, "judge.dlib_probes_per_group must be >= 0 (0: every probe)")
 
 
@@ -186,6 +204,10 @@ class PipelineConfig:
         r, j = self.recognizer, self.judge
         check(not (r.checkpoint and j.checkpoint and Path(r.checkpoint).resolve() == Path(j.checkpoint).resolve()),
               "judge.checkpoint is the loss recognizer's file: a judge must be a network no training saw")
+        shared = set(extra_range(r)) & set(extra_range(j))
+        check(not shared, f"recognizer and judge would both learn extra identities {min(shared, default=0)}.."
+                          f"{max(shared, default=0)}: a judge shares no training face with the loss recognizer; "
+                          f"set recognizer.extra_offset >= {j.extra_offset + j.extra_identities}")
         for where, part in (("recognizer", r), ("judge", j), *((f"teachers.{n}", t) for n, t in self.teachers.items())):
             check(not (part.pretrained and part.checkpoint),
                   f"{where}: pretrained (shipped weights) and checkpoint (a given file) exclude each other; drop one")

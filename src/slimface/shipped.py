@@ -12,7 +12,7 @@ as safetensors (fp16 for the files named with ``--fp16``; loading casts back to 
          "arch": {"net": "tpgan", "resolution", "channels", "width_mult", "state": <hash of the sorted
                   state-dict keys + shapes>, "tensors"},
          "data": {"dataset": <slimface.data.synth.data_fingerprint>, "split": {"train_subjects",
-                  "val_subjects"}, ("identities", "max_abs_yaw", "extra_identities" if any: recognizers only)},
+                  "val_subjects"}, ("identities", "max_abs_yaw", "extra_identities", "extra_offset" if any: recognizers only)},
          "figures": {"rank1_by": {scorer: {yaw: %}}, "quality": {"ssim", "psnr", "hf_ratio", "l1"}},
          "trained": {"stage", "key", "wall_s", "settings"}}, ...}}
 
@@ -165,8 +165,9 @@ def data_of(data: Mapping[str, Any], recognizer: Mapping[str, Any] | None = None
     if recognizer is not None:
         out["identities"] = recognizer.get("identities")
         out["max_abs_yaw"] = recognizer.get("max_abs_yaw")
-        if recognizer.get("extra_identities"):  # a judge's identities beyond the dataset (0: none)
-            out["extra_identities"] = recognizer.get("extra_identities")
+        for extra in ("extra_identities", "extra_offset"):  # identities beyond the dataset (0: none)
+            if recognizer.get(extra):
+                out[extra] = recognizer.get(extra)
     return out
 
 
@@ -282,7 +283,7 @@ def _first_difference(ours: Mapping[str, Any], theirs: Mapping[str, Any], order:
 _ARCH_ORDER = ("net", "resolution", "channels", "width_mult", "state", "tensors")
 _DATA_ORDER = ("dataset", "generator", "version", "render_version", "seed", "subjects", "train_subjects",
                "resolution", "illuminations", "pitch", "gray", "split", "val_subjects", "identities", "max_abs_yaw",
-               "extra_identities")
+               "extra_identities", "extra_offset")
 
 
 def _fix(slot: Slot, where: str) -> str:

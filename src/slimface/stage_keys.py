@@ -97,6 +97,12 @@ def _plain(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
+def _without_zero_extras(section: dict[str, Any]) -> dict[str, Any]:
+    """A recognizer's section without its extra-identity and clipping settings where they are 0, the
+    default: runs from before those settings keep their keys."""
+    return {k: v for k, v in section.items() if v or k not in ("extra_identities", "extra_offset", "grad_clip")}
+
+
 def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
     """The part of the config ``stage`` itself reads, keyed by config path (``"teachers.tpgan"``).
 
@@ -109,15 +115,12 @@ def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
     if kind == "data":
         s = {"data": to_dict(c.data)}
     elif kind == "recognizer":
-        s = {"recognizer": to_dict(c.recognizer), "seed": c.seed}
+        s = {"recognizer": _without_zero_extras(to_dict(c.recognizer)), "seed": c.seed}
     elif kind == "judge":
         judge = to_dict(c.judge)
         for evaluate_only in ("dlib", "dlib_probes_per_group"):  # read by the evaluate stage, not here
             judge.pop(evaluate_only, None)
-        for off in ("extra_identities", "grad_clip"):  # 0 is the default: older runs keep their keys
-            if not judge.get(off):
-                judge.pop(off, None)
-        s = {"judge": judge, "seed": c.seed}
+        s = {"judge": _without_zero_extras(judge), "seed": c.seed}
     elif kind == "teacher":
         teacher = to_dict(c.teacher(fam))
         for recipe in ("student", "finetune"):  # the teacher does not depend on its family's recipe

@@ -313,10 +313,10 @@ def render_dataset(cfg: SynthConfig, out: str | Path, progress: bool = True,
                    progress, workers)
 
 
-def identities_metadata(cfg: SynthConfig, count: int, max_abs_yaw: int) -> dict[str, Any]:
+def identities_metadata(cfg: SynthConfig, count: int, max_abs_yaw: int, offset: int = 0) -> dict[str, Any]:
     """The dataset.json content of :func:`render_identities` (without ``complete``)."""
     poses = [(y, p) for y, p in cfg.poses() if abs(y) <= max_abs_yaw and p == 0]
-    first = cfg.subjects + 1
+    first = cfg.subjects + offset + 1
     return {**cfg.metadata(), "purpose": "identities beyond the dataset's subjects (a judge's training set)",
             "subject_ids": [first, first + count - 1], "train_subjects": count,
             "yaws": sorted({y for y, _ in poses}), "pitches": [0],
@@ -324,21 +324,22 @@ def identities_metadata(cfg: SynthConfig, count: int, max_abs_yaw: int) -> dict[
 
 
 def render_identities(cfg: SynthConfig, count: int, max_abs_yaw: int, out: str | Path,
-                      progress: bool = True, workers: int | None = None) -> Path:
+                      progress: bool = True, workers: int | None = None, offset: int = 0) -> Path:
     """Render ``count`` identities the dataset of ``cfg`` never contains (subject ids after its last,
-    from the same generator and seed) at its yaws with ``|yaw| <= max_abs_yaw``, pitch 0, every
-    illumination: more faces for a judge to learn, none of them a test identity. A synth dataset of
-    its own (same layout; every subject counts as a training subject), cached like the dataset."""
+    skipping ``offset`` of them, from the same generator and seed) at its yaws with ``|yaw| <= max_abs_yaw``,
+    pitch 0, every illumination: more faces for a recognizer to learn, none of them a test identity. A
+    synth dataset of its own (same layout; every subject counts as a training subject), cached like the dataset."""
     cfg.validate()
     check(cfg.resolution is not None, "synth resolution is not set; use 64 or 128 (a run: data.resolution)")
     check(count >= 1, f"extra identities {count} must be >= 1")
-    last = cfg.subjects + count
-    check(last <= 999, f"{count} extra identities after the dataset's {cfg.subjects} subjects need ids up to "
-                       f"{last}, beyond the 3-digit Multi-PIE ids; use at most {999 - cfg.subjects}")
-    meta = identities_metadata(cfg, count, max_abs_yaw)
+    check(offset >= 0, f"extra identities' offset {offset} must be >= 0")
+    first, last = cfg.subjects + offset + 1, cfg.subjects + offset + count
+    check(last <= 999, f"{count} extra identities after the dataset's {cfg.subjects} subjects (offset {offset}) need "
+                       f"ids up to {last}, beyond the 3-digit Multi-PIE ids; use at most {999 - cfg.subjects - offset}")
+    meta = identities_metadata(cfg, count, max_abs_yaw, offset)
     check(bool(meta["yaws"]), f"no rendered yaw is within max_abs_yaw {max_abs_yaw}")
     poses = [(y, 0) for y in meta["yaws"]]
-    return _render(cfg, Path(out), list(range(cfg.subjects + 1, last + 1)), poses, meta, progress, workers)
+    return _render(cfg, Path(out), list(range(first, last + 1)), poses, meta, progress, workers)
 
 
 def _render(cfg: SynthConfig, out: Path, subjects: list[int], poses: list[tuple[int, int]],

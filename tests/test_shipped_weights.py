@@ -409,6 +409,30 @@ def test_pack_takes_only_the_stages_it_is_given(runs: dict, tmp_path: Path) -> N
     assert not (tmp_path / "none").exists()  # nothing written
 
 
+def test_pack_merge_replaces_one_network_and_keeps_the_others(runs: dict, tmp_path: Path) -> None:
+    """--merge: a network retrained in a run of its own replaces its entry; the other files stay, each
+    entry names the command that made it; a manifest of another dataset is not merged into."""
+    out = tmp_path / "merged"
+    shipped_pack.pack(runs["src"], out, stages=["recognizer", "judge"], say=lambda _: None)
+    before = json.loads((out / "manifest.json").read_text())
+    judge_bytes = (out / "judge.safetensors").read_bytes()
+    shipped_pack.pack(runs["src"], out, stages=["recognizer"], command="slimface run --retrain-it",
+                      say=lambda _: None, merge=True)
+    after = json.loads((out / "manifest.json").read_text())
+    assert set(after["files"]) == {"recognizer.safetensors", "judge.safetensors"}
+    assert after["files"]["recognizer.safetensors"]["command"] == "slimface run --retrain-it"
+    assert after["files"]["judge.safetensors"]["command"] == before["command"] == after["command"]
+    assert after["total_bytes"] == sum(f["size"] for f in after["files"].values())
+    assert (out / "judge.safetensors").read_bytes() == judge_bytes
+    assert shipped.verify(out, say=lambda _: None) == 2  # every file, the kept one too, matches its checksum
+    other = json.loads((out / "manifest.json").read_text())
+    other["data"]["dataset"]["fingerprint"] = "0" * 16
+    (out / "manifest.json").write_text(json.dumps(other))
+    with pytest.raises(CheckpointError, match="another dataset"):
+        shipped_pack.pack(runs["src"], out, stages=["recognizer"], say=lambda _: None, merge=True)
+    assert json.loads((out / "manifest.json").read_text()) == other  # nothing written
+
+
 # ------------------------------------------------------------------------------ shipped supernets
 def test_a_supernet_ships_and_a_run_searches_and_finetunes_it_without_training_it(runs: dict,
                                                                                  tmp_path: Path) -> None:

@@ -259,7 +259,7 @@ def cmd_weights_pack(args: argparse.Namespace) -> int:
     from slimface.shipped_pack import pack
 
     fp16 = [n for item in (args.fp16 or []) for n in item.split(",")]
-    pack(args.run, args.out, fp16=fp16, command=args.command, stages=args.stages)
+    pack(args.run, args.out, fp16=fp16, command=args.command, stages=args.stages, merge=args.merge)
     return 0
 
 
@@ -424,6 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     wp.add_argument("--stages", nargs="+", metavar="STAGE",
                     help="pack only these finished stages (recognizer, judge, teacher.tpgan, mobile.tpgan, "
                          "supernet.tpgan, or a kind for all its families: teacher, mobile, supernet); default: all")
+    wp.add_argument("--merge", action="store_true",
+                    help="keep the other files of --out's manifest: replace only the packed networks' entries "
+                         "(a network retrained in a run of its own)")
     wp.set_defaults(func=cmd_weights_pack)
     wv = wsub.add_parser("verify", help="check every shipped file against the manifest (and, with --config, "
                                         "against that run's architecture and data)")

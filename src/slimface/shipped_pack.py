@@ -79,11 +79,14 @@ def reproduce_command(preset: str, packed: Iterable[str], finished: Iterable[str
 
 
 def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: str | None = None,
-         say: Callable[[str], None] = print, stages: Iterable[str] | None = None) -> Path:
+         say: Callable[[str], None] = print, stages: Iterable[str] | None = None, merge: bool = False) -> Path:
     """Copy a run's judge, loss recognizer, teachers (generator + discriminator), mobile teachers and
     supernets (+ mappers) to ``out`` with a manifest; ``stages``: only these finished stages (names,
-    or kinds that stand for every family's). Nothing is written when any check fails (a stage not
-    finished, a file changed since its stage wrote it, or more than :data:`MAX_TOTAL_BYTES` in all)."""
+    or kinds that stand for every family's). ``merge``: keep the other files of ``out``'s manifest
+    (one network retrained in a run of its own replaces its entry only; each entry names the command
+    that made it). Nothing is written when any check fails (a stage not finished, a file changed
+    since its stage wrote it, another dataset than the kept files', or more than
+    :data:`MAX_TOTAL_BYTES` in all)."""
     from safetensors.torch import load_file, save
 
     run, out = Path(run), Path(out)
@@ -166,16 +169,21 @@ def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: st
                 "trained": {"stage": stage, "key": marker.get("fingerprint"), "wall_s": marker.get("wall_s"),
                             "settings": settings},
             }
-    total = sum(len(b) for b in blobs.values())
+    name = ((K.read_marker(run, "report") or {}).get("settings") or {}).get("name") or run.name
+    this_command = command or reproduce_command(name, wanted, done)
+    kept: dict[str, Any] = {}
+    old: dict[str, Any] = {}
+    if merge:
+        old, kept = _kept_entries(out, files, data_of(data_settings), this_command)
+    total = sum(len(b) for b in blobs.values()) + sum(int(e["size"]) for e in kept.values())
     if total > MAX_TOTAL_BYTES:
         sizes = ", ".join(f"{n} {len(b) / 1e6:.1f} MB" for n, b in blobs.items())
         raise CheckpointError(f"the packed weights weigh {total / 1e6:.1f} MB, over the {MAX_TOTAL_BYTES / 1e6:.0f} MB "
                               f"limit ({sizes}); store more of them in fp16 (--fp16 all, or name files) or "
                               "ship fewer")
-    name = ((K.read_marker(run, "report") or {}).get("settings") or {}).get("name") or run.name
     manifest = {
         "schema": SCHEMA,
-        "command": command or reproduce_command(name, wanted, done),
+        "command": this_command,
         "run": str(run),
         "versions": _versions(),
         "data": data_of(data_settings),
@@ -186,6 +194,11 @@ def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: st
                                            or {}).get("rank1_by")},
         "files": files,
     }
+    if merge and old:  # the kept files' run stays the manifest's; the new entries name their own
+        for f in files.values():
+            f["command"], f["run"] = this_command, str(run)
+        manifest.update({k: old[k] for k in ("command", "run", "scorers", "baseline") if k in old})
+        manifest["files"] = {**kept, **files}
     from slimface.fileio import atomic_write
 
     out.mkdir(parents=True, exist_ok=True)
@@ -195,6 +208,28 @@ def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: st
     atomic_write(out / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
     say(f"packed {len(blobs)} files, {total / 1e6:.2f} MB, into {out}; manifest {out / MANIFEST}")
     return out / MANIFEST
+
+
+def _kept_entries(out: Path, files: Mapping[str, Any], data: Mapping[str, Any],
+                  command: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``out``'s manifest and the entries of it that a merge keeps (every file not packed now), after
+    checking that they were trained on the same dataset (none: nothing to merge into)."""
+    path = out / MANIFEST
+    if not path.is_file():
+        return {}, {}
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e.msg}); restore it from git before merging") from None
+    if (old.get("data") or {}).get("dataset") != data.get("dataset"):
+        raise CheckpointError(f"{path} ships networks of another dataset than this run's; pack without --merge "
+                              "(a new folder) or re-run on that dataset")
+    kept = {}
+    for fname, entry in (old.get("files") or {}).items():
+        if fname not in files:
+            kept[fname] = {**entry, "command": entry.get("command", old.get("command")),
+                           "run": entry.get("run", old.get("run"))}
+    return old, kept
 
 
 def _versions() -> dict[str, str]:

@@ -8,7 +8,7 @@ students can be measured here with random weights -- the paper's Table 3/4 setti
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -150,22 +150,6 @@ def bench_report(model: str, resolution: int = 128, width_mult: float = 1.0, stu
     return report
 
 
-def _torch_runtime(model: torch.nn.Module, inputs: tuple, device: str) -> Callable[..., Any]:
-    """``model`` as a timed runtime beside the ONNX sessions: its inputs placed on ``device`` once, each
-    call ending with a device synchronisation on a GPU (the host arrays it is handed are ignored)."""
-    dev = torch.device(device)
-    model = model.to(dev)
-    on_dev = tuple(t.to(dev) for t in inputs)
-
-    def call(_xn: Any, _lmn: Any) -> Any:
-        y = model(*on_dev)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        return y
-
-    return call
-
-
 def student_runtimes_report(student: torch.nn.Module, example_inputs: tuple, warmup: int = 100, runs: int = 100,
                             threads: int | None = None, calibration: list[dict[str, Any]] | None = None,
                             n_calibration: int = 8, quantize_kwargs: dict[str, Any] | None = None,
@@ -203,7 +187,7 @@ def student_runtimes_report(student: torch.nn.Module, example_inputs: tuple, war
     from slimface.deploy.onnx_export import export_onnx
     from slimface.deploy.quantize import quantize_int8
     from slimface.deploy.runtime import check_onnx, load_frontalizer
-    from slimface.evaluate.bench import TEACHER_LABELS, benchmark_runtimes, runtime_ratios
+    from slimface.evaluate.bench import TEACHER_LABELS, benchmark_runtimes, device_call, runtime_ratios
     from slimface.nn.fold import inference_copy
 
     student = student.eval().cpu()
@@ -242,7 +226,8 @@ def student_runtimes_report(student: torch.nn.Module, example_inputs: tuple, war
             teacher = teacher.eval().cpu()
             t_path = export_onnx(teacher, inputs, Path(tmp) / "teacher.onnx")
             t_copy, _ = inference_copy(teacher, inputs, fold_bn)
-            onnx[TEACHER_LABELS[0]] = _torch_runtime(t_copy, inputs, device)
+            t_call = device_call(t_copy, inputs, device)
+            onnx[TEACHER_LABELS[0]] = lambda _xn, _lmn: t_call()  # PyTorch: its inputs already placed
             onnx[TEACHER_LABELS[1]] = load_frontalizer(t_path, device, threads=threads)
         timed = benchmark_runtimes(student, inputs, onnx, warmup=warmup, runs=runs, threads=threads,
                                    fold_bn=fold_bn, device=device)

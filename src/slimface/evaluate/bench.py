@@ -51,6 +51,7 @@ __all__ = [
     "benchmark_pair",
     "benchmark_teacher_student",
     "benchmark_callables",
+    "device_call",
     "inference_copy",
     "peak_memory_bytes",
     "param_bytes",
@@ -291,6 +292,22 @@ TEACHER_LABELS = ("teacher PyTorch fp32", "teacher ONNX Runtime fp32")
 RUNTIME_BLOCK = 10  # runtimes are timed in blocks of 10 calls (see _interleaved)
 
 
+def device_call(model: nn.Module, inputs: tuple, device: str = "cpu") -> Callable[[], Any]:
+    """``model(*inputs)`` as a zero-argument call on ``device`` (model and inputs moved there once;
+    None inputs kept), ending with a device synchronisation on a GPU so a wall clock times it whole."""
+    dev = torch.device(device)
+    model = model.to(dev)
+    on_dev = tuple(None if t is None else t.to(dev) for t in inputs)
+
+    def call() -> Any:
+        y = model(*on_dev)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return y
+
+    return call
+
+
 def benchmark_runtimes(
     student: nn.Module,
     example_inputs: tuple,
@@ -311,22 +328,13 @@ def benchmark_runtimes(
     session does, so one wall clock times them all."""
     import numpy as np
 
-    dev = torch.device(device)
     x = example_inputs[0].cpu()
     lm = example_inputs[1].cpu() if len(example_inputs) > 1 else None
     xn = np.ascontiguousarray(x.numpy())
     lmn = None if lm is None else np.ascontiguousarray(lm.numpy())
+    inputs = (x, lm)
     student, folded = inference_copy(student, tuple(t.cpu() for t in example_inputs), fold_bn)
-    student = student.to(dev)
-    xd, lmd = x.to(dev), None if lm is None else lm.to(dev)
-
-    def torch_call() -> Any:
-        y = student(xd, lmd)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        return y
-
-    fns: dict[str, Callable[[], Any]] = {RUNTIME_LABELS[0]: torch_call}
+    fns: dict[str, Callable[[], Any]] = {RUNTIME_LABELS[0]: device_call(student, inputs, device)}
     for label, runtime in onnx.items():
         fns[label] = lambda r=runtime: r(xn, lmn)
     timed = benchmark_callables(fns, warmup=warmup, runs=runs, threads=threads, block=RUNTIME_BLOCK)
@@ -334,7 +342,7 @@ def benchmark_runtimes(
     for entry in timed.values():
         entry["speedup_vs_pytorch"] = base["latency_ms"] / entry["latency_ms"]
         entry["speedup_vs_pytorch_median"] = base["latency_median_ms"] / entry["latency_median_ms"]
-        entry["device"] = str(dev)
+        entry["device"] = str(torch.device(device))
     base["folded_batchnorms"] = folded
     return timed
 

@@ -196,6 +196,10 @@ def test_loss_recognizer_learns_extra_identities_apart_from_the_judges(tmp_path)
     extra_root = next((tmp_path / "data").glob("*_extra2_y30_o3"))
     assert {r.subject for r in load_dataset("synth", extra_root)} == {"020", "021"}  # the judge's: 017..019
     assert "extra_offset" in K.own_settings(cfg, "recognizer")["recognizer"]
+    from slimface.pipeline_config import learnt_extras  # what the report's recognizer line says
+
+    assert learnt_extras(cfg.recognizer) == " + 2 identities beyond the dataset (extra 3..4)"
+    assert learnt_extras(load_config(PipelineConfig, tiny, {}).recognizer) == ""
     plain = load_config(PipelineConfig, tiny, {"out_dir": str(tmp_path / "run")})
     assert not {"extra_identities", "extra_offset", "grad_clip"} & set(K.own_settings(plain, "recognizer")["recognizer"])
     with pytest.raises(ConfigError, match="recognizer.extra_offset >= 3"):

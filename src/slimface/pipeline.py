@@ -27,7 +27,7 @@ from torch import nn
 from slimface.data.splits import DataBundle
 from slimface.errors import ConfigError, DataError
 from slimface.fileio import atomic_write
-from slimface.pipeline_config import JudgeSettings, PipelineConfig, RecognizerSettings
+from slimface.pipeline_config import JudgeSettings, PipelineConfig, RecognizerSettings, learnt_extras
 from slimface.train.checkpoint import load_weights, save_weights
 from slimface.train.config import TrainConfig
 from slimface.train.schedule import attach_linear_decay
@@ -332,7 +332,8 @@ class Pipeline:
             net = load_weights(self._build_recognizer(j), path, "judge")
             kind = f"{j.variant} w{j.width_mult:g}"
             judges = {"judge": Judge(net.to(self.device), JudgeInfo(
-                "judge", kind, str(path), f"{j.identities} of the training identities, seed {j.seed}"))}
+                "judge", kind, str(path),
+                f"{j.identities} of the training identities{learnt_extras(j)}, seed {j.seed}"))}
             if j.dlib:
                 dlib = build_recognizer("dlib", detect=False)
                 judges["dlib"] = Judge(dlib, JudgeInfo("dlib", "dlib ResNet (150x150 chips, upsampled)",
@@ -830,7 +831,7 @@ class Pipeline:
             bench=c.bench,
             recognizer_info={"kind": f"{r.variant} w{r.width_mult:g}",
                              "source": str(r.checkpoint or self.out / "recognizer" / "recognizer.safetensors"),
-                             "identities": f"{r.identities} of the training identities"},
+                             "identities": f"{r.identities} of the training identities" + learnt_extras(r)},
             data=lambda: self.data, pair_dataset=self.pair_dataset, batches=self.batches,
             teacher=self.teacher_generator, recognizer=lambda: self.recognizer, judges=lambda: self.judges,
             provenance=provenance, mobile_teacher=self._mobile_generator,

@@ -68,6 +68,12 @@ def extra_range(s: "RecognizerSettings | JudgeSettings") -> range:
     return range(s.extra_offset, s.extra_offset + s.extra_identities)
 
 
+def learnt_extras(s: "RecognizerSettings | JudgeSettings") -> str:
+    """How a recognizer's extra identities read in a report ('' when it learnt none)."""
+    r = extra_range(s)
+    return f" + {len(r)} identities beyond the dataset (extra {r.start}..{r.stop - 1})" if len(r) else ""
+
+
 @dataclass
 class RecognizerSettings:
     """The *loss recognizer*: identity losses, PIM's joint recognizer, distillation, search metric."""

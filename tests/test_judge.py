@@ -3,6 +3,8 @@ bootstrap intervals."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -140,27 +142,38 @@ def test_paired_interval_is_of_the_difference_on_the_same_probes() -> None:
     assert 0 < lo <= hi
 
 
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+
+
+def _trained_with_extras(tmp_path: Path, role: str, over: dict) -> tuple:
+    """The tiny preset's data and its ``role`` stage (judge or recognizer, 2 steps) with ``over``: the
+    config, the pipeline, the stage's info and how many dataset identities that network learns."""
+    from slimface.config import load_config
+    from slimface.pipeline import Pipeline, PipelineConfig
+
+    cfg = load_config(PipelineConfig, TINY_CONFIG, {"out_dir": str(tmp_path / "run"), "data.root": str(tmp_path / "data"),
+                                                    f"{role}.train.steps": 2, **over})
+    p = Pipeline(cfg, progress=False)
+    p.stage_data()
+    info = getattr(p, f"stage_{role}")()
+    settings = getattr(cfg, role)
+    own = {r.subject for r in p.data.recognition_records(settings.max_abs_yaw, settings.identities)}
+    return cfg, p, info, len(own)
+
+
 def test_judge_learns_extra_identities_that_are_never_test_identities(tmp_path) -> None:
     """judge.extra_identities: the judge's classifier covers its half of the training identities plus
     the extra ones; those are rendered beside the dataset with ids after its last subject (so never a
     test identity); at 0 the setting stays out of the judge's key (older runs keep theirs)."""
-    from pathlib import Path
-
     from slimface import stage_keys as K
     from slimface.config import load_config
     from slimface.data.loaders import load_dataset
-    from slimface.pipeline import Pipeline, PipelineConfig
+    from slimface.pipeline import PipelineConfig
     from safetensors.torch import load_file
 
-    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
-    over = {"out_dir": str(tmp_path / "run"), "data.root": str(tmp_path / "data"), "judge.train.steps": 2,
-            "judge.extra_identities": 3, "judge.grad_clip": 5.0}
-    cfg = load_config(PipelineConfig, tiny, over)
-    p = Pipeline(cfg, progress=False)
-    p.stage_data()
-    info = p.stage_judge()
-    own = p.data.recognition_records(cfg.judge.max_abs_yaw, cfg.judge.identities)
-    assert info["identities"] == len({r.subject for r in own}) + 3
+    over = {"judge.extra_identities": 3, "judge.grad_clip": 5.0}
+    cfg, p, info, own = _trained_with_extras(tmp_path, "judge", over)
+    assert info["identities"] == own + 3
     extra_root = next((tmp_path / "data").glob("*_extra3_y30"))
     extra = {r.subject for r in load_dataset("synth", extra_root)}
     assert extra == {"017", "018", "019"}  # the tiny dataset has subjects 001..016
@@ -168,7 +181,8 @@ def test_judge_learns_extra_identities_that_are_never_test_identities(tmp_path) 
     fc2 = load_file(tmp_path / "run" / "judge" / "judge.safetensors")
     assert [v.shape[0] for k, v in fc2.items() if k.endswith("fc2.weight")] == [info["identities"]]
     assert p.judges["judge"] is not None  # its shape is known without rendering again
-    plain = load_config(PipelineConfig, tiny, {**over, "judge.extra_identities": 0, "judge.grad_clip": 0.0})
+    plain = load_config(PipelineConfig, TINY_CONFIG, {"out_dir": str(tmp_path / "run"), "data.root": str(tmp_path / "data"),
+                                                      "judge.train.steps": 2})
     assert not {"extra_identities", "grad_clip"} & set(K.own_settings(plain, "judge")["judge"])
     assert K.own_settings(plain, "judge") != K.own_settings(cfg, "judge")
 
@@ -176,31 +190,22 @@ def test_judge_learns_extra_identities_that_are_never_test_identities(tmp_path) 
 def test_loss_recognizer_learns_extra_identities_apart_from_the_judges(tmp_path) -> None:
     """recognizer.extra_identities from recognizer.extra_offset: ids after the judge's range, so the two
     networks share no training face; an overlapping range is refused when the config loads."""
-    from pathlib import Path
-
     from slimface import stage_keys as K
     from slimface.config import load_config
     from slimface.data.loaders import load_dataset
     from slimface.errors import ConfigError
-    from slimface.pipeline import Pipeline, PipelineConfig
+    from slimface.pipeline import PipelineConfig
+    from slimface.pipeline_config import learnt_extras  # what the report's recognizer line says
 
-    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
-    over = {"out_dir": str(tmp_path / "run"), "data.root": str(tmp_path / "data"), "recognizer.train.steps": 2,
-            "judge.extra_identities": 3, "recognizer.extra_identities": 2, "recognizer.extra_offset": 3}
-    cfg = load_config(PipelineConfig, tiny, over)
-    p = Pipeline(cfg, progress=False)
-    p.stage_data()
-    info = p.stage_recognizer()
-    own = p.data.recognition_records(cfg.recognizer.max_abs_yaw, cfg.recognizer.identities)
-    assert info["identities"] == len({r.subject for r in own}) + 2
+    over = {"judge.extra_identities": 3, "recognizer.extra_identities": 2, "recognizer.extra_offset": 3}
+    cfg, _, info, own = _trained_with_extras(tmp_path, "recognizer", over)
+    assert info["identities"] == own + 2
     extra_root = next((tmp_path / "data").glob("*_extra2_y30_o3"))
     assert {r.subject for r in load_dataset("synth", extra_root)} == {"020", "021"}  # the judge's: 017..019
     assert "extra_offset" in K.own_settings(cfg, "recognizer")["recognizer"]
-    from slimface.pipeline_config import learnt_extras  # what the report's recognizer line says
-
     assert learnt_extras(cfg.recognizer) == " + 2 identities beyond the dataset (extra 3..4)"
-    assert learnt_extras(load_config(PipelineConfig, tiny, {}).recognizer) == ""
-    plain = load_config(PipelineConfig, tiny, {"out_dir": str(tmp_path / "run")})
+    assert learnt_extras(load_config(PipelineConfig, TINY_CONFIG, {}).recognizer) == ""
+    plain = load_config(PipelineConfig, TINY_CONFIG, {"out_dir": str(tmp_path / "run")})
     assert not {"extra_identities", "extra_offset", "grad_clip"} & set(K.own_settings(plain, "recognizer")["recognizer"])
     with pytest.raises(ConfigError, match="recognizer.extra_offset >= 3"):
-        load_config(PipelineConfig, tiny, {**over, "recognizer.extra_offset": 2})
+        load_config(PipelineConfig, TINY_CONFIG, {**over, "recognizer.extra_offset": 2})

@@ -174,7 +174,7 @@ def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: st
     kept: dict[str, Any] = {}
     old: dict[str, Any] = {}
     if merge:
-        old, kept = _kept_entries(out, files, data_of(data_settings), this_command)
+        old, kept = _kept_entries(out, files, data_of(data_settings))
     total = sum(len(b) for b in blobs.values()) + sum(int(e["size"]) for e in kept.values())
     if total > MAX_TOTAL_BYTES:
         sizes = ", ".join(f"{n} {len(b) / 1e6:.1f} MB" for n, b in blobs.items())
@@ -210,8 +210,7 @@ def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: st
     return out / MANIFEST
 
 
-def _kept_entries(out: Path, files: Mapping[str, Any], data: Mapping[str, Any],
-                  command: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _kept_entries(out: Path, files: Mapping[str, Any], data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``out``'s manifest and the entries of it that a merge keeps (every file not packed now), after
     checking that they were trained on the same dataset (none: nothing to merge into)."""
     path = out / MANIFEST

@@ -434,21 +434,28 @@ def test_pack_merge_replaces_one_network_and_keeps_the_others(runs: dict, tmp_pa
 
 
 # ------------------------------------------------------------------------------ shipped supernets
-def test_a_supernet_ships_and_a_run_searches_and_finetunes_it_without_training_it(runs: dict,
-                                                                                 tmp_path: Path) -> None:
-    """A source run's supernet (+ its discriminator and mappers) is packed as ``<family>.supernet.*``;
-    a run with ``student.supernet_pretrained`` installs all three, verified, and goes on to search
-    and fine-tune; turning the switch off trains the supernet again."""
+@pytest.fixture(scope="module")
+def supernet_weights(runs: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The source run's weights plus its supernet, discriminator and mappers (``<family>.supernet.*``)."""
     import shutil
 
-    from safetensors.torch import load_file
-
-    src = tmp_path / "src"
+    src = tmp_path_factory.mktemp("supernet_src") / "src"
     shutil.copytree(runs["src"], src)
     _ok(slimface("run", "--config", str(TINY), "--out", str(src), *runs["data"], *SHORT, "--no-progress",
                  "--only", "supernet", cwd=runs["work"]))
-    weights = tmp_path / "weights"
+    weights = src.parent / "weights"
     shipped_pack.pack(src, weights, fp16=["discriminator"], say=lambda _: None)
+    return weights
+
+
+def test_a_supernet_ships_and_a_run_searches_and_finetunes_it_without_training_it(
+        runs: dict, supernet_weights: Path, tmp_path: Path) -> None:
+    """A source run's supernet (+ its discriminator and mappers) is packed as ``<family>.supernet.*``;
+    a run with ``student.supernet_pretrained`` installs all three, verified, and goes on to search
+    and fine-tune; turning the switch off trains the supernet again."""
+    from safetensors.torch import load_file
+
+    weights = supernet_weights
     manifest = json.loads((weights / "manifest.json").read_text())
     parts = {f"tpgan.supernet.{p}.safetensors": p for p in ("generator", "discriminator", "mappers")}
     assert set(parts) <= set(manifest["files"])
@@ -495,6 +502,39 @@ def test_a_supernet_ships_and_a_run_searches_and_finetunes_it_without_training_i
     log = _ok(slimface("run", *common, *PRETRAINED, "--only", "supernet", cwd=runs["work"]))
     assert "shipped" not in log.split("[supernet.tpgan]")[-1].splitlines()[0]
     assert (sup / "checkpoints").is_dir()
+
+
+def test_supernet_init_shipped_trains_on_from_the_shipped_supernet(runs: dict, supernet_weights: Path,
+                                                                   tmp_path: Path) -> None:
+    """``student.supernet_init_shipped``: the supernet stage trains, starting from the verified
+    shipped supernet, discriminator and mappers (at a vanishing lr its parameters stay the shipped
+    ones; from the teacher's warm start they do not); its key names the files' content, the report
+    says where training started, and it excludes ``supernet_pretrained``."""
+    from safetensors.torch import load_file
+
+    shipped_net = load_file(str(supernet_weights / "tpgan.supernet.generator.safetensors"))
+    params = [k for k in shipped_net if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    far = {}
+    for init in ("true", "false"):
+        out = tmp_path / init
+        log = _ok(slimface("run", "--config", str(TINY), "--out", str(out), *runs["data"], *PRETRAINED,
+                           "--set", f"weights={supernet_weights}", "--set", f"student.supernet_init_shipped={init}",
+                           "--set", "student.train.steps=2", "--set", "student.train.lr=1e-12", "--no-progress",
+                           "--only", "data", "recognizer", "judge", "teacher", "supernet", "report",
+                           cwd=runs["work"]))
+        assert "step 2/2" in log and ("supernet generator: starts from shipped" in log) == (init == "true")
+        net = load_file(str(out / "tpgan" / "supernet" / "supernet.safetensors"))
+        far[init] = max(float((net[k] - shipped_net[k].float()).abs().max()) for k in params)
+    assert far["true"] < 1e-6 < far["false"], far
+    marker = K.read_marker(tmp_path / "true", "supernet.tpgan")
+    files = json.loads((supernet_weights / "manifest.json").read_text())["files"]
+    assert marker["settings"]["student"]["supernet_init_shipped"] == "+".join(
+        files[f"tpgan.supernet.{p}.safetensors"]["sha256"][:16] for p in ("generator", "discriminator", "mappers"))
+    assert "supernet_init_shipped" not in json.dumps(K.read_marker(tmp_path / "false", "supernet.tpgan")["settings"])
+    report = (tmp_path / "true" / "report" / "report.md").read_text()
+    assert f"trained in this run from shipped `{supernet_weights / 'tpgan.supernet.generator.safetensors'}`" in report
+    with pytest.raises(ConfigError, match="supernet_init_shipped trains on from the shipped supernet"):
+        _cfg(runs, **{"student.supernet_init_shipped": True, "student.supernet_pretrained": True})
 
 
 def _ok_fail(proc: subprocess.CompletedProcess[str]) -> str:

@@ -42,6 +42,8 @@ TRAIN_STAGES = ("teacher", "supernet", "search", "finetune", "export")
 #: stages every torchrun process takes part in (DDP training, sharded search)
 DISTRIBUTED_STAGES = ("recognizer", "judge", "teacher", "mobile", "supernet", "search", "finetune")
 ALL_STAGES = ("data", "recognizer", "judge", *TRAIN_STAGES, "sensitivity", "mobile", "evaluate", "bench", "report")
+#: the supernet task's network of each shipped supernet file (``slimface.shipped`` slot part)
+_SUPERNET_NETS = {"generator": "student", "discriminator": "disc", "mappers": "mappers"}
 
 
 def _say(text: str) -> None:
@@ -617,7 +619,16 @@ class Pipeline:
             torch.manual_seed(self.compression_seed(family))
         supernet = self._supernet(family)
         task = self._ofa_task(family, supernet)
-        if student.mobile_teacher:  # its exact copy, channels sorted by importance for pruning
+        init: dict[str, Any] = {}
+        if student.supernet_init_shipped:  # continued pretraining: the shipped supernet, mappers and D
+            from slimface.shipped import verified
+            from slimface.nn.modes import unwrap
+
+            for slot, module, record in verified(self, f"supernet.{family}"):
+                unwrap(task.nets[_SUPERNET_NETS[slot.part]]).load_state_dict(module.state_dict())
+                init[slot.role] = record
+                _say(f"  {slot.label}: starts from shipped {record['file']} (sha256 {record['sha256'][:12]}), verified")
+        elif student.mobile_teacher:  # its exact copy, channels sorted by importance for pruning
             from slimface.compress.warmstart import sort_channels
 
             supernet.load_state_dict(task.teacher.state_dict())
@@ -630,7 +641,7 @@ class Pipeline:
         save_weights(supernet, out / "supernet.safetensors")
         save_weights(task.nets["mappers"], out / "mappers.safetensors")
         save_weights(task.nets["disc"], out / "discriminator.safetensors")
-        return {"final": metrics}
+        return {"final": metrics, **({"init": init} if init else {})}
 
     def budget_macs(self, family: str, teacher: nn.Module | None = None) -> float:
         """The search budget in MACs (``search.budget``, parsed when the config loaded): absolute, or

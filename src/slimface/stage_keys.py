@@ -156,6 +156,10 @@ def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
                 s["student"].pop(unused, None)
         if student.sampling == "budget":  # the supernet is then trained for one budget
             s["search.budget"] = c.search.budget
+        if student.supernet_init_shipped:  # continued from the shipped files: keyed by their content
+            from slimface.shipped import files_digest
+
+            s["student"]["supernet_init_shipped"] = files_digest(c, stage)
     elif kind == "search":
         search = _without_defaults(to_dict(c.search), SEARCH_DEFAULTS_OUT_OF_KEYS)
         s = {"search": search, "eval_batch_size": c.eval_batch_size, "seed": c.seed}
@@ -192,7 +196,7 @@ SEARCH_DEFAULTS_OUT_OF_KEYS = {"latency_size": "run", "threads": 1}
 DESIGN_PREFIXES = ("separable", "max_kernel", "channel_multiple")
 #: ``student`` switches to shipped networks: out of every key, since the stage that installs the file
 #: keys on its checksum instead (:func:`_with_shipped`) and the stages after it on its content
-SHIPPED_SWITCHES = ("mobile_pretrained", "supernet_pretrained")
+SHIPPED_SWITCHES = ("mobile_pretrained", "supernet_pretrained", "supernet_init_shipped")
 
 
 def _without_defaults(section: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:

@@ -114,6 +114,9 @@ class OFAConfig(DistillConfig):
     (supernet, its discriminator and distillation mappers, trained by ``configs/pretrain.yaml`` for
     many more steps than a run can give) instead of training, so a run's minutes go to search and
     fine-tune. The shipped file names the budget and teacher it was trained for (its manifest entry).
+    ``supernet_init_shipped`` trains the supernet on from those files (verified the same way) instead
+    of from the teacher's warm start: continued pretraining when the objective changed (another loss
+    recognizer or identity weight) without paying the whole distillation again.
     """
 
     sampling: Literal["uniform", "sandwich", "budget"] = "uniform"
@@ -137,6 +140,7 @@ class OFAConfig(DistillConfig):
     mobile_eval_every: int = 100  # steps between those validation checks
     mobile_pretrained: bool = False  # load the shipped mobile teacher (weights/) instead of training it
     supernet_pretrained: bool = False  # load the shipped supernet (weights/) instead of training it
+    supernet_init_shipped: bool = False  # train the supernet on from the shipped one (its new objective)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
@@ -157,6 +161,9 @@ class OFAConfig(DistillConfig):
         check(self.channel_multiple is None or not self.supernet_pretrained,
               "student.channel_multiple changes the width choices the shipped supernet was trained on; "
               "set student.supernet_pretrained=false to train one for them")
+        check(not (self.supernet_init_shipped and self.supernet_pretrained),
+              "student.supernet_init_shipped trains on from the shipped supernet; it excludes supernet_pretrained "
+              "(which loads it without training): set one of them")
         check(self.sensitivity_steps >= 0, f"student.sensitivity_steps must be >= 0, got {self.sensitivity_steps}")
         check(not (self.mobile_teacher and self.separable in ("none", "search")),
               f"student.mobile_teacher trains the student's fixed separable design at full width; with "

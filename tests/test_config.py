@@ -113,6 +113,25 @@ def test_budget_sampling_ties_the_supernet_stage_to_the_search_budget() -> None:
         load_config(PipelineConfig, root, {"student.budget_low": 0})
 
 
+def test_identity_jitter_keys_the_student_stages_only_when_set() -> None:
+    """At 0 (what every earlier run did) the setting is out of every key; set, the stages that train
+    the student re-run; a negative shift is a one-line error."""
+    from slimface.pipeline import Pipeline
+    from slimface.pipeline_config import PipelineConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+
+    def settings(stage: str, **over: object) -> dict:
+        return Pipeline(load_config(PipelineConfig, root, over), progress=False)._stage_settings(stage)
+
+    for stage in ("supernet.tpgan", "finetune.tpgan"):
+        assert settings(stage, **{"student.identity_jitter": 0}) == settings(stage)
+        assert settings(stage, **{"student.identity_jitter": 2}) != settings(stage)
+    assert settings("search.tpgan", **{"student.identity_jitter": 2}) == settings("search.tpgan")
+    with pytest.raises(ConfigError, match="identity_jitter must be >= 0 pixels"):
+        load_config(PipelineConfig, root, {"student.identity_jitter": -1})
+
+
 def test_per_family_student_recipe() -> None:
     """``teachers.<family>.student`` / ``.finetune`` change that family's settings only; the teacher stage
     does not depend on them; a bad key is a one-line error at load time."""

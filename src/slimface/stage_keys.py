@@ -187,7 +187,7 @@ def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
 MOBILE_SETTINGS = ("mobile_teacher", "mobile_steps", "mobile_gap", "mobile_eval_every")
 #: ``student`` settings left out of every key at these values (their defaults, what every run
 #: before them did): earlier runs keep their keys
-STUDENT_DEFAULTS_OUT_OF_KEYS = {"seed": 0, "identity_lowpass": False, "max_kernel": None, "channel_multiple": None,
+STUDENT_DEFAULTS_OUT_OF_KEYS = {"seed": 0, "identity_lowpass": False, "identity_jitter": 0, "max_kernel": None, "channel_multiple": None,
                                 "identity_target": "truth"}
 #: ``search`` settings left out of the search key at these values (what every run before them did)
 SEARCH_DEFAULTS_OUT_OF_KEYS = {"latency_size": "run", "threads": 1}

@@ -48,6 +48,11 @@ class DistillConfig:
     # teacher's output ("teacher": the student imitates the identity the teacher keeps, which it can
     # reach, instead of chasing what the loss recognizer alone separates)
     identity_target: Literal["truth", "teacher"] = "truth"
+    # the identity term reads both images through one random view per sample (a shift of up to this
+    # many pixels, edges replicated, and a horizontal flip): features that only the loss recognizer
+    # reads at one exact alignment stop paying, those that survive a view change (as another
+    # recognizer's would) keep paying. 0: the images as they are
+    identity_jitter: int = 0
     gan_mode: Optional[GanMode] = None  # None: the family's own (bce; wgan-gp for crgan)
     gp_weight: float = 10.0
 
@@ -55,6 +60,7 @@ class DistillConfig:
         for name in ("recon_weight", "teacher_weight", "distill_weight", "gan_weight", "identity_weight", "gp_weight"):
             v = getattr(self, name)
             check(v >= 0, f"student.{name} must be >= 0, got {v}")
+        check(self.identity_jitter >= 0, f"student.identity_jitter must be >= 0 pixels, got {self.identity_jitter}")
         check(self.identity_target in ("truth", "teacher"),
               f"student.identity_target {self.identity_target!r}: use 'truth' or 'teacher'")
         check(self.gan_mode in (None, "bce", "wgan-gp"), f"student.gan_mode {self.gan_mode!r}: use 'bce' or 'wgan-gp'")

@@ -20,6 +20,7 @@ from slimface.errors import ConfigError
 from slimface.nn.channels import Chans, ch
 from slimface.nn.super_layers import SuperConv2d, SuperMixin, super_layers
 from slimface.train import losses as L
+from slimface.train.distributed import StepRandom
 from slimface.nn.modes import unwrap
 
 
@@ -211,9 +212,10 @@ class DistillLoss:
     def generator_loss(
         self, disc: nn.Module, profile: Tensor, fake: Tensor, target: Tensor,
         mapped: Mapping[str, Tensor] | None, teacher_feats: Mapping[str, Tensor] | None,
-        teacher_out: Tensor | None = None,
+        teacher_out: Tensor | None = None, rnd: StepRandom | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
-        """L = λ_gan·L_G + λ_recon·||y - G(x)||_1 + λ_out·||G'(x) - G(x)||_1 + λ_distill·Σ MSE + λ_id·L_id."""
+        """L = λ_gan·L_G + λ_recon·||y - G(x)||_1 + λ_out·||G'(x) - G(x)||_1 + λ_distill·Σ MSE + λ_id·L_id.
+        ``rnd``: draws the identity term's views (``identity_jitter``; a fresh stream if None)."""
         c = self.cfg
         parts: dict[str, Tensor] = {}
         parts["recon"] = (fake - target).abs().mean()
@@ -230,6 +232,10 @@ class DistillLoss:
             ref = target if c.identity_target == "truth" else teacher_out
             if ref is None:
                 raise ConfigError("student.identity_target: teacher needs the teacher's output; this stage has no teacher")
+            if c.identity_jitter:
+                rnd = rnd or StepRandom(0, 0, fake.shape[0], fake.device, stream="identity-views")
+                shifts = rnd.randint(2 * c.identity_jitter + 1, 2) - c.identity_jitter
+                fake, ref = L.jittered((fake, ref), shifts, rnd.randint(2) > 0, c.identity_jitter)
             parts["id"] = L.identity_loss(self.recognizer.embed, fake, ref, c.identity_lowpass)  # type: ignore[operator]
         weights = {"recon": c.recon_weight, "teacher": c.teacher_weight, "gan_g": c.gan_weight,
                    "distill": c.distill_weight, "id": c.identity_weight}

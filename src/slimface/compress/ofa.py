@@ -187,6 +187,7 @@ class OFATask:
         sums: dict[str, float] = {}
         noise_dim = int(getattr(unwrap(student), "noise_dim", 0) or 0)
         rnd = StepRandom(self.seed, step, profile.shape[0], profile.device, stream="ofa-student")
+        views = StepRandom(self.seed, step, profile.shape[0], profile.device, stream="identity-views")
         for cfg in configs:
             self._activate(cfg)
             self.student_taps.clear()
@@ -196,7 +197,7 @@ class OFATask:
                 fake = student(profile, landmarks)
             s_feats = self.student_taps.collect()
             mapped = mappers(s_feats) if self.cfg.distill_weight > 0 else None
-            total, parts = self.loss.generator_loss(disc, profile, fake, target, mapped, t_feats, t_out)
+            total, parts = self.loss.generator_loss(disc, profile, fake, target, mapped, t_feats, t_out, views)
             (total / len(configs)).backward()
             fakes.append(fake.detach())
             for k, v in {"loss_g": float(total.detach()), **parts}.items():

@@ -69,6 +69,23 @@ def binomial_lowpass(image: Tensor) -> Tensor:
     return F.conv2d(F.pad(image, (1, 1, 1, 1), mode="replicate"), kernel, groups=c)
 
 
+def jittered(images: tuple[Tensor, ...], shifts: Tensor, flips: Tensor, pad: int) -> tuple[Tensor, ...]:
+    """Each batch of ``images`` through the same per-sample view: an integer translation by
+    ``shifts`` (``(b, 2)`` as (dx, dy), each in [-pad, pad]; edges replicated) and a horizontal flip
+    where ``flips`` (``(b,)`` bool) is set. Sample ``i`` of every batch gets view ``i``."""
+    size = images[0].shape[-2:]
+    out = []
+    for image in images:
+        padded = F.pad(image, (pad, pad, pad, pad), mode="replicate") if pad else image
+        rows = []
+        for i in range(image.shape[0]):
+            dx, dy = int(shifts[i, 0]), int(shifts[i, 1])
+            view = padded[i, :, pad - dy: pad - dy + size[0], pad - dx: pad - dx + size[1]]
+            rows.append(view.flip(-1) if bool(flips[i]) else view)
+        out.append(torch.stack(rows))
+    return tuple(out)
+
+
 def identity_loss(embed: Callable[[Tensor], Tensor], fake: Tensor, real: Tensor, lowpass: bool = False) -> Tensor:
     """L1 between recognizer features of the output and of the ground truth (frozen recognizer);
     ``lowpass``: both images read through :func:`binomial_lowpass` first."""

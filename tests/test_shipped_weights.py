@@ -419,6 +419,7 @@ def test_pack_merge_replaces_one_network_and_keeps_the_others(runs: dict, tmp_pa
     shipped_pack.pack(runs["src"], out, stages=["recognizer"], command="slimface run --retrain-it",
                       say=lambda _: None, merge=True)
     after = json.loads((out / "manifest.json").read_text())
+    assert list(after["files"]) == list(before["files"])  # the replaced entry stays in its place
     assert set(after["files"]) == {"recognizer.safetensors", "judge.safetensors"}
     assert after["files"]["recognizer.safetensors"]["command"] == "slimface run --retrain-it"
     assert after["files"]["judge.safetensors"]["command"] == before["command"] == after["command"]

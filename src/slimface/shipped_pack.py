@@ -198,7 +198,8 @@ def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: st
         for f in files.values():
             f["command"], f["run"] = this_command, str(run)
         manifest.update({k: old[k] for k in ("command", "run", "scorers", "baseline") if k in old})
-        manifest["files"] = {**kept, **files}
+        order = [*(old.get("files") or {}), *(f for f in files if f not in (old.get("files") or {}))]
+        manifest["files"] = {f: files[f] if f in files else kept[f] for f in order}  # in place: a small diff
     from slimface.fileio import atomic_write
 
     out.mkdir(parents=True, exist_ok=True)

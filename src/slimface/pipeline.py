@@ -427,12 +427,7 @@ class Pipeline:
         disc = fam.build_discriminator(resolution=d.resolution, channels=d.channels, width_mult=t.width_mult)
         init: dict[str, Any] = {}
         if t.init_shipped:  # continued pretraining: start from the verified shipped networks
-            from slimface.shipped import verified
-
-            for slot, module, record in verified(self, f"teacher.{family}"):
-                (gen if slot.part == "generator" else disc).load_state_dict(module.state_dict())
-                init[slot.role] = record
-                _say(f"  {slot.label}: starts from shipped {record['file']} (sha256 {record['sha256'][:12]}), verified")
+            init = self._start_from_shipped(f"teacher.{family}", {"generator": gen, "discriminator": disc})
         gen, disc = gen.to(self.device), disc.to(self.device)
         task = fam.make_teacher_task(gen, disc, recognizer=self.recognizer,
                                      num_subjects=len(self.data.subject_labels), loss=t.loss, lr=t.train.lr,
@@ -442,6 +437,18 @@ class Pipeline:
         save_weights(gen, out / "generator.safetensors")
         save_weights(disc, out / "discriminator.safetensors")
         return {"final": metrics, **({"init": init} if init else {})}
+
+    def _start_from_shipped(self, stage: str, nets: dict[str, nn.Module]) -> dict[str, Any]:
+        """Load the verified shipped files of ``stage`` into ``nets`` (by slot part: generator,
+        discriminator, mappers) to train on from them; returns each file's record by role."""
+        from slimface.shipped import verified
+
+        init: dict[str, Any] = {}
+        for slot, module, record in verified(self, stage):
+            nets[slot.part].load_state_dict(module.state_dict())
+            init[slot.role] = record
+            _say(f"  {slot.label}: starts from shipped {record['file']} (sha256 {record['sha256'][:12]}), verified")
+        return init
 
     def _teacher_disc(self, family: str) -> nn.Module:
         from slimface.families import get_family
@@ -621,13 +628,10 @@ class Pipeline:
         task = self._ofa_task(family, supernet)
         init: dict[str, Any] = {}
         if student.supernet_init_shipped:  # continued pretraining: the shipped supernet, mappers and D
-            from slimface.shipped import verified
             from slimface.nn.modes import unwrap
 
-            for slot, module, record in verified(self, f"supernet.{family}"):
-                unwrap(task.nets[_SUPERNET_NETS[slot.part]]).load_state_dict(module.state_dict())
-                init[slot.role] = record
-                _say(f"  {slot.label}: starts from shipped {record['file']} (sha256 {record['sha256'][:12]}), verified")
+            init = self._start_from_shipped(f"supernet.{family}",
+                                            {part: unwrap(task.nets[n]) for part, n in _SUPERNET_NETS.items()})
         elif student.mobile_teacher:  # its exact copy, channels sorted by importance for pruning
             from slimface.compress.warmstart import sort_channels
 

@@ -187,7 +187,8 @@ class OFATask:
         sums: dict[str, float] = {}
         noise_dim = int(getattr(unwrap(student), "noise_dim", 0) or 0)
         rnd = StepRandom(self.seed, step, profile.shape[0], profile.device, stream="ofa-student")
-        views = StepRandom(self.seed, step, profile.shape[0], profile.device, stream="identity-views")
+        views = (StepRandom(self.seed, step, profile.shape[0], profile.device, stream="identity-views")
+                 if self.cfg.identity_jitter else None)  # drawn only when the identity term takes views
         for cfg in configs:
             self._activate(cfg)
             self.student_taps.clear()

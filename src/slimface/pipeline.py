@@ -61,6 +61,7 @@ class Pipeline:
         self.stage_dir = self.out / "stages"
         self._data: DataBundle | None = None
         self._recognizer: nn.Module | None = None
+        self._student_recognizer: nn.Module | None = None
         self._judges: dict[str, Judge] | None = None
         self.timings: dict[str, float] = {}
         self._active_key: tuple[str, str] | None = None  # (resume key, why) of the stage running now
@@ -268,6 +269,22 @@ class Pipeline:
             self._recognizer = freeze(rec.to(self.device))
         return self._recognizer
 
+    @property
+    def student_recognizer(self) -> nn.Module:
+        """What the students' identity term, validation rank-1 and search metric read: the loss
+        recognizer, or it and ``recognizer.members`` as one ensemble (frozen)."""
+        if not self.cfg.recognizer.members:
+            return self.recognizer
+        if self._student_recognizer is None:
+            from slimface.models.recognizer import EnsembleRecognizer
+            from slimface.nn.modes import freeze
+
+            r = self.cfg.recognizer
+            members = [load_weights(self._build_recognizer(r.member(i)), self._member_path(i), f"recognizer member {i}")
+                       for i in range(len(r.members))]
+            self._student_recognizer = freeze(EnsembleRecognizer([self.recognizer, *members]).to(self.device))
+        return self._student_recognizer
+
     def _recognition_records(self, settings: "RecognizerSettings | JudgeSettings") -> list:
         records = self.data.recognition_records(settings.max_abs_yaw, settings.identities)
         if settings.extra_identities:
@@ -388,13 +405,31 @@ class Pipeline:
 
     def stage_recognizer(self) -> dict[str, Any]:
         r = self.cfg.recognizer
+        self._recognizer = self._student_recognizer = None
         if r.checkpoint:
             self.recognizer  # noqa: B018 - loads and validates the official file
-            return {"source": str(r.checkpoint)}
-        if (shipped := self._install_shipped("recognizer")) is not None:
-            self._recognizer = None
-            return shipped
-        return self._train_recognizer(r, self.out / "recognizer", 1, "recognizer.safetensors")
+            info: dict[str, Any] = {"source": str(r.checkpoint)}
+        elif (shipped := self._install_shipped("recognizer")) is not None:
+            info = shipped
+        else:
+            info = self._train_recognizer(r, self.out / "recognizer", 1, "recognizer.safetensors")
+        members = []
+        for i, m in enumerate(r.members):
+            if m.checkpoint:
+                members.append({"source": str(m.checkpoint)})
+            else:  # each in a folder of its own: its checkpoints resume apart from the others'
+                members.append(self._train_recognizer(r.member(i), self._member_path(i).parent, 20 + i,
+                                                      self._member_path(i).name))
+        if members:
+            self.student_recognizer  # noqa: B018 - loads every member, or says which file does not fit
+            info["members"] = members
+        return info
+
+    def _member_path(self, i: int) -> Path:
+        """Where recognizer member ``i`` lives: its checkpoint, or the file the recognizer stage trains."""
+        from slimface import stage_keys
+
+        return stage_keys.member_path(self.cfg, self.out, i)
 
     def stage_judge(self) -> dict[str, Any]:
         """Train (or load) the independent LightCNN judge: its own identities, seed and architecture."""
@@ -499,7 +534,7 @@ class Pipeline:
                                     bs, sc.bn_batches))
         table = analyse(get_family(family), self.teacher_generator(family), self._teacher_disc(family), s,
                         steps=s.sensitivity_steps, train_batches=train, val_batches=val, bn_batches=bn,
-                        recognizer=self.recognizer, seed=seed,
+                        recognizer=self.student_recognizer, seed=seed,
                         fit_batches=[(b["profile"], b["landmarks"]) for b in train], progress=_say)
         paths = table.write(out)
         png = plot_sensitivity([r.as_dict() for r in table.rows], out / "sensitivity.png",
@@ -527,7 +562,7 @@ class Pipeline:
         return OFATask(
             fam, supernet, source, disc, s,
             space=ConfigSpace.from_supernet(fam, supernet),
-            recognizer=self.recognizer if s.identity_weight > 0 else None, seed=self.compression_seed(family),
+            recognizer=self.student_recognizer if s.identity_weight > 0 else None, seed=self.compression_seed(family),
             budget_macs=self.budget_macs(family, teacher) if s.sampling == "budget" and not fixed else 0.0,
             fixed_config=fixed,
         )
@@ -556,7 +591,7 @@ class Pipeline:
         gallery = torch.stack([ds[i]["frontal"] for i in first.values()]).to(self.device)
         probes = [{k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
                   for b in self.batches(pairs, self.cfg.eval_batch_size)]
-        return ValidationRank1(probes, [p[0].subject for p in pairs], gallery, list(first), self.recognizer)
+        return ValidationRank1(probes, [p[0].subject for p in pairs], gallery, list(first), self.student_recognizer)
 
     def stage_mobile(self, family: str) -> dict[str, Any]:
         """The student design at full width trained with the student objective until its validation
@@ -580,7 +615,7 @@ class Pipeline:
         task = MobileTeacherTask(
             get_family(family), net, teacher, self._teacher_disc(family), dataclasses.replace(s, train=train, decay_steps=None),
             rank1=rank1, teacher_rank1=teacher_rank1, gap=s.mobile_gap,
-            recognizer=self.recognizer if s.identity_weight > 0 else None, seed=self.compression_seed(family),
+            recognizer=self.student_recognizer if s.identity_weight > 0 else None, seed=self.compression_seed(family),
         )
         if s.warm_start:
             self._warm_start(family, net, task.teacher)
@@ -692,7 +727,7 @@ class Pipeline:
             if factor is not None:
                 _say(f"  latency budget {latency_ms:.2f} ms: the teacher's {teacher_ms:.2f} ms in {sc.runtime} / {factor:g}")
         result = search(
-            supernet, space, budget, lambda cfg: identity_metric(supernet, cfg, val, self.recognizer, bn),
+            supernet, space, budget, lambda cfg: identity_metric(supernet, cfg, val, self.student_recognizer, bn),
             sc, seed=self.compression_seed(family), cache_path=out / "cache.jsonl", out_jsonl=out / "evaluated.jsonl",
             resolution=self.cfg.data.resolution, latency_fn=latency_fn, latency_budget_ms=latency_ms,
             cache_key=self._active_key[0] if self._active_key is not None else None,

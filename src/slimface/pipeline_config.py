@@ -14,6 +14,7 @@ numbers on this kind of machine, full for GPUs). Any key can be overridden from 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -75,6 +76,27 @@ def learnt_extras(s: "RecognizerSettings | JudgeSettings") -> str:
 
 
 @dataclass
+class RecognizerMember:
+    """One more network of the loss recognizer (``recognizer.members``), trained by the recognizer
+    stage on the loss recognizer's identities (its ``identities``, ``max_abs_yaw``, ``grad_clip`` and
+    ``train``) with an architecture and extra faces of its own, or read from ``checkpoint``."""
+
+    variant: Literal["lightcnn9", "lightcnn29", "lightcnn29v2"] = "lightcnn29"
+    width_mult: float = 0.25
+    extra_identities: int = 0
+    extra_offset: int = 0
+    checkpoint: Optional[Path] = None  # instead of training: a slimface .safetensors of this variant and width
+
+    def check_as(self, where: str) -> None:
+        """Checked by the recognizer section, which knows the member's index."""
+        _check_width(self.width_mult, f"{where}.width_mult")
+        check(self.extra_identities >= 0, f"{where}.extra_identities {self.extra_identities} must be >= 0")
+        check(self.extra_offset >= 0, f"{where}.extra_offset {self.extra_offset} must be >= 0")
+        check(self.checkpoint is None or Path(self.checkpoint).suffix == ".safetensors",
+              f"{where}.checkpoint {self.checkpoint}: give a slimface .safetensors recognizer file")
+
+
+@dataclass
 class RecognizerSettings:
     """The *loss recognizer*: identity losses, PIM's joint recognizer, distillation, search metric."""
 
@@ -90,11 +112,23 @@ class RecognizerSettings:
     grad_clip: float = 0.0  # clip the gradient norm at this value (0: off)
     checkpoint: Optional[Path] = None  # instead of training: slimface .safetensors, or an official LightCNN file
     pretrained: bool = False  # instead of training: the shipped recognizer in ``weights`` (slimface.shipped)
+    # more networks beside this one: the students' identity term, validation rank-1 and search metric
+    # then read the ensemble (slimface.models.recognizer.EnsembleRecognizer); the teachers' objectives,
+    # the int8 check and the report's "loss recognizer" column keep this network alone
+    members: list[RecognizerMember] = field(default_factory=list)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=600, batch_size=64, lr=1e-3))
 
     def validate(self) -> None:
         _check_width(self.width_mult, "recognizer.width_mult")
         _check_extras(self, "recognizer")
+        for i, m in enumerate(self.members):
+            m.check_as(f"recognizer.members[{i}]")
+
+    def member(self, i: int) -> "RecognizerSettings":
+        """Member ``i`` as the settings of a recognizer of its own (what the stage trains or loads)."""
+        m = self.members[i]
+        return dataclasses.replace(self, variant=m.variant, width_mult=m.width_mult, extra_identities=m.extra_identities,
+                                   extra_offset=m.extra_offset, checkpoint=m.checkpoint, pretrained=False, members=[])
 
 
 @dataclass
@@ -208,12 +242,13 @@ class PipelineConfig:
             check(fam in known, f"families: unknown model {fam!r}; choose from {known}")
         check(len(self.families) >= 1, "families: name at least one model to compress")
         r, j = self.recognizer, self.judge
-        check(not (r.checkpoint and j.checkpoint and Path(r.checkpoint).resolve() == Path(j.checkpoint).resolve()),
-              "judge.checkpoint is the loss recognizer's file: a judge must be a network no training saw")
-        shared = set(extra_range(r)) & set(extra_range(j))
-        check(not shared, f"recognizer and judge would both learn extra identities {min(shared, default=0)}.."
-                          f"{max(shared, default=0)}: a judge shares no training face with the loss recognizer; "
-                          f"set recognizer.extra_offset >= {j.extra_offset + j.extra_identities}")
+        for where, rec in (("recognizer", r), *((f"recognizer.members[{i}]", r.member(i)) for i in range(len(r.members)))):
+            shared = set(extra_range(rec)) & set(extra_range(j))
+            check(not shared, f"{where} and judge would both learn extra identities {min(shared, default=0)}.."
+                              f"{max(shared, default=0)}: a judge shares no training face with the loss recognizer; "
+                              f"set {where}.extra_offset >= {j.extra_offset + j.extra_identities}")
+            check(not (rec.checkpoint and j.checkpoint and Path(rec.checkpoint).resolve() == Path(j.checkpoint).resolve()),
+                  f"judge.checkpoint is also {where}.checkpoint: a judge must be a network no training saw")
         for where, part in (("recognizer", r), ("judge", j), *((f"teachers.{n}", t) for n, t in self.teachers.items())):
             check(not (part.pretrained and part.checkpoint),
                   f"{where}: pretrained (shipped weights) and checkpoint (a given file) exclude each other; drop one")

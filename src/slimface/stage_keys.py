@@ -98,9 +98,10 @@ def _plain(obj: Any) -> Any:
 
 
 def _without_zero_extras(section: dict[str, Any]) -> dict[str, Any]:
-    """A recognizer's section without its extra-identity and clipping settings where they are 0, the
-    default: runs from before those settings keep their keys."""
-    return {k: v for k, v in section.items() if v or k not in ("extra_identities", "extra_offset", "grad_clip")}
+    """A recognizer's section without its extra-identity, clipping and member settings where they are
+    0 or empty, the default: runs from before those settings keep their keys."""
+    return {k: v for k, v in section.items()
+            if v or k not in ("extra_identities", "extra_offset", "grad_clip", "members")}
 
 
 def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
@@ -262,9 +263,10 @@ def _with_shipped(cfg: Any, stage: str, s: dict[str, Any]) -> dict[str, Any]:
         if split(stage)[0] in ("mobile", "supernet"):  # the files, and the design they fit (checked when installed)
             design = {k: v for k, v in (s.get("student") or {}).items() if k.startswith(DESIGN_PREFIXES)}
             s = {"student": design} if design else {}
-        for section in s.values():
+        for name, section in s.items():
             if isinstance(section, dict):
-                section.pop("train", None)
+                if not (name == "recognizer" and section.get("members")):  # members train with it
+                    section.pop("train", None)
                 section.pop("loss", None)
         s["pretrained"] = part  # first in a stale stage's reasons: "setting pretrained changed"
     return s
@@ -322,6 +324,12 @@ def settings_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[tu
 
 
 # ----------------------------------------------------------------------------- output files
+def member_path(cfg: Any, out: str | Path, i: int) -> Path:
+    """Recognizer member ``i``'s file: its checkpoint, or where the recognizer stage trains it."""
+    given = cfg.recognizer.members[i].checkpoint
+    return Path(given) if given else Path(out) / "recognizer" / f"member{i}" / "recognizer.safetensors"
+
+
 def output_paths(cfg: Any, out: str | Path, stage: str, outputs: dict[str, Any] | None = None) -> list[Path]:
     """The files ``stage`` produces (or, for a given checkpoint, the file it stands for) that
     existing stages read; only the ones that exist."""
@@ -334,6 +342,8 @@ def output_paths(cfg: Any, out: str | Path, stage: str, outputs: dict[str, Any] 
     elif kind in ("recognizer", "judge"):
         given = getattr(cfg, kind).checkpoint
         paths = [Path(given)] if given else [out / kind / f"{kind}.safetensors"]
+        if kind == "recognizer":
+            paths += [member_path(cfg, out, i) for i in range(len(cfg.recognizer.members))]
     elif kind == "teacher":
         given = cfg.teacher(fam).checkpoint
         d = out / fam / "teacher"

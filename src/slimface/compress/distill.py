@@ -188,6 +188,12 @@ def is_conditional(disc: nn.Module, image_channels: int) -> bool:
     )
 
 
+def _loss_embed(recognizer: Any) -> Any:
+    """What the identity term compares: ``loss_embed`` of a slimface recognizer (an ensemble's
+    members side by side), ``embed`` of any other module that has one."""
+    return getattr(recognizer, "loss_embed", None) or recognizer.embed
+
+
 class DistillLoss:
     """The full student objective of reference.md §1, parts returned for logging."""
 
@@ -236,7 +242,7 @@ class DistillLoss:
                 rnd = rnd or StepRandom(0, 0, fake.shape[0], fake.device, stream="identity-views")
                 shifts = rnd.randint(2 * c.identity_jitter + 1, 2) - c.identity_jitter
                 fake, ref = L.jittered((fake, ref), shifts, rnd.randint(2) > 0, c.identity_jitter)
-            parts["id"] = L.identity_loss(self.recognizer.embed, fake, ref, c.identity_lowpass)  # type: ignore[operator]
+            parts["id"] = L.identity_loss(_loss_embed(self.recognizer), fake, ref, c.identity_lowpass)  # type: ignore[operator]
         weights = {"recon": c.recon_weight, "teacher": c.teacher_weight, "gan_g": c.gan_weight,
                    "distill": c.distill_weight, "id": c.identity_weight}
         total = sum(weights[k] * v for k, v in parts.items())

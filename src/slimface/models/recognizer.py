@@ -7,11 +7,13 @@ unit-norm descriptors``, with its own grayscale conversion and resizing) lives i
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from slimface.errors import ConfigError
 from slimface.models.lightcnn import (
@@ -85,6 +87,31 @@ class LightCNNRecognizer(Recognizer):
         rec = cls(variant, input_size=input_size, width_mult=width_mult, num_classes=n, channels=channels)
         load_lightcnn_state(rec.net, state, source=str(path))
         return rec
+
+
+class EnsembleRecognizer(Recognizer):
+    """Several recognizers read as one loss recognizer (``recognizer.members``): an identity term
+    against them all keeps what the networks agree on rather than what one of them alone reads, the
+    way an attack on an ensemble transfers to networks it never saw.
+
+    ``embed`` joins the members' unit descriptors scaled by 1/sqrt(n): unit-norm again, and its cosine
+    is the members' mean cosine. ``loss_embed`` joins them unscaled, so an L1 identity term is the
+    members' mean term, at the scale of one network's (the identity weight keeps its meaning)."""
+
+    differentiable = True
+
+    def __init__(self, members: list[Recognizer]) -> None:
+        super().__init__()
+        if not members:
+            raise ConfigError("an ensemble recognizer needs at least one member")
+        self.members = nn.ModuleList(members)
+        self.embedding_dim = sum(int(m.embedding_dim) for m in members)
+
+    def loss_embed(self, images: Tensor) -> Tensor:
+        return torch.cat([m.embed(images) for m in self.members], dim=1)
+
+    def embed(self, images: Tensor) -> Tensor:
+        return self.loss_embed(images) / math.sqrt(len(self.members))
 
 
 def build_recognizer(name: str, checkpoint: str | Path | None = None, **kw: Any) -> Recognizer:

@@ -52,5 +52,10 @@ class Recognizer(nn.Module):
     def embed(self, images: Tensor) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def loss_embed(self, images: Tensor) -> Tensor:
+        """What an identity term compares (an L1 over its entries): the descriptor itself, except
+        where an ensemble keeps each member's unit descriptor so the term stays at one network's scale."""
+        return self.embed(images)
+
 
 __all__ = ["Recognizer", "check_images", "resize_square", "to_gray01"]

@@ -81,7 +81,9 @@ class RecognizerMember:
     stage on the loss recognizer's identities (its ``identities``, ``max_abs_yaw``, ``grad_clip`` and
     ``train``) with an architecture and extra faces of its own, or read from ``checkpoint``."""
 
-    variant: Literal["lightcnn9", "lightcnn29", "lightcnn29v2"] = "lightcnn29"
+    # its own initialisation and batch order; another variant adds another architecture, trained with
+    # the loss recognizer's recipe (which suits lightcnn9: docs/experiments)
+    variant: Literal["lightcnn9", "lightcnn29", "lightcnn29v2"] = "lightcnn9"
     width_mult: float = 0.25
     extra_identities: int = 0
     extra_offset: int = 0

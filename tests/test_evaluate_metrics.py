@@ -248,3 +248,21 @@ def test_plots_have_expected_size(tmp_path: Path) -> None:
            for i, (m, v) in enumerate([(1, 80), (2, 79), (2, 85), (4, 90)])]
     out = plot_pareto(pts, tmp_path / "sub" / "pareto.png", figsize=(5, 4), dpi=80, budget=3e9)
     assert Image.open(out).size == (400, 320)
+
+
+def test_figures_replace_a_hard_linked_file_without_changing_its_other_link(tmp_path: Path) -> None:
+    """A run folder copied with hard links (cp -al) shares its figures' inodes with the original: a
+    figure rewritten in the copy is a new file (written atomically), the original keeps its bytes."""
+    import os
+
+    rows = [[torch.zeros(3, 8, 8), torch.ones(3, 8, 8)]]
+    for name, write in (("grid.png", lambda out: image_grid(rows, out=out)),
+                        ("yaw.png", lambda out: plot_rank1_vs_yaw({"a": {15: 50.0, 30: 40.0}}, out))):
+        original, copy = tmp_path / "run" / name, tmp_path / "copy" / name
+        copy.parent.mkdir(exist_ok=True)
+        original.parent.mkdir(exist_ok=True)
+        original.write_bytes(b"the original figure")
+        os.link(original, copy)
+        write(copy)
+        assert original.read_bytes() == b"the original figure"
+        assert copy.read_bytes().startswith(b"\x89PNG") and copy.stat().st_nlink == 1

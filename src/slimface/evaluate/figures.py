@@ -21,6 +21,8 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from slimface.fileio import atomic_write  # noqa: E402
+
 GRID_PAD = 2
 GRID_BACKGROUND = (255, 255, 255)
 
@@ -106,10 +108,7 @@ def image_grid(
                 pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
             x = label_w + GRID_PAD + j * (cell_w + GRID_PAD)
             canvas.paste(pil, (x, y))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out, format="PNG")
-    return out
+    return atomic_write(out, lambda f: canvas.save(f, format="PNG"))
 
 
 def plot_rank1_vs_yaw(
@@ -229,7 +228,6 @@ def _mac_unit(top: float) -> tuple[str, float]:
 
 
 def _save(fig: Any, out: str | Path, dpi: int) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi, format="png")
-    return out
+    """Written atomically, like every file of a run: a figure replaced in a copied run folder (hard
+    links) never changes the original's."""
+    return atomic_write(out, lambda f: fig.savefig(f, dpi=dpi, format="png"))

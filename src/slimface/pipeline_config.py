@@ -89,14 +89,6 @@ class RecognizerMember:
     extra_offset: int = 0
     checkpoint: Optional[Path] = None  # instead of training: a slimface .safetensors of this variant and width
 
-    def check_as(self, where: str) -> None:
-        """Checked by the recognizer section, which knows the member's index."""
-        _check_width(self.width_mult, f"{where}.width_mult")
-        check(self.extra_identities >= 0, f"{where}.extra_identities {self.extra_identities} must be >= 0")
-        check(self.extra_offset >= 0, f"{where}.extra_offset {self.extra_offset} must be >= 0")
-        check(self.checkpoint is None or Path(self.checkpoint).suffix == ".safetensors",
-              f"{where}.checkpoint {self.checkpoint}: give a slimface .safetensors recognizer file")
-
 
 @dataclass
 class RecognizerSettings:
@@ -123,8 +115,12 @@ class RecognizerSettings:
     def validate(self) -> None:
         _check_width(self.width_mult, "recognizer.width_mult")
         _check_extras(self, "recognizer")
-        for i, m in enumerate(self.members):
-            m.check_as(f"recognizer.members[{i}]")
+        for i in range(len(self.members)):  # checked as the recognizer it stands for
+            where, m = f"recognizer.members[{i}]", self.member(i)
+            _check_width(m.width_mult, f"{where}.width_mult")
+            _check_extras(m, where)
+            check(m.checkpoint is None or Path(m.checkpoint).suffix == ".safetensors",
+                  f"{where}.checkpoint {m.checkpoint}: give a slimface .safetensors recognizer file")
 
     def member(self, i: int) -> "RecognizerSettings":
         """Member ``i`` as the settings of a recognizer of its own (what the stage trains or loads)."""

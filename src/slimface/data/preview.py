@@ -14,6 +14,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from slimface.errors import DataError
+from slimface.fileio import atomic_write
 
 ALL_YAWS: tuple[int, ...] = (-90, -75, -60, -45, -30, -15, 0, 15, 30, 45, 60, 75, 90)
 _HEADER = 14
@@ -66,6 +67,4 @@ def make_preview(root: str | Path, out: str | Path, subjects: int = 8,
             with Image.open(root / rel) as im:
                 tile = im.convert("RGB").resize((cell, cell), Image.BILINEAR)
             sheet.paste(tile, (j * cell, _HEADER + i * cell))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out, format="PNG", optimize=True)
-    return out
+    return atomic_write(out, lambda f: sheet.save(f, format="PNG", optimize=True))

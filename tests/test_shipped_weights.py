@@ -318,6 +318,65 @@ def test_fp16_files_load_as_fp32_and_shrink(runs: dict, tmp_path: Path) -> None:
             torch.testing.assert_close(v, ref[k], rtol=2e-3, atol=1e-4)
 
 
+def test_int8_quantization_round_trips_within_half_a_step() -> None:
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 4, 3, 3, generator=g) * torch.logspace(-4, 1, 6).view(-1, 1, 1, 1)  # rows of any scale
+    w[2] = 0  # an all-zero slice
+    q, scale = shipped.quantize_int8(w)
+    assert q.dtype == torch.int8 and scale.shape == (6,) and int(q.abs().max()) == 127
+    back = shipped.dequantize({"w": q, "w" + shipped.Q8_SCALE: scale, "b": torch.ones(6)})
+    assert set(back) == {"w", "b"} and back["w"].dtype == torch.float32
+    err = (back["w"] - w).abs().flatten(1).amax(1)
+    assert torch.all(err <= scale / 2 * (1 + 1e-5)) and torch.all(back["w"][2] == 0)
+    assert not torch.allclose(back["w"], w, atol=0, rtol=1e-7)  # it does round: the test could fail
+
+
+def test_int8_files_load_as_fp32_quarter_size_and_verify(runs: dict, tmp_path: Path) -> None:
+    shipped_pack.pack(runs["src"], tmp_path / "w", fp16=["all"], int8=["tpgan.generator"], say=lambda _: None)
+    manifest = json.loads((tmp_path / "w" / "manifest.json").read_text())
+    full = json.loads((runs["weights"] / "manifest.json").read_text())
+    g = "tpgan.generator.safetensors"
+    assert manifest["files"][g]["dtype"] == "int8" and manifest["files"]["judge.safetensors"]["dtype"] == "float16"
+    assert manifest["files"][g]["size"] < 0.35 * full["files"][g]["size"]
+    slot = shipped.Slot("teacher generator", "tpgan")
+    state, _ = shipped.load_file_checked(tmp_path / "w", manifest["files"][g], slot)
+    from safetensors.torch import load_file
+
+    ref = load_file(str(runs["src"] / "tpgan" / "teacher" / "generator.safetensors"))
+    assert set(state) == set(ref)  # the scales are gone, the keys are the network's
+    for k, v in state.items():
+        assert v.dtype == ref[k].dtype and v.shape == ref[k].shape
+        if v.is_floating_point() and v.dim() >= 2:
+            step = ref[k].abs().flatten(1).amax(1).clamp_min(1e-12) / 127
+            assert torch.all((v - ref[k]).abs().flatten(1).amax(1) <= step / 2 * 1.001 + 1e-7), k
+    assert shipped.verify(tmp_path / "w", say=lambda _: None) == len(manifest["files"])
+    manifest["files"][g]["dtype"] = "float16"  # the file's int8 tensors then contradict its manifest
+    (tmp_path / "w" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=r"tpgan.generator.safetensors: stored as .*I8.*float16"):
+        shipped.verify(tmp_path / "w", say=lambda _: None)
+
+
+def test_convert_re_encodes_shipped_files_and_keeps_their_records(runs: dict, tmp_path: Path) -> None:
+    src = runs["weights"]
+    before = json.loads((src / "manifest.json").read_text())
+    g, d = "tpgan.generator.safetensors", "tpgan.discriminator.safetensors"
+    shipped_pack.convert(src, tmp_path / "w", int8=["tpgan.generator"], say=lambda _: None)
+    after = json.loads((tmp_path / "w" / "manifest.json").read_text())
+    old, new = before["files"][g], after["files"][g]
+    assert new["dtype"] == "int8" and new["size"] < old["size"] and new["sha256"] != old["sha256"]
+    assert new["encoding"]["sha256_before"] == old["sha256"] and new["encoding"]["from"] == old["dtype"]
+    assert {k: new[k] for k in ("trained", "arch", "data", "figures")} == {k: old[k] for k in ("trained", "arch", "data", "figures")}
+    assert (tmp_path / "w" / d).read_bytes() == (src / d).read_bytes() and after["files"][d] == before["files"][d]
+    assert after["total_bytes"] == sum(e["size"] for e in after["files"].values())
+    assert shipped.verify(tmp_path / "w", say=lambda _: None) == len(after["files"])
+    assert json.loads((src / "manifest.json").read_text()) == before  # the source folder is untouched
+    with pytest.raises(CheckpointError, match="nothing to convert"):  # in place, already int8
+        shipped_pack.convert(tmp_path / "w", int8=["tpgan.generator"], say=lambda _: None)
+    proc = slimface("weights", "convert", str(tmp_path / "w"), "--fp16", "judge", cwd=runs["work"])
+    j = json.loads((tmp_path / "w" / "manifest.json").read_text())["files"]["judge.safetensors"]
+    assert _ok(proc) and j["dtype"] == "float16" and j["encoding"]["from"] == "float32"
+
+
 def test_stage_keys_ignore_the_off_switches(runs: dict) -> None:
     off = load_config(PipelineConfig, TINY, {"out_dir": "x"})
     for stage in ("recognizer", "judge", "teacher.tpgan", "evaluate"):

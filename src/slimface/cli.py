@@ -259,7 +259,19 @@ def cmd_weights_pack(args: argparse.Namespace) -> int:
     from slimface.shipped_pack import pack
 
     fp16 = [n for item in (args.fp16 or []) for n in item.split(",")]
-    pack(args.run, args.out, fp16=fp16, command=args.command, stages=args.stages, merge=args.merge)
+    int8 = [n for item in (args.int8 or []) for n in item.split(",")]
+    pack(args.run, args.out, fp16=fp16, command=args.command, stages=args.stages, merge=args.merge, int8=int8)
+    return 0
+
+
+def cmd_weights_convert(args: argparse.Namespace) -> int:
+    """Re-encode shipped files (int8 / fp16) in place or into another folder, keeping their records."""
+    from slimface.shipped_pack import convert
+
+    def names(items: list[str] | None) -> list[str]:
+        return [n for item in (items or []) for n in item.split(",")]
+
+    convert(args.weights, args.out, int8=names(args.int8), fp16=names(args.fp16))
     return 0
 
 
@@ -418,6 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
     wp.add_argument("--fp16", action="append", metavar="NAMES",
                     help="store these files in fp16 (comma-separated: all, judge, recognizer, tpgan.generator, "
                          "generator, discriminator, ...); loading casts back to fp32")
+    wp.add_argument("--int8", action="append", metavar="NAMES",
+                    help="store these files' weights in int8 with a scale per output channel, the rest in "
+                         "fp16 (names as for --fp16): half of fp16's bytes; check the network's figures "
+                         "after (evaluate), as for fp16")
     wp.add_argument("--command", help="the command that reproduces the weights (default: slimface run --config "
                                       "configs/<run name>.yaml --only data recognizer judge <the packed kinds> "
                                       "evaluate report)")
@@ -428,6 +444,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep the other files of --out's manifest: replace only the packed networks' entries "
                          "(a network retrained in a run of its own)")
     wp.set_defaults(func=cmd_weights_pack)
+    wc = wsub.add_parser("convert", help="store shipped files in int8 or fp16 without re-packing their run "
+                                         "(the manifest keeps where they came from)")
+    wc.add_argument("weights", nargs="?", type=Path, default=Path("weights"), help="default: %(default)s")
+    wc.add_argument("--out", type=Path, help="write a converted copy of the folder here (default: in place)")
+    wc.add_argument("--int8", action="append", metavar="NAMES", help="as for pack")
+    wc.add_argument("--fp16", action="append", metavar="NAMES", help="as for pack")
+    wc.set_defaults(func=cmd_weights_convert)
     wv = wsub.add_parser("verify", help="check every shipped file against the manifest (and, with --config, "
                                         "against that run's architecture and data)")
     wv.add_argument("weights", nargs="?", type=Path, default=Path("weights"), help="default: %(default)s")

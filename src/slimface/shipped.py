@@ -2,7 +2,8 @@
 ``weights/``, verified before use.
 
 ``slimface weights pack --run runs/pretrain --out weights/`` copies what a (pretraining) run trained,
-as safetensors (fp16 for the files named with ``--fp16``; loading casts back to fp32), and writes
+as safetensors (fp16 for the files named with ``--fp16``, int8 weights with per-channel scales for
+``--int8``; loading gives fp32), and writes
 ``weights/manifest.json``::
 
     {"schema": "slimface.weights/1", "command": <what reproduces them>, "total_bytes", "max_total_bytes",
@@ -46,6 +47,8 @@ SCHEMA = "slimface.weights/1"
 MANIFEST = "manifest.json"
 #: the most the shipped files may weigh together (issue 17): a clone stays small
 MAX_TOTAL_BYTES = 40_000_000
+#: the key suffix of an int8 weight's scales in a file packed with ``--int8`` (one fp32 per first-dim slice)
+Q8_SCALE = ".__int8_scale__"
 ROLES = ("judge", "recognizer", "teacher generator", "teacher discriminator", "mobile generator",
          "mobile discriminator", "supernet generator", "supernet discriminator", "supernet mappers")
 #: a family's shipped networks per stage kind: the teacher, its mobile teacher (the student design at
@@ -259,10 +262,39 @@ def manifest_entry(manifest: Mapping[str, Any], slot: Slot, weights: str | Path)
     return entry
 
 
+def quantize_int8(w: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Symmetric int8 per slice of the first dimension (a conv's output channels; a transposed conv's
+    input channels): ``w ~ q * scale``, |error| <= scale / 2 with ``scale = max|slice| / 127``. Half the
+    bytes of fp16 for a generator a run fine-tunes or searches anyway; an all-zero slice keeps scale 1."""
+    import torch
+
+    w = w.detach().float()
+    peak = w.abs().flatten(1).amax(1)
+    scale = torch.where(peak > 0, peak / 127, torch.ones_like(peak))
+    q = torch.round(w / scale.view(-1, *[1] * (w.dim() - 1))).clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def dequantize(tensors: Mapping[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
+    """A stored file's tensors with every int8 weight and its :data:`Q8_SCALE` entry made one fp32 tensor
+    again (the state dict the network was packed from, up to rounding)."""
+    import torch
+
+    out = {}
+    for k, v in tensors.items():
+        if k.endswith(Q8_SCALE):
+            continue
+        scale = tensors.get(k + Q8_SCALE)
+        if scale is not None:
+            v = v.to(torch.float32) * scale.to(torch.float32).view(-1, *[1] * (v.dim() - 1))
+        out[k] = v
+    return out
+
+
 def _tensors_from(data: bytes) -> dict[str, "torch.Tensor"]:
     from safetensors.torch import load
 
-    return load(data)
+    return dequantize(load(data))
 
 
 def _first_difference(ours: Mapping[str, Any], theirs: Mapping[str, Any], order: Sequence[str],
@@ -443,10 +475,10 @@ def verify(weights: str | Path, pipe: "Pipeline | None" = None, say: Callable[[s
             with safe_open(str(weights / fname), framework="pt") as f:
                 stored = {f.get_slice(k).get_dtype() for k in f.keys()}
                 meta = json.loads((f.metadata() or {}).get("slimface") or "{}")
-            want = "F16" if entry.get("dtype") == "float16" else "F32"
+            want = {"float16": {"F16"}, "int8": {"F16", "F32"}}.get(str(entry.get("dtype")), {"F32"})
             floats = {t for t in stored if t.startswith(("F", "BF"))}
-            if floats and floats != {want}:
-                raise CheckpointError(f"{fname}: stored as {sorted(floats)}, the manifest says {entry.get('dtype')}")
+            if floats and not floats <= want or (entry.get("dtype") == "int8") != ("I8" in stored):
+                raise CheckpointError(f"{fname}: stored as {sorted(stored)}, the manifest says {entry.get('dtype')}")
             if meta.get("role") not in (None, slot.role):
                 raise CheckpointError(f"{fname}: the file says role {meta.get('role')!r}, "
                                       f"the manifest {slot.role!r}")
@@ -466,7 +498,8 @@ def verify(weights: str | Path, pipe: "Pipeline | None" = None, say: Callable[[s
     if manifest.get("total_bytes") != sum(int(e.get("size", 0)) for e in manifest["files"].values()):
         problems.append(f"{MANIFEST}: total_bytes does not add up; re-pack")
     if sum(int(e.get("size", 0)) for e in manifest["files"].values()) > MAX_TOTAL_BYTES:
-        problems.append(f"the files weigh more than {MAX_TOTAL_BYTES / 1e6:.0f} MB together; re-pack with --fp16")
+        problems.append(f"the files weigh more than {MAX_TOTAL_BYTES / 1e6:.0f} MB together; re-pack with --fp16 "
+                        "or --int8")
     if problems:
         more = f" (and {len(problems) - 1} more problem(s) above)" if len(problems) > 1 else ""
         raise CheckpointError(problems[0] + more)
@@ -475,8 +508,8 @@ def verify(weights: str | Path, pipe: "Pipeline | None" = None, say: Callable[[s
 
 
 __all__ = [
-    "MANIFEST", "MAX_TOTAL_BYTES", "ROLES", "SCHEMA", "Slot", "arch_fingerprint", "check_against", "check_arch",
-    "check_data", "data_of", "dataset_fingerprint", "expected", "expected_data", "install", "load_file_checked",
-    "manifest_digest", "manifest_entry", "origin_text",
+    "MANIFEST", "MAX_TOTAL_BYTES", "Q8_SCALE", "ROLES", "SCHEMA", "Slot", "arch_fingerprint", "check_against", "check_arch",
+    "check_data", "data_of", "dataset_fingerprint", "dequantize", "expected", "expected_data", "install", "load_file_checked",
+    "manifest_digest", "manifest_entry", "origin_text", "quantize_int8",
     "read_manifest", "slot_net", "slots_of", "stage_key_part", "state_signature", "verify",
 ]

@@ -13,31 +13,45 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from slimface import stage_keys as K
 from slimface.errors import CheckpointError
-from slimface.shipped import (FAMILY_PARTS, MANIFEST, MAX_TOTAL_BYTES, SCHEMA, Slot, arch_fingerprint, data_of,
+from slimface.shipped import (FAMILY_PARTS, MANIFEST, MAX_TOTAL_BYTES, Q8_SCALE, SCHEMA, Slot, arch_fingerprint, data_of,
                               dataset_fingerprint, sha256_bytes, slot_net, slots_of)
 
 if TYPE_CHECKING:
     import torch
 
 
-def _fp16_wanted(name: str, fp16: Iterable[str]) -> bool:
-    wanted = {w.strip().removesuffix(".safetensors") for w in fp16 if w.strip()}
+def _wanted(name: str, names: Iterable[str]) -> bool:
+    """Whether a file is named by ``names`` (``all``, a role, a family or a file; --fp16 / --int8)."""
+    wanted = {w.strip().removesuffix(".safetensors") for w in names if w.strip()}
     stem = name.removesuffix(".safetensors")
     return "all" in wanted or stem in wanted or any(stem.endswith("." + w) or stem.startswith(w + ".") for w in wanted)
 
 
-def _stored(tensors: Mapping[str, "torch.Tensor"], half: bool, where: str) -> dict[str, "torch.Tensor"]:
+def _half(k: str, v: "torch.Tensor", where: str) -> "torch.Tensor":
     import torch
+
+    h = v.to(torch.float16)
+    if not torch.isfinite(h).all() and torch.isfinite(v).all():
+        raise CheckpointError(f"{where}: {k} overflows fp16 (|x| up to {v.abs().max().item():.3g}); "
+                              "pack this file in fp32 (leave it out of --fp16 and --int8)")
+    return h
+
+
+def _stored(tensors: Mapping[str, "torch.Tensor"], dtype: str, where: str) -> dict[str, "torch.Tensor"]:
+    """The tensors as a file of ``dtype`` stores them: float32 as they are; float16 every float;
+    int8 every weight (2+ dims) per slice of its first dimension, with fp32 scales
+    (:func:`slimface.shipped.quantize_int8`), the rest fp16."""
+    from slimface.shipped import quantize_int8
 
     out = {}
     for k, v in tensors.items():
         v = v.detach().cpu().contiguous()
-        if half and v.is_floating_point():
-            h = v.to(torch.float16)
-            if not torch.isfinite(h).all() and torch.isfinite(v).all():
-                raise CheckpointError(f"{where}: {k} overflows fp16 (|x| up to {v.abs().max().item():.3g}); "
-                                      "pack this file in fp32 (leave it out of --fp16)")
-            v = h
+        if dtype != "float32" and v.is_floating_point():
+            if dtype == "int8" and v.dim() >= 2:
+                q, scale = quantize_int8(v)
+                out[k], out[k + Q8_SCALE] = q, scale
+                continue
+            v = _half(k, v, where)
         out[k] = v
     return out
 
@@ -79,18 +93,20 @@ def reproduce_command(preset: str, packed: Iterable[str], finished: Iterable[str
 
 
 def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: str | None = None,
-         say: Callable[[str], None] = print, stages: Iterable[str] | None = None, merge: bool = False) -> Path:
+         say: Callable[[str], None] = print, stages: Iterable[str] | None = None, merge: bool = False,
+         int8: Iterable[str] = ()) -> Path:
     """Copy a run's judge, loss recognizer, teachers (generator + discriminator), mobile teachers and
     supernets (+ mappers) to ``out`` with a manifest; ``stages``: only these finished stages (names,
     or kinds that stand for every family's). ``merge``: keep the other files of ``out``'s manifest
     (one network retrained in a run of its own replaces its entry only; each entry names the command
     that made it). Nothing is written when any check fails (a stage not finished, a file changed
     since its stage wrote it, another dataset than the kept files', or more than
-    :data:`MAX_TOTAL_BYTES` in all)."""
+    :data:`MAX_TOTAL_BYTES` in all). ``fp16`` / ``int8``: the files stored in fp16, or with int8 weights
+    (int8 wins where both name a file); loading gives fp32 either way."""
     from safetensors.torch import load_file, save
 
     run, out = Path(run), Path(out)
-    fp16 = list(fp16)
+    fp16, int8 = list(fp16), list(int8)
     data_marker = K.read_marker(run, "data")
     if data_marker is None:
         raise CheckpointError(f"{run} is not a finished slimface run (no stages/data.json); run it first")
@@ -148,11 +164,11 @@ def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: st
                                           "inherit; re-run the teacher stage")
                 raise CheckpointError(f"{src} is missing (a given checkpoint is not packed); re-run the {stage} stage")
             tensors = load_file(str(src))
-            half = _fp16_wanted(slot.file, fp16)
-            stored = _stored(tensors, half, str(src))
+            dtype = "int8" if _wanted(slot.file, int8) else "float16" if _wanted(slot.file, fp16) else "float32"
+            stored = _stored(tensors, dtype, str(src))
             # one metadata entry: safetensors writes several in a random order (a re-pack must be byte-identical)
             meta = {"slimface": json.dumps({"role": slot.role, "family": slot.family,
-                                            "dtype": "float16" if half else "float32"}, sort_keys=True)}
+                                            "dtype": dtype}, sort_keys=True)}
             blob = save(stored, metadata=meta)
             net = slot_net(slot, own.get("variant"))
             shapes = {k: list(v.shape) for k, v in tensors.items()}
@@ -160,7 +176,7 @@ def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: st
             blobs[slot.file] = blob
             files[slot.file] = {
                 "role": slot.role, "family": slot.family, "sha256": sha256_bytes(blob), "size": len(blob),
-                "dtype": "float16" if half else "float32",
+                "dtype": dtype,
                 "arch": arch_fingerprint(str(net), int(data_settings.get("resolution", 64)),
                                          int(data_settings.get("channels", 3)), float(own.get("width_mult", 0)),
                                          shapes),
@@ -179,7 +195,7 @@ def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: st
     if total > MAX_TOTAL_BYTES:
         sizes = ", ".join(f"{n} {len(b) / 1e6:.1f} MB" for n, b in blobs.items())
         raise CheckpointError(f"the packed weights weigh {total / 1e6:.1f} MB, over the {MAX_TOTAL_BYTES / 1e6:.0f} MB "
-                              f"limit ({sizes}); store more of them in fp16 (--fp16 all, or name files) or "
+                              f"limit ({sizes}); store more of them in fp16 or int8 (--fp16 all, --int8 FILES) or "
                               "ship fewer")
     manifest = {
         "schema": SCHEMA,
@@ -208,6 +224,56 @@ def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: st
         say(f"  {fname}: {len(blob) / 1e6:.2f} MB {files[fname]['dtype']} sha256 {files[fname]['sha256'][:12]}")
     atomic_write(out / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
     say(f"packed {len(blobs)} files, {total / 1e6:.2f} MB, into {out}; manifest {out / MANIFEST}")
+    return out / MANIFEST
+
+
+def convert(weights: str | Path, out: str | Path | None = None, int8: Iterable[str] = (),
+            fp16: Iterable[str] = (), say: Callable[[str], None] = print) -> Path:
+    """Re-encode shipped files (``int8`` / ``fp16`` name them as for :func:`pack`) without the run
+    that trained them: each is verified, stored anew, and its manifest entry keeps where it came from
+    (trained, command, figures) with ``encoding`` added: the dtype and sha256 it had, and that its
+    figures were measured on that file. ``out``: another folder (a copy of all files), default in place.
+    Nothing is written when any check fails."""
+    from safetensors.torch import save
+
+    from slimface.shipped import Slot, load_file_checked, read_manifest
+
+    weights = Path(weights)
+    out = weights if out is None else Path(out)
+    manifest = read_manifest(weights)
+    int8, fp16 = list(int8), list(fp16)
+    blobs: dict[str, bytes] = {}
+    files = {name: dict(entry) for name, entry in manifest["files"].items()}
+    for name, entry in files.items():
+        dtype = "int8" if _wanted(name, int8) else "float16" if _wanted(name, fp16) else None
+        slot = Slot(str(entry.get("role")), entry.get("family"))
+        if dtype is None or dtype == entry.get("dtype"):
+            if out != weights:
+                blobs[name] = (weights / name).read_bytes()
+            continue
+        state, sha = load_file_checked(weights, entry, slot)
+        meta = {"slimface": json.dumps({"role": slot.role, "family": slot.family, "dtype": dtype}, sort_keys=True)}
+        blob = save(_stored(state, dtype, str(weights / name)), metadata=meta)
+        blobs[name] = blob
+        entry["encoding"] = {"from": entry.get("dtype") or "float32", "sha256_before": sha,
+                             "figures": f"measured on the {entry.get('dtype') or 'float32'} file"}
+        entry.update(sha256=sha256_bytes(blob), size=len(blob), dtype=dtype)
+    if out == weights and not blobs:
+        raise CheckpointError(f"nothing to convert in {weights}: no file named by --int8/--fp16 has another dtype "
+                              f"(files: {', '.join(files)})")
+    total = sum(int(e["size"]) for e in files.values())
+    if total > MAX_TOTAL_BYTES:
+        raise CheckpointError(f"the converted weights weigh {total / 1e6:.1f} MB, over the "
+                              f"{MAX_TOTAL_BYTES / 1e6:.0f} MB limit; name more files")
+    from slimface.fileio import atomic_write
+
+    out.mkdir(parents=True, exist_ok=True)
+    for fname, blob in blobs.items():
+        atomic_write(out / fname, lambda f, b=blob: f.write(b))
+        say(f"  {fname}: {len(blob) / 1e6:.2f} MB {files[fname].get('dtype')} sha256 {files[fname]['sha256'][:12]}")
+    atomic_write(out / MANIFEST, json.dumps({**manifest, "total_bytes": total, "files": files}, indent=2,
+                                            default=str) + "\n")
+    say(f"{out}: {len(files)} files, {total / 1e6:.2f} MB; manifest {out / MANIFEST}")
     return out / MANIFEST
 
 
@@ -248,4 +314,4 @@ def _versions() -> dict[str, str]:
 
 # --------------------------------------------------------------------------------------- verify
 
-__all__ = ["pack"]
+__all__ = ["convert", "pack"]

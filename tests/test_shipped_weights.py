@@ -372,6 +372,11 @@ def test_convert_re_encodes_shipped_files_and_keeps_their_records(runs: dict, tm
     assert json.loads((src / "manifest.json").read_text()) == before  # the source folder is untouched
     with pytest.raises(CheckpointError, match="nothing to convert"):  # in place, already int8
         shipped_pack.convert(tmp_path / "w", int8=["tpgan.generator"], say=lambda _: None)
+    (tmp_path / "w" / d).write_bytes((tmp_path / "w" / d).read_bytes()[:-1] + b"x")  # a damaged file
+    proc = slimface("weights", "convert", str(tmp_path / "w"), "--out", str(tmp_path / "w2"), "--fp16", "judge",
+                    cwd=runs["work"])
+    assert proc.returncode == 2 and "checksum mismatch" in proc.stderr and not (tmp_path / "w2").exists()
+    (tmp_path / "w" / d).write_bytes((src / d).read_bytes())
     proc = slimface("weights", "convert", str(tmp_path / "w"), "--fp16", "judge", cwd=runs["work"])
     j = json.loads((tmp_path / "w" / "manifest.json").read_text())["files"]["judge.safetensors"]
     assert _ok(proc) and j["dtype"] == "float16" and j["encoding"]["from"] == "float32"

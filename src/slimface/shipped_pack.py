@@ -236,10 +236,11 @@ def convert(weights: str | Path, out: str | Path | None = None, int8: Iterable[s
     Nothing is written when any check fails."""
     from safetensors.torch import save
 
-    from slimface.shipped import Slot, load_file_checked, read_manifest
+    from slimface.shipped import Slot, load_file_checked, read_manifest, verify
 
     weights = Path(weights)
     out = weights if out is None else Path(out)
+    verify(weights, say=lambda _: None)  # every file intact first: a copy must not carry a damaged one
     manifest = read_manifest(weights)
     int8, fp16 = list(int8), list(fp16)
     blobs: dict[str, bytes] = {}

@@ -265,7 +265,8 @@ def manifest_entry(manifest: Mapping[str, Any], slot: Slot, weights: str | Path)
 def quantize_int8(w: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
     """Symmetric int8 per slice of the first dimension (a conv's output channels; a transposed conv's
     input channels): ``w ~ q * scale``, |error| <= scale / 2 with ``scale = max|slice| / 127``. Half the
-    bytes of fp16 for a generator a run fine-tunes or searches anyway; an all-zero slice keeps scale 1."""
+    bytes of fp16, and not lossless: a network stored so is measured again before it ships. An all-zero
+    slice keeps scale 1."""
     import torch
 
     w = w.detach().float()
@@ -477,7 +478,7 @@ def verify(weights: str | Path, pipe: "Pipeline | None" = None, say: Callable[[s
                 meta = json.loads((f.metadata() or {}).get("slimface") or "{}")
             want = {"float16": {"F16"}, "int8": {"F16", "F32"}}.get(str(entry.get("dtype")), {"F32"})
             floats = {t for t in stored if t.startswith(("F", "BF"))}
-            if floats and not floats <= want or (entry.get("dtype") == "int8") != ("I8" in stored):
+            if (floats and not floats <= want) or (entry.get("dtype") == "int8") != ("I8" in stored):
                 raise CheckpointError(f"{fname}: stored as {sorted(stored)}, the manifest says {entry.get('dtype')}")
             if meta.get("role") not in (None, slot.role):
                 raise CheckpointError(f"{fname}: the file says role {meta.get('role')!r}, "
@@ -508,8 +509,8 @@ def verify(weights: str | Path, pipe: "Pipeline | None" = None, say: Callable[[s
 
 
 __all__ = [
-    "MANIFEST", "MAX_TOTAL_BYTES", "Q8_SCALE", "ROLES", "SCHEMA", "Slot", "arch_fingerprint", "check_against", "check_arch",
-    "check_data", "data_of", "dataset_fingerprint", "dequantize", "expected", "expected_data", "install", "load_file_checked",
-    "manifest_digest", "manifest_entry", "origin_text", "quantize_int8",
+    "MANIFEST", "MAX_TOTAL_BYTES", "Q8_SCALE", "ROLES", "SCHEMA", "Slot", "arch_fingerprint", "check_against",
+    "check_arch", "check_data", "data_of", "dataset_fingerprint", "dequantize", "expected", "expected_data",
+    "install", "load_file_checked", "manifest_digest", "manifest_entry", "origin_text", "quantize_int8",
     "read_manifest", "slot_net", "slots_of", "stage_key_part", "state_signature", "verify",
 ]

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from slimface import stage_keys as K
 from slimface.errors import CheckpointError
-from slimface.shipped import (FAMILY_PARTS, MANIFEST, MAX_TOTAL_BYTES, Q8_SCALE, SCHEMA, Slot, arch_fingerprint, data_of,
-                              dataset_fingerprint, sha256_bytes, slot_net, slots_of)
+from slimface.shipped import (FAMILY_PARTS, MANIFEST, MAX_TOTAL_BYTES, Q8_SCALE, SCHEMA, Slot, arch_fingerprint,
+                              data_of, dataset_fingerprint, sha256_bytes, slot_net, slots_of)
 
 if TYPE_CHECKING:
     import torch

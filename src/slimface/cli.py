@@ -253,14 +253,18 @@ def cmd_frontalize(args: argparse.Namespace) -> int:
     return run_frontalize(args.images, args.model, args.out, args.landmarks, detectors=_detectors(args.detectors))
 
 
+def _file_names(items: list[str] | None) -> list[str]:
+    """The files that repeated, comma-separated ``--fp16`` / ``--int8`` options name."""
+    return [n for item in (items or []) for n in item.split(",")]
+
+
 def cmd_weights_pack(args: argparse.Namespace) -> int:
     """Copy a run's judge, loss recognizer, teachers, mobile teachers and supernets into a
     shipped-weights folder + manifest."""
     from slimface.shipped_pack import pack
 
-    fp16 = [n for item in (args.fp16 or []) for n in item.split(",")]
-    int8 = [n for item in (args.int8 or []) for n in item.split(",")]
-    pack(args.run, args.out, fp16=fp16, command=args.command, stages=args.stages, merge=args.merge, int8=int8)
+    pack(args.run, args.out, fp16=_file_names(args.fp16), command=args.command, stages=args.stages,
+         merge=args.merge, int8=_file_names(args.int8))
     return 0
 
 
@@ -268,10 +272,7 @@ def cmd_weights_convert(args: argparse.Namespace) -> int:
     """Re-encode shipped files (int8 / fp16) in place or into another folder, keeping their records."""
     from slimface.shipped_pack import convert
 
-    def names(items: list[str] | None) -> list[str]:
-        return [n for item in (items or []) for n in item.split(",")]
-
-    convert(args.weights, args.out, int8=names(args.int8), fp16=names(args.fp16))
+    convert(args.weights, args.out, int8=_file_names(args.int8), fp16=_file_names(args.fp16))
     return 0
 
 

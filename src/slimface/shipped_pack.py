@@ -56,6 +56,28 @@ def _stored(tensors: Mapping[str, "torch.Tensor"], dtype: str, where: str) -> di
     return out
 
 
+def _encoded(tensors: Mapping[str, "torch.Tensor"], slot: Slot, dtype: str, where: str) -> bytes:
+    """A shipped file's bytes: the tensors stored as ``dtype`` (:func:`_stored`) with the one metadata
+    entry that names its role, family and dtype."""
+    from safetensors.torch import save
+
+    # one metadata entry: safetensors writes several in a random order (a re-pack must be byte-identical)
+    meta = {"slimface": json.dumps({"role": slot.role, "family": slot.family, "dtype": dtype}, sort_keys=True)}
+    return save(_stored(tensors, dtype, where), metadata=meta)
+
+
+def _write(out: Path, blobs: Mapping[str, bytes], files: Mapping[str, Any], manifest: Mapping[str, Any],
+           say: Callable[[str], None]) -> None:
+    """Each file, then the manifest that names them, written atomically (a reader never sees half)."""
+    from slimface.fileio import atomic_write
+
+    out.mkdir(parents=True, exist_ok=True)
+    for fname, blob in blobs.items():
+        atomic_write(out / fname, lambda f, b=blob: f.write(b))
+        say(f"  {fname}: {len(blob) / 1e6:.2f} MB {files[fname]['dtype']} sha256 {files[fname]['sha256'][:12]}")
+    atomic_write(out / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
+
+
 def _figures(run: Path, slot: Slot, evaluation: Mapping[str, Any] | None, fresh: bool) -> dict[str, Any]:
     if evaluation is None:
         return {"note": "no evaluate/results.json in the run: not measured"}
@@ -103,7 +125,7 @@ def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: st
     since its stage wrote it, another dataset than the kept files', or more than
     :data:`MAX_TOTAL_BYTES` in all). ``fp16`` / ``int8``: the files stored in fp16, or with int8 weights
     (int8 wins where both name a file); loading gives fp32 either way."""
-    from safetensors.torch import load_file, save
+    from safetensors.torch import load_file
 
     run, out = Path(run), Path(out)
     fp16, int8 = list(fp16), list(int8)
@@ -165,11 +187,7 @@ def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: st
                 raise CheckpointError(f"{src} is missing (a given checkpoint is not packed); re-run the {stage} stage")
             tensors = load_file(str(src))
             dtype = "int8" if _wanted(slot.file, int8) else "float16" if _wanted(slot.file, fp16) else "float32"
-            stored = _stored(tensors, dtype, str(src))
-            # one metadata entry: safetensors writes several in a random order (a re-pack must be byte-identical)
-            meta = {"slimface": json.dumps({"role": slot.role, "family": slot.family,
-                                            "dtype": dtype}, sort_keys=True)}
-            blob = save(stored, metadata=meta)
+            blob = _encoded(tensors, slot, dtype, str(src))
             net = slot_net(slot, own.get("variant"))
             shapes = {k: list(v.shape) for k, v in tensors.items()}
             recog = own if recognizing else None
@@ -216,13 +234,7 @@ def pack(run: str | Path, out: str | Path, fp16: Iterable[str] = (), command: st
         manifest.update({k: old[k] for k in ("command", "run", "scorers", "baseline") if k in old})
         order = [*(old.get("files") or {}), *(f for f in files if f not in (old.get("files") or {}))]
         manifest["files"] = {f: files[f] if f in files else kept[f] for f in order}  # in place: a small diff
-    from slimface.fileio import atomic_write
-
-    out.mkdir(parents=True, exist_ok=True)
-    for fname, blob in blobs.items():
-        atomic_write(out / fname, lambda f, b=blob: f.write(b))
-        say(f"  {fname}: {len(blob) / 1e6:.2f} MB {files[fname]['dtype']} sha256 {files[fname]['sha256'][:12]}")
-    atomic_write(out / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
+    _write(out, blobs, files, manifest, say)
     say(f"packed {len(blobs)} files, {total / 1e6:.2f} MB, into {out}; manifest {out / MANIFEST}")
     return out / MANIFEST
 
@@ -234,9 +246,7 @@ def convert(weights: str | Path, out: str | Path | None = None, int8: Iterable[s
     (trained, command, figures) with ``encoding`` added: the dtype and sha256 it had, and that its
     figures were measured on that file. ``out``: another folder (a copy of all files), default in place.
     Nothing is written when any check fails."""
-    from safetensors.torch import save
-
-    from slimface.shipped import Slot, load_file_checked, read_manifest, verify
+    from slimface.shipped import load_file_checked, read_manifest, verify
 
     weights = Path(weights)
     out = weights if out is None else Path(out)
@@ -253,8 +263,7 @@ def convert(weights: str | Path, out: str | Path | None = None, int8: Iterable[s
                 blobs[name] = (weights / name).read_bytes()
             continue
         state, sha = load_file_checked(weights, entry, slot)
-        meta = {"slimface": json.dumps({"role": slot.role, "family": slot.family, "dtype": dtype}, sort_keys=True)}
-        blob = save(_stored(state, dtype, str(weights / name)), metadata=meta)
+        blob = _encoded(state, slot, dtype, str(weights / name))
         blobs[name] = blob
         entry["encoding"] = {"from": entry.get("dtype") or "float32", "sha256_before": sha,
                              "figures": f"measured on the {entry.get('dtype') or 'float32'} file"}
@@ -266,14 +275,7 @@ def convert(weights: str | Path, out: str | Path | None = None, int8: Iterable[s
     if total > MAX_TOTAL_BYTES:
         raise CheckpointError(f"the converted weights weigh {total / 1e6:.1f} MB, over the "
                               f"{MAX_TOTAL_BYTES / 1e6:.0f} MB limit; name more files")
-    from slimface.fileio import atomic_write
-
-    out.mkdir(parents=True, exist_ok=True)
-    for fname, blob in blobs.items():
-        atomic_write(out / fname, lambda f, b=blob: f.write(b))
-        say(f"  {fname}: {len(blob) / 1e6:.2f} MB {files[fname].get('dtype')} sha256 {files[fname]['sha256'][:12]}")
-    atomic_write(out / MANIFEST, json.dumps({**manifest, "total_bytes": total, "files": files}, indent=2,
-                                            default=str) + "\n")
+    _write(out, blobs, files, {**manifest, "total_bytes": total, "files": files}, say)
     say(f"{out}: {len(files)} files, {total / 1e6:.2f} MB; manifest {out / MANIFEST}")
     return out / MANIFEST
 

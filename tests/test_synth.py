@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
+import os
 import re
 from pathlib import Path
 
@@ -75,6 +77,36 @@ def test_deterministic_and_seeded(tiny: Path, tmp_path: Path) -> None:
     a = np.asarray(render_face(identity_params(0, 1), 0, 0, 7, 64, False)[0], dtype=float)
     b = np.asarray(render_face(identity_params(other.seed, 1), 0, 0, 7, 64, False)[0], dtype=float)
     assert np.abs(a - b).mean() > 3.0
+
+
+def _render_tiny(out: str) -> None:
+    render_dataset(TINY, out, progress=False, workers=1)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the render lock is fcntl's (POSIX)")
+def test_a_second_run_waits_for_the_first_render_then_reuses_it(tiny: Path, tmp_path: Path) -> None:
+    """Two runs side by side share one data cache: the second must not render into (or delete) the
+    first one's partial output; it waits for the lock and then finds the render complete."""
+    out = tmp_path / "shared"
+    out.mkdir()
+    ctx = multiprocessing.get_context("fork")
+    with synth._render_lock(out):  # the "first run", mid-render
+        child = ctx.Process(target=_render_tiny, args=(str(out),))
+        child.start()
+        child.join(1.5)
+        assert child.is_alive(), "the second render did not wait for the lock"
+        assert not (out / "dataset.json").exists() and not (out / "images").exists()
+    child.join(120)
+    assert child.exitcode == 0
+    assert is_complete(out, TINY) and _files(out) == _files(tiny)
+    both = [ctx.Process(target=_render_tiny, args=(str(tmp_path / "race"),)) for _ in range(2)]
+    for proc in both:
+        proc.start()
+    for proc in both:
+        proc.join(120)
+    assert [proc.exitcode for proc in both] == [0, 0]
+    assert _files(tmp_path / "race") == _files(tiny)
+    assert (tmp_path / "race" / "manifest.csv").read_bytes() == (tiny / "manifest.csv").read_bytes()
 
 
 def test_cached_second_call_rewrites_nothing(tiny: Path) -> None:

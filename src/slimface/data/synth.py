@@ -21,6 +21,7 @@ brightness/tone nuisance is derived from (seed, subject, pose, illumination).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -29,7 +30,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 from PIL import Image
@@ -352,6 +353,31 @@ def _render(cfg: SynthConfig, out: Path, subjects: list[int], poses: list[tuple[
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"cannot create synth output directory {out}: {exc.strerror}") from exc
+    with _render_lock(out):
+        if _complete(out, want):  # another process rendered it while this one waited
+            return out
+        return _render_locked(cfg, out, subjects, poses, want, progress, workers)
+
+
+@contextlib.contextmanager
+def _render_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out`` so that two runs sharing a data cache (two families trained
+    side by side) render it once: the second waits, then finds it complete. No-op where fcntl is missing."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: one run at a time per cache
+        yield
+        return
+    with open(out / ".render.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _render_locked(cfg: SynthConfig, out: Path, subjects: list[int], poses: list[tuple[int, int]],
+                   want: dict[str, Any], progress: bool, workers: int | None) -> Path:
     _prepare(out, want)
     parts = out / ".parts"
     todo = [s for s in subjects if not (parts / f"{subject_id(s)}.csv").is_file()]

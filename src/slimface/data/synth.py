@@ -28,6 +28,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -353,14 +354,14 @@ def _render(cfg: SynthConfig, out: Path, subjects: list[int], poses: list[tuple[
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"cannot create synth output directory {out}: {exc.strerror}") from exc
-    with _render_lock(out):
+    with _render_lock(out, progress):
         if _complete(out, want):  # another process rendered it while this one waited
             return out
         return _render_locked(cfg, out, subjects, poses, want, progress, workers)
 
 
 @contextlib.contextmanager
-def _render_lock(out: Path) -> Iterator[None]:
+def _render_lock(out: Path, say: bool = True) -> Iterator[None]:
     """Hold an exclusive lock on ``out`` so that two runs sharing a data cache (two families trained
     side by side) render it once: the second waits, then finds it complete. No-op where fcntl is missing."""
     try:
@@ -369,7 +370,12 @@ def _render_lock(out: Path) -> Iterator[None]:
         yield
         return
     with open(out / ".render.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if say:
+                print(f"another process is rendering {out}; waiting for it", file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:

@@ -203,6 +203,7 @@ CASES: list[tuple[str, list[str], str, tuple[str, ...]]] = [
     ("resolution", [*RUN, "--set", "data.resolution=96"], "data.resolution must be 64 or 128", ()),
     ("channels", [*RUN, "--set", "data.channels=2"], "data.channels must be 1 or 3", ()),
     ("dataset-kind", [*RUN, "--set", "data.kind=celeba"], "'celeba' is not one of", ()),
+    ("search-metric", [*RUN, "--set", "search.metric=judge"], "search.metric: 'judge' is not one of", ()),
     ("policy", [*RUN, "--set", "data.policy=ignore"], "'ignore' is not one of 'skip', 'stop'", ()),
     ("set-without-value", [*RUN, "--set", "data"], "expected KEY=VALUE", ()),
     ("unknown-stage", [*RUN, "--only", "polish"], "unknown stage 'polish'", ()),

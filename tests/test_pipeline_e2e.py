@@ -230,6 +230,26 @@ def test_finetune_switched_off_exports_the_supernet_sub_network_as_trained(tiny_
     assert any(not torch.equal(student[k], tuned[k]) for k in student if k.endswith("weight"))
 
 
+def test_search_by_reconstruction_sets_the_identity_cache_aside(tiny_run, tmp_path: Path) -> None:
+    """`search.metric: recon` scores candidates by the negative L1 to the ground-truth frontal (no
+    recognizer): every metric is in [-2, 0], and the identity metrics cached by the first run are not
+    reused for it."""
+    import shutil
+
+    work, out, _ = tiny_run
+    run = tmp_path / "recon"
+    shutil.copytree(out, run)
+    proc = slimface("run", "--config", str(TINY), "--out", str(run), "--set", f"data.root={work / 'data'}",
+                    "--set", "search.metric=recon", "--only", "search", "--no-progress", cwd=work, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "[search.tpgan] running" in proc.stdout and "search cache moved to" in proc.stdout
+    first = [json.loads(x)["metric"] for x in (out / "tpgan" / "search" / "evaluated.jsonl").read_text().splitlines()]
+    lines = [json.loads(x)["metric"] for x in (run / "tpgan" / "search" / "evaluated.jsonl").read_text().splitlines()]
+    assert lines and all(-2.0 <= m <= 0.0 for m in lines)
+    assert any(m > 0 for m in first)  # the identity metric (a cosine similarity) of the first run
+    assert json.loads((run / "tpgan" / "search" / "result.json").read_text())["metric"] == max(lines)
+
+
 def test_search_priced_at_the_deployment_size(tiny_run, tmp_path: Path) -> None:
     """`slimface search --latency … --latency-size`: the candidates of the tiny supernet are priced
     by a latency table of the same design at another size (here twice the width), every evaluated

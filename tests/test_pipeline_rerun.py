@@ -116,6 +116,11 @@ def test_own_settings_and_what_a_checkpoint_survives(tmp_path: Path) -> None:
     budget = tiny_cfg(tmp_path, search__budget="3x")
     assert K.own_settings(base, "search.tpgan") != K.own_settings(budget, "search.tpgan")
     assert K.resume_settings(base, "search.tpgan") == K.resume_settings(budget, "search.tpgan")  # cache holds
+    # another search metric: another stage, and its cached metrics do not hold
+    recon = tiny_cfg(tmp_path, search__metric="recon")
+    assert K.own_settings(base, "search.tpgan") != K.own_settings(recon, "search.tpgan")
+    assert K.resume_settings(base, "search.tpgan") != K.resume_settings(recon, "search.tpgan")
+    assert "metric" not in K.own_settings(base, "search.tpgan")["search"]  # older runs keep their keys
     # int8 where faster changes what an ort-int8 latency search prices, and only that search
     int8 = {"search__latency": "5ms", "search__runtime": "ort-int8"}
     assert K.own_settings(tiny_cfg(tmp_path, **int8), "search.tpgan") != K.own_settings(

@@ -699,7 +699,7 @@ class Pipeline:
                             f"{family} supernet")
 
     def stage_search(self, family: str) -> dict[str, Any]:
-        from slimface.compress.search import identity_metric, search
+        from slimface.compress.search import identity_metric, recon_metric, search
         from slimface.compress.space import ConfigSpace
         from slimface.families import get_family
 
@@ -726,8 +726,14 @@ class Pipeline:
             latency_ms = parse_latency(sc.latency) if factor is None else float(teacher_ms or 0.0) / factor
             if factor is not None:
                 _say(f"  latency budget {latency_ms:.2f} ms: the teacher's {teacher_ms:.2f} ms in {sc.runtime} / {factor:g}")
+        if sc.metric == "recon":
+            def metric(cfg: Any) -> float:
+                return recon_metric(supernet, cfg, val, bn)
+        else:
+            def metric(cfg: Any) -> float:
+                return identity_metric(supernet, cfg, val, self.student_recognizer, bn)
         result = search(
-            supernet, space, budget, lambda cfg: identity_metric(supernet, cfg, val, self.student_recognizer, bn),
+            supernet, space, budget, metric,
             sc, seed=self.compression_seed(family), cache_path=out / "cache.jsonl", out_jsonl=out / "evaluated.jsonl",
             resolution=self.cfg.data.resolution, latency_fn=latency_fn, latency_budget_ms=latency_ms,
             cache_key=self._active_key[0] if self._active_key is not None else None,

@@ -191,7 +191,7 @@ MOBILE_SETTINGS = ("mobile_teacher", "mobile_steps", "mobile_gap", "mobile_eval_
 STUDENT_DEFAULTS_OUT_OF_KEYS = {"seed": 0, "identity_lowpass": False, "identity_jitter": 0, "max_kernel": None, "channel_multiple": None,
                                 "identity_target": "truth"}
 #: ``search`` settings left out of the search key at these values (what every run before them did)
-SEARCH_DEFAULTS_OUT_OF_KEYS = {"latency_size": "run", "threads": 1}
+SEARCH_DEFAULTS_OUT_OF_KEYS = {"latency_size": "run", "threads": 1, "metric": "identity"}
 #: ``student`` settings that make the student's design (which convs split, which kernels capped, which
 #: widths are choices)
 DESIGN_PREFIXES = ("separable", "max_kernel", "channel_multiple")
@@ -295,7 +295,7 @@ def resume_settings(cfg: Any, stage: str) -> dict[str, Any]:
     the ones a run may change and still continue."""
     s = own_settings(cfg, stage)
     if split(stage)[0] == "search":  # cached metrics hold for any budget, method or population
-        return {"search": {k: s["search"].get(k) for k in ("val_batches", "bn_batches")},
+        return {"search": {k: s["search"][k] for k in ("val_batches", "bn_batches", "metric") if k in s["search"]},
                 "eval_batch_size": s["eval_batch_size"]}
     return _without_continuation(s)
 

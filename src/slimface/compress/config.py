@@ -307,6 +307,10 @@ class SearchConfig:
     mutate_prob: float = 0.1  # evolution: each group of a mutated child is resampled with this probability
     val_batches: int = 4
     bn_batches: int = 4
+    # what scores a candidate on the validation identities: "identity" (cosine similarity of the loss
+    # recognizer's embeddings of output and ground-truth frontal) or "recon" (negative L1 to the
+    # ground-truth frontal: no recognizer, so no candidate is chosen for what one recognizer likes)
+    metric: Literal["identity", "recon"] = "identity"
     # predicted-latency budget on `runtime`, as well as the MACs budget: a duration ("15ms") or a
     # factor of the teacher's latency in that runtime at the priced size ("10x")
     latency: Optional[str] = None
@@ -358,6 +362,7 @@ class SearchConfig:
         check(0 <= self.mutation_ratio <= 1, f"search.mutation_ratio must be in [0, 1], got {self.mutation_ratio}")
         check(0 <= self.mutate_prob <= 1, f"search.mutate_prob must be in [0, 1], got {self.mutate_prob}")
         check(self.val_batches >= 1 and self.bn_batches >= 1, "search.val_batches and bn_batches must be >= 1")
+        check(self.metric in ("identity", "recon"), f"search.metric {self.metric!r} is unknown; use identity or recon")
 
 
 __all__ = ["Budget", "DistillConfig", "FinetuneConfig", "GanMode", "OFAConfig", "SEPARABLE_CHOICES", "SearchConfig",

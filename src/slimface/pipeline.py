@@ -247,6 +247,16 @@ class Pipeline:
             out.append(batch)
         return out
 
+    def search_batches(self) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]:
+        """What the search and the sensitivity analysis score a sub-network on: ``search.val_batches``
+        batches of validation pairs and ``search.bn_batches`` of training pairs (batch-norm
+        recalibration), each spread over its whole split (every identity, yaw and illumination)."""
+        from slimface.data.splits import spread
+
+        sc, bs = self.cfg.search, self.cfg.eval_batch_size
+        return (self.batches(spread(self.data.val_pairs, bs * sc.val_batches), bs),
+                self.batches(spread(self.data.train_pairs, bs * sc.bn_batches), bs))
+
     def family_dir(self, family: str) -> Path:
         return self.out / family
 
@@ -519,7 +529,7 @@ class Pipeline:
         from slimface.evaluate.figures import plot_sensitivity
         from slimface.families import get_family
 
-        s, sc, bs = self.cfg.student_for(family), self.cfg.search, self.cfg.eval_batch_size
+        s = self.cfg.student_for(family)
         out = self.family_dir(family) / "sensitivity"
 
         def on_device(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -529,9 +539,7 @@ class Pipeline:
         loader = DataLoader(self.pair_dataset(self.data.train_pairs), batch_size=s.train.batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(seed))
         train = on_device([b for b, _ in zip(loader, range(max(1, s.sensitivity_steps)))])
-        val = on_device(self.batches(self.data.val_pairs, bs, sc.val_batches))
-        bn = on_device(self.batches(self.data.train_pairs[:: max(1, len(self.data.train_pairs) // (bs * sc.bn_batches))],
-                                    bs, sc.bn_batches))
+        val, bn = (on_device(b) for b in self.search_batches())
         table = analyse(get_family(family), self.teacher_generator(family), self._teacher_disc(family), s,
                         steps=s.sensitivity_steps, train_batches=train, val_batches=val, bn_batches=bn,
                         recognizer=self.student_recognizer, seed=seed,
@@ -708,10 +716,7 @@ class Pipeline:
         out.mkdir(parents=True, exist_ok=True)
         supernet = self._trained_supernet(family)
         space = ConfigSpace.from_supernet(get_family(family), supernet)
-        bs = self.cfg.eval_batch_size
-        val = self.batches(self.data.val_pairs, bs, sc.val_batches)
-        bn = self.batches(self.data.train_pairs[:: max(1, len(self.data.train_pairs) // (bs * sc.bn_batches))],
-                          bs, sc.bn_batches)
+        val, bn = self.search_batches()
         budget = self.budget_macs(family)
         latency_fn, latency_ms, teacher_ms = None, None, None
         if sc.latency:  # priced by a measured latency table of sc.runtime (deploy.latency_table)

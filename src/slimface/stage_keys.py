@@ -142,7 +142,7 @@ def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
             student.pop("warm_start_fit_images", None)
         student["train"] = {k: student["train"][k] for k in ("lr", "batch_size")}
         s = {"student": student, "search": {k: to_dict(c.search)[k] for k in ("val_batches", "bn_batches")},
-             "eval_batch_size": c.eval_batch_size, "seed": c.seed}
+             "eval_batch_size": c.eval_batch_size, "seed": c.seed, "validation": VALIDATION_SAMPLE}
     elif kind == "mobile":
         student = _without_conv_types(_student_without_defaults(to_dict(c.student_for(fam))))
         for unread in ("sampling", "budget_low", "decay_steps"):  # one fixed sub-network, decay over its second half
@@ -163,7 +163,7 @@ def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
             s["student"]["supernet_init_shipped"] = files_digest(c, stage)
     elif kind == "search":
         search = _without_defaults(to_dict(c.search), SEARCH_DEFAULTS_OUT_OF_KEYS)
-        s = {"search": search, "eval_batch_size": c.eval_batch_size, "seed": c.seed}
+        s = {"search": search, "eval_batch_size": c.eval_batch_size, "seed": c.seed, "validation": VALIDATION_SAMPLE}
         if c.student_for(fam).seed:  # the compression seed (student.seed) also seeds the search
             s["student.seed"] = c.student_for(fam).seed
         if c.search.latency and c.search.runtime == "ort-int8" and c.deploy.int8_nodes != "all":
@@ -184,6 +184,10 @@ def own_settings(cfg: Any, stage: str) -> dict[str, Any]:
     return _plain(_with_shipped(c, stage, _without_run_fields(s)))
 
 
+#: how the search and the sensitivity analysis draw their validation pairs (Pipeline.search_batches):
+#: spread over every validation identity. Searches and tables of runs that scored the first pairs
+#: of the list (two or three identities) are stale.
+VALIDATION_SAMPLE = "spread"
 #: ``student`` settings of the mobile teacher, all left out of every key while it is off
 MOBILE_SETTINGS = ("mobile_teacher", "mobile_steps", "mobile_gap", "mobile_eval_every")
 #: ``student`` settings left out of every key at these values (their defaults, what every run

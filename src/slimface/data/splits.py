@@ -4,7 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Sequence, TypeVar
+
 from slimface.data.records import identity_subset
+
+T = TypeVar("T")
+
+
+def spread(items: Sequence[T], n: int) -> list[T]:
+    """``n`` items evenly spaced over ``items`` (all of them when there are fewer), in order.
+
+    Pairs are listed identity by identity, so the first ``n`` would score a sub-network on two or
+    three faces; a sample spread over the list sees every identity, yaw and illumination."""
+    size = len(items)
+    if n >= size:
+        return list(items)
+    return [items[i * size // n] for i in range(max(0, n))]
 
 
 @dataclass
@@ -27,4 +42,4 @@ class DataBundle:
         return [r for r in self.fit_records if r.subject in keep and abs(r.yaw) <= max_abs_yaw and r.pitch == 0]
 
 
-__all__ = ["DataBundle"]
+__all__ = ["DataBundle", "spread"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import Sequence, TypeVar
 
 from slimface.data.records import identity_subset

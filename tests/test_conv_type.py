@@ -76,6 +76,21 @@ def test_patterns_pick_exactly_the_matched_convs() -> None:
         select_separable(every, ["encoder.s64.res.*", "decoder.nope.*"], "tpgan")
 
 
+def test_negated_patterns_take_convs_out_in_order() -> None:
+    every = build_supernet("tpgan", **SIZE)
+    convs = convertible_convs(every)
+    nose = [n for n in convs if n.startswith("local.nose.")]
+    rest = [n for n in convs if n not in nose]
+    assert nose and rest
+    assert matching_convs(every, ["*", "!local.nose.*"]) == rest
+    assert matching_convs(every, ["!local.nose.*"]) == rest  # removals alone start from every conv
+    assert matching_convs(every, ["*", "!local.*", "local.nose.*"]) == [n for n in convs if n in nose or not n.startswith("local.")]
+    net = build_supernet("tpgan", setting=["!local.nose.*"], **SIZE)
+    assert net.separable == sorted(rest) == _separable(net)
+    with pytest.raises(ConfigError, match="'!decoder.nope.\\*' matches no convertible conv"):
+        matching_convs(every, ["*", "!decoder.nope.*"], "tpgan")
+
+
 def test_the_config_is_checked_in_one_line() -> None:
     assert from_dict(OFAConfig, {"separable": ["encoder.*"]}).separable == ["encoder.*"]
     for bad, words in (("some", "use all, none, auto"), ([], "at least one"), ([""], "at least one")):

@@ -95,6 +95,10 @@ def test_auto_splits_a_strict_subset(run) -> None:
     cost = {r["name"]: -r["delta_per_gmac"] for r in table["rows"] if r["change"] == "separable"}
     kept = set(every) - set(net.separable)
     assert min(cost[n] for n in kept) >= max(cost[n] for n in net.separable)
+    # the list the run prints (every kept conv negated) rebuilds the same design without the table
+    fixed = build_supernet("crgan", cfg.data.resolution, cfg.data.channels, t.width_mult, [f"!{n}" for n in sorted(kept)])
+    assert fixed.separable == net.separable
+    assert {k: v.shape for k, v in fixed.state_dict().items()} == {k: v.shape for k, v in net.state_dict().items()}
 
 
 def test_auto_without_a_table_is_one_line(tmp_path: Path) -> None:

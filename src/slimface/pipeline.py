@@ -65,6 +65,7 @@ class Pipeline:
         self._judges: dict[str, Judge] | None = None
         self.timings: dict[str, float] = {}
         self._active_key: tuple[str, str] | None = None  # (resume key, why) of the stage running now
+        self._told_design: set[str] = set()  # families whose auto conv types were printed
         torch.manual_seed(cfg.seed)
         from slimface.train import distributed as D
 
@@ -518,6 +519,13 @@ class Pipeline:
             table = read_table(self.family_dir(family) / "sensitivity" / "sensitivity.json", family)
         supernet = build_supernet(family, d.resolution, d.channels, self.cfg.teacher(family).width_mult,
                                   s.separable, table, s.separable_keep, s.max_kernel, s.channel_multiple)
+        if table is not None and family not in self._told_design:
+            # the fixed list that rebuilds this design without the sensitivity stage (e.g. to ship it)
+            self._told_design.add(family)
+            convertible = sorted({str(r["name"]) for r in table["rows"] if r.get("change") == "separable"})
+            normal = [n for n in convertible if n not in (supernet.separable or [])]
+            _say(f"  {family} separable auto keeps {len(normal)} conv(s) normal; the same design as a list: "
+                 f"student.separable=[{', '.join('!' + n for n in normal)}]")
         return supernet.to(self.device)
 
     def stage_sensitivity(self, family: str) -> dict[str, Any]:

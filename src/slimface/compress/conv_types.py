@@ -9,8 +9,11 @@ The family's student spec marks the convs it may split (built with ``separable=T
   (``encoder.s64.res.0.conv1``) or the width group the conv produces when its output is that one
   group (``*.mid``: every residual block's first conv). Convs that write a concatenated trunk match by
   module name only; a block that keeps its input's layout produces that group (TP-GAN's
-  ``decoder.s16.skip.conv2`` produces ``encoder.s16``, so ``encoder.*`` picks it too). A pattern that matches no convertible conv is a ConfigError (a typo would otherwise silently mean
-  "normal");
+  ``decoder.s16.skip.conv2`` produces ``encoder.s16``, so ``encoder.*`` picks it too). A
+  ``!pattern`` takes its matches out again (``["*", "!encoder.s4.*"]``, or the removals alone: every
+  conv but those), so a design that keeps a few convs normal is written as short as ``auto`` found
+  it. A pattern that matches no convertible conv is a ConfigError (a typo would otherwise silently
+  mean "normal");
 * ``search`` -- none is fixed: every convertible conv is a :class:`~slimface.nn.super_layers.ConvChoice`
   of both types, a ``conv:<name>`` key of every config, trained by the supernet, priced and picked by
   the search and materialised by export (:func:`slimface.compress.extract.static_conv_types`);
@@ -53,19 +56,23 @@ def produced_group(conv: nn.Module) -> str | None:
 
 
 def matching_convs(model: nn.Module, patterns: Sequence[str], family: str = "") -> list[str]:
-    """The convertible convs of ``model`` (built all-separable) that a pattern matches (module name,
-    or the one width group it produces); a pattern matching none is a one-line ConfigError."""
+    """The convertible convs of ``model`` (built all-separable) that the patterns pick, in order: a
+    pattern adds the convs it matches (module name, or the one width group it produces), a ``!pattern``
+    removes them (a list of removals only starts from every conv). A pattern matching none is a
+    one-line ConfigError."""
     modules = dict(model.named_modules())
     names = convertible_convs(model)
     keys = {n: [n] + [g for g in (produced_group(modules[n]),) if g] for n in names}
-    chosen: set[str] = set()
+    chosen: set[str] = set(names) if all(p.startswith("!") for p in patterns) else set()
     for pattern in patterns:
-        hits = {n for n, ks in keys.items() if any(fnmatch.fnmatchcase(k, pattern) for k in ks)}
+        negate = pattern.startswith("!")
+        glob = pattern[1:] if negate else pattern
+        hits = {n for n, ks in keys.items() if any(fnmatch.fnmatchcase(k, glob) for k in ks)}
         if not hits:
             raise ConfigError(
                 f"student.separable pattern {pattern!r} matches no convertible conv of the {family or 'student'} "
                 f"model (module names like {', '.join(names[:3])}); fix the pattern")
-        chosen |= hits
+        chosen = chosen - hits if negate else chosen | hits
     return [n for n in names if n in chosen]
 
 

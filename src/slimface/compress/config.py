@@ -89,7 +89,8 @@ class OFAConfig(DistillConfig):
     Conv types (``separable``): which of the family's convertible convs the student splits into
     depthwise + pointwise. ``all`` (the family's student spec, what every earlier run built), ``none``
     (normal convs only: the width-only "mobile teacher" space), a list of fnmatch patterns (separable
-    where one matches the conv's module name or a width group it writes) or ``auto`` (from this run's
+    where one matches the conv's module name or a width group it writes; ``!pattern`` takes its
+    matches out again) or ``auto`` (from this run's
     sensitivity table: the ``ceil(separable_keep x n)`` convs whose conversion costs most metric per
     MAC saved stay normal; slimface.compress.conv_types) or ``search`` (no type fixed: each convertible
     conv is a per-conv choice of the design space, trained by the supernet, picked by the search under

@@ -90,11 +90,10 @@ class OFAConfig(DistillConfig):
     depthwise + pointwise. ``all`` (the family's student spec, what every earlier run built), ``none``
     (normal convs only: the width-only "mobile teacher" space), a list of fnmatch patterns (separable
     where one matches the conv's module name or a width group it writes; ``!pattern`` takes its
-    matches out again) or ``auto`` (from this run's
-    sensitivity table: the ``ceil(separable_keep x n)`` convs whose conversion costs most metric per
-    MAC saved stay normal; slimface.compress.conv_types) or ``search`` (no type fixed: each convertible
-    conv is a per-conv choice of the design space, trained by the supernet, picked by the search under
-    the budget and materialised by export).
+    matches out again) or ``auto`` (from this run's sensitivity table: the ``ceil(separable_keep x n)``
+    convs whose conversion costs most metric per MAC saved stay normal; slimface.compress.conv_types)
+    or ``search`` (no type fixed: each convertible conv is a per-conv choice of the design space,
+    trained by the supernet, picked by the search under the budget and materialised by export).
     Kernel cap (``max_kernel``): every odd conv kernel of the student larger than this is shrunk to it
     (the centre of the teacher's kernel; slimface.models.blocks.cap_kernels). TP-GAN's 7x7 and 5x5
     full-resolution layers cost most of a narrow student's MACs whatever its widths, so at a tight

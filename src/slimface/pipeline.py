@@ -510,7 +510,7 @@ class Pipeline:
 
     def _supernet(self, family: str) -> nn.Module:
         """The student supernet with the conv types ``student.separable`` picks (slimface.compress.conv_types)."""
-        from slimface.compress.conv_types import build_supernet, read_table
+        from slimface.compress.conv_types import auto_normal, build_supernet, read_table
 
         d = self.cfg.data
         s = self.cfg.student_for(family)
@@ -523,9 +523,11 @@ class Pipeline:
             # the fixed list that rebuilds this design without the sensitivity stage (e.g. to ship it)
             self._told_design.add(family)
             convertible = sorted({str(r["name"]) for r in table["rows"] if r.get("change") == "separable"})
-            normal = [n for n in convertible if n not in (supernet.separable or [])]
+            normal = auto_normal(table["rows"], convertible, s.separable_keep)
+            same = ("all" if not normal else "none" if len(normal) == len(convertible)
+                    else f"[{', '.join('!' + n for n in sorted(normal))}]")
             _say(f"  {family} separable auto keeps {len(normal)} conv(s) normal; the same design as a list: "
-                 f"student.separable=[{', '.join('!' + n for n in normal)}]")
+                 f"student.separable={same}")
         return supernet.to(self.device)
 
     def stage_sensitivity(self, family: str) -> dict[str, Any]:
